@@ -1,0 +1,165 @@
+r"""Charts between the κ-stereographic model and the ambient ``R^{n+1}``.
+
+The paper's "unified Lorentz framework" (eq. 3–8). For κ < 0 the ambient model is the upper
+sheet of the hyperboloid ``⟨y, y⟩_L = 1/κ`` in Minkowski space, for κ > 0 the sphere
+``⟨y, y⟩ = 1/κ``; the *time* coordinate ``y₀`` comes first (the paper's convention;
+:func:`mosgeo.math.sproj` keeps geoopt's time-last convention).
+
+===================  =================================================  ==================
+function             formula                                            defined for
+===================  =================================================  ==================
+``to_ambient``       ``((1−κr²)/(√|κ|(1+κr²)), 2x/(1+κr²))``             κ ≠ 0
+``from_ambient``     ``y_s / (1 + √|κ| y₀)``                             κ ≠ 0
+``to_spacelike``     ``u = 2x/(1+κr²) = λ_x x``                          all κ
+``from_spacelike``   ``x = u / (1 + √(1 − κ‖u‖²))``                      all κ (κ>0: ‖u‖≤1/√κ)
+``clip_spacelike``   ``u·min(1, (1−ε)/(√κ‖u‖))`` for κ > 0, else ``u``   all κ
+``lorentz_inner``    ``∓y₀z₀ + ⟨y_s, z_s⟩`` (− for κ < 0)                κ ≠ 0
+``ambient_dist``     ``2 arsin_κ(‖y − z‖_κ / 2)``                        κ ≠ 0
+===================  =================================================  ==================
+
+``to_spacelike``/``from_spacelike`` are the space-like part of the paper's eq. 5 and eq. 8
+(``ρ_κ`` with the time coordinate ``ξ = √(1/|κ| − sgn(κ)‖u‖²)`` substituted) and are
+inverse to each other for every κ. At κ = 0 they are ``u = 2x`` and ``x = u/2``: the
+paper's eq. 8 as printed (with ``φ(0) = 0``) gives ``x = u`` there, which is discontinuous
+in κ (its limit is ``u/2``); we use the continuous extension.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .math import Curvature, _float32_island, _k, arsin_k
+from .numerics import clamp_abs, guards, sqnorm
+
+Tensor = torch.Tensor
+
+__all__ = [
+    "to_ambient",
+    "from_ambient",
+    "to_spacelike",
+    "from_spacelike",
+    "clip_spacelike",
+    "lorentz_inner",
+    "ambient_dist",
+    "spacelike_scale",
+    "spacelike_inverse_scale",
+]
+
+
+def _sqrt_abs_k(k: Tensor) -> Tensor:
+    return k.abs().clamp_min(guards(k.dtype).min_norm ** 2).sqrt()
+
+
+@_float32_island
+def to_ambient(x: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
+    r"""Inverse stereographic projection (paper eq. 5) into ``R^{n+1}``, time first:
+
+    .. math::
+        ρ_κ^{-1}(x) = \Big(\frac{1 − κ‖x‖²}{\sqrt{|κ|}(1 + κ‖x‖²)},\ \frac{2x}{1 + κ‖x‖²}\Big).
+
+    Lands on ``⟨y, y⟩_L = 1/κ``, ``y₀ > 0`` for κ < 0 (``‖x‖ < 1/√|κ|``) and on the
+    sphere of radius ``1/√κ`` for κ > 0. κ = 0 has no ambient model (``|y₀| → ∞``).
+    """
+    k = _k(k, x)
+    t = k * sqnorm(x, dim)
+    den = (1.0 + t).clamp_min(guards(x.dtype).min_denom)
+    time = (1.0 - t) / (den * _sqrt_abs_k(k))
+    return torch.cat((time.expand_as(x.narrow(dim, 0, 1)), x * (2.0 / den)), dim=dim)
+
+
+@_float32_island
+def from_ambient(y: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
+    r"""Stereographic projection (paper eq. 8) from ``R^{n+1}`` (time first):
+    ``ρ_κ(y) = y_s / (1 + √|κ| y₀)``. κ ≠ 0; the sphere's south pole ``y₀ = −1/√κ`` maps to
+    infinity (kept finite by a ``±ε`` clamp)."""
+    k = _k(k, y)
+    n = y.size(dim)
+    time, space = y.narrow(dim, 0, 1), y.narrow(dim, 1, n - 1)
+    return space / clamp_abs(1.0 + _sqrt_abs_k(k) * time, guards(y.dtype).min_denom)
+
+
+def spacelike_scale(x2: Tensor, k: Tensor) -> Tensor:
+    r"""Radial factor of :func:`to_spacelike` from ``‖x‖²``: ``λ_x = 2/(1 + κ‖x‖²)``."""
+    return 2.0 / (1.0 + k * x2).clamp_min(guards(x2.dtype).min_denom)
+
+
+def spacelike_inverse_scale(u2: Tensor, k: Tensor) -> Tensor:
+    r"""Radial factor of :func:`from_spacelike` from ``‖u‖²``: ``1/(1 + √(1 − κ‖u‖²))``.
+
+    ``1 − κ‖u‖²`` is clamped at ``ε`` (κ > 0 beyond the chart: clip first).
+    """
+    g = guards(u2.dtype)
+    return 1.0 / (1.0 + (1.0 - k * u2).clamp_min(g.min_denom).sqrt())
+
+
+@_float32_island
+def to_spacelike(x: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
+    r"""Space-like coordinate ``u = 2x/(1 + κ‖x‖²) = λ_x x`` of :func:`to_ambient`
+    (paper eq. 5's ``s``); smooth in κ, ``u = 2x`` at κ = 0."""
+    k = _k(k, x)
+    return x * spacelike_scale(sqnorm(x, dim), k)
+
+
+@_float32_island
+def from_spacelike(u: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
+    r"""Inverse of :func:`to_spacelike`: ``x = u/(1 + √(1 − κ‖u‖²))`` (paper eq. 8 with the
+    time coordinate ``ξ = √(1/|κ| − sgn κ ‖u‖²)`` substituted; continuous at κ = 0 where it
+    is ``u/2``). For κ > 0 it covers the hemisphere ``‖x‖ ≤ 1/√κ`` and needs
+    ``‖u‖ ≤ 1/√κ``: apply :func:`clip_spacelike` first."""
+    k = _k(k, u)
+    return u * spacelike_inverse_scale(sqnorm(u, dim), k)
+
+
+@_float32_island
+def clip_spacelike(
+    u: Tensor, *, k: Curvature, eps: Optional[float] = None, dim: int = -1
+) -> Tensor:
+    r"""Gradient-bound projection of the paper's appendix.
+
+    For κ > 0 rescales ``u`` to ``‖u‖ ≤ R = (1 − ε)/√κ``, so the lift
+    ``a_κ(u) = √(1/κ − ‖u‖²)`` has ``‖∇a_κ‖ ≤ R/√(1/κ − R²) = C_u(κ, R) < ∞``. Identity for
+    κ ≤ 0 (the hyperbolic lift is 1-Lipschitz). ``eps`` defaults by dtype
+    (:func:`mosgeo.numerics.default_eps`).
+    """
+    g = guards(u.dtype)
+    if eps is None or eps < 0:
+        eps = g.ball_eps
+    k = _k(k, u)
+    n = torch.linalg.vector_norm(u, dim=dim, keepdim=True)
+    rmax = (1.0 - eps) * k.clamp_min(g.min_norm**2).rsqrt()
+    over = (k > 0) & (n > rmax)
+    return u * torch.where(over, rmax / n.clamp_min(g.min_norm), torch.ones_like(n))
+
+
+@_float32_island
+def lorentz_inner(
+    y: Tensor, z: Tensor, *, k: Curvature, keepdim: bool = False, dim: int = -1
+) -> Tensor:
+    r"""Ambient inner product: Minkowski ``−y₀z₀ + ⟨y_s, z_s⟩`` for κ < 0, Euclidean for
+    κ > 0 (so ``⟨y, y⟩ = 1/κ`` on the model in both cases)."""
+    k = _k(k, y)
+    n = y.size(dim)
+    t = y.narrow(dim, 0, 1) * z.narrow(dim, 0, 1)
+    s = (y.narrow(dim, 1, n - 1) * z.narrow(dim, 1, n - 1)).sum(dim=dim, keepdim=True)
+    out = torch.where(k < 0, -t, t) + s
+    return out if keepdim else out.squeeze(dim)
+
+
+@_float32_island
+def ambient_dist(
+    y: Tensor, z: Tensor, *, k: Curvature, keepdim: bool = False, dim: int = -1
+) -> Tensor:
+    r"""Geodesic distance on the hyperboloid / sphere from the chord length:
+
+    .. math::
+        d = 2\,\operatorname{arsin}_κ(c/2),\quad c² = ⟨y − z, y − z⟩_κ ≥ 0,
+
+    i.e. ``(2/√|κ|) asinh(√|κ| c/2)`` for κ < 0 and ``(2/√κ) asin(√κ c/2)`` for κ > 0:
+    accurate for close points, unlike ``arcosh(κ⟨y, z⟩_L)``."""
+    d = y - z
+    c2 = lorentz_inner(d, d, k=k, keepdim=True, dim=dim).clamp_min(0.0)
+    c = torch.where(c2 > 0, c2.clamp_min(torch.finfo(c2.dtype).tiny).sqrt(), torch.zeros_like(c2))
+    out = 2.0 * arsin_k(0.5 * c, _k(k, y))
+    return out if keepdim else out.squeeze(dim)

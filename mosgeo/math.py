@@ -1,0 +1,765 @@
+r"""κ-stereographic math: the functional core of :mod:`mosgeo`.
+
+A drop-in replacement of ``geoopt.manifolds.stereographic.math``: the same public names and
+calling conventions (data arguments positional, curvature keyword ``k``, reduction ``dim``,
+``keepdim`` where geoopt has it), so ``import mosgeo.math as pmath`` switches a geoopt code
+base. Points are tensors ``x`` of shape ``(..., n)`` (the model dimension is ``dim``); ``k``
+broadcasts against ``x`` with ``dim`` reduced to size 1 (a scalar, or one κ per row).
+
+One code path for every κ. Each κ-dependence goes through an *entire* function of
+``t = κ r²`` (:func:`tan_ratio`, :func:`artan_ratio`, :func:`sin_ratio`,
+:func:`arsin_ratio`), evaluated by a Taylor series for small ``|t|`` and the closed form
+elsewhere, selected with ``torch.where`` with both branches kept finite. There is no
+``sqrt(κ)`` alone, no division by a norm where the formula does not need one, and no
+Python branching on tensor values, so values and gradients (in ``x`` *and* ``k``) are
+continuous through κ = 0 and every function runs under ``torch.compile(fullgraph=True)``.
+
+Where geoopt is wrong, the docstring of the function says so ("geoopt: …").
+
+Half precision inputs are computed in float32 and cast back. Guards come from
+:mod:`mosgeo.numerics`.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, Optional, Union
+
+import torch
+
+from .numerics import HALF_DTYPES, clamp_abs, guards, safe_norm, series_coefficients, sqnorm
+
+Tensor = torch.Tensor
+Curvature = Union[Tensor, float]
+
+__all__ = [
+    # entire functions of t = κ r²
+    "tan_ratio", "artan_ratio", "sin_ratio", "arsin_ratio",
+    # κ-trigonometry (geoopt names)
+    "tan_k", "artan_k", "sin_k", "arsin_k", "tanh", "artanh", "arsinh", "abs_zero_grad",
+    "tan_k_zero_taylor", "artan_k_zero_taylor", "sin_k_zero_taylor", "arsin_k_zero_taylor",
+    # gyrovector space
+    "project", "lambda_x", "inner", "norm", "mobius_add", "mobius_sub", "gyration",
+    "mobius_coadd", "mobius_cosub", "mobius_scalar_mul", "mobius_pointwise_mul",
+    "mobius_matvec", "mobius_fn_apply", "mobius_fn_apply_chain", "mobiusify",
+    # Riemannian geometry
+    "dist", "dist0", "dist2plane", "geodesic", "geodesic_unit", "expmap", "expmap0",
+    "logmap", "logmap0", "parallel_transport", "parallel_transport0",
+    "parallel_transport0back", "egrad2rgrad", "weighted_midpoint", "antipode",
+    "sproj", "inv_sproj",
+]  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------
+# plumbing: dtype island and curvature broadcasting
+# --------------------------------------------------------------------------------------
+
+
+def _float32_island(fn: Callable) -> Callable:
+    """Run ``fn`` in float32 when any tensor argument is float16/bfloat16; cast back."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        half = None
+        for a in (*args, *kwargs.values()):
+            if isinstance(a, Tensor) and a.dtype in HALF_DTYPES:
+                half = a.dtype
+                break
+        if half is None:
+            return fn(*args, **kwargs)
+
+        def up(a: Any) -> Any:
+            return a.float() if isinstance(a, Tensor) and a.is_floating_point() else a
+
+        out = fn(*map(up, args), **{n: up(v) for n, v in kwargs.items()})
+        if isinstance(out, Tensor):
+            return out.to(half)
+        return out
+
+    return wrapper
+
+
+def _k(k: Curvature, like: Tensor) -> Tensor:
+    """``k`` as a tensor of ``like``'s dtype and device (a Python float is accepted)."""
+    if isinstance(k, Tensor):
+        return k if k.dtype == like.dtype else k.to(like.dtype)
+    return torch.as_tensor(k, dtype=like.dtype, device=like.device)
+
+
+def _dot(x: Tensor, y: Tensor, dim: int) -> Tensor:
+    return (x * y).sum(dim=dim, keepdim=True)
+
+
+def _safe_sqrt(v: Tensor) -> Tensor:
+    """``√v`` for ``v ≥ 0`` with gradient 0 (not inf/NaN) at ``v = 0``."""
+    tiny = torch.finfo(v.dtype).tiny
+    return torch.where(v > 0, v.clamp_min(tiny).sqrt(), torch.zeros_like(v))
+
+
+def _squeeze(v: Tensor, dim: int, keepdim: bool) -> Tensor:
+    return v if keepdim else v.squeeze(dim)
+
+
+# --------------------------------------------------------------------------------------
+# entire functions of t = κ r²
+# --------------------------------------------------------------------------------------
+
+_COEFF: dict[tuple[str, int], list[float]] = {}
+
+
+def _series(name: str, t: Tensor, terms: int) -> Tensor:
+    key = (name, terms)
+    if key not in _COEFF:
+        _COEFF[key] = series_coefficients(name, terms)
+    c = _COEFF[key]
+    out = torch.full_like(t, c[-1])
+    for coef in reversed(c[:-1]):
+        out = out * t + coef
+    return out
+
+
+def _ratio(name: str, t: Tensor, pos: Callable, neg: Callable, smax: float | None) -> Tensor:
+    """``f(t)`` = series for ``|t| < τ``, else ``pos(s)/s`` (t > 0) or ``neg(s)/s`` (t < 0),
+    ``s = √|t|``. Both branches see only safe arguments (NaN in an unused ``where`` branch
+    still poisons the gradient)."""
+    g = guards(t.dtype)
+    tau = g.series_tau
+    small = t.abs() < tau
+    t_ser = torch.where(small, t, torch.zeros_like(t))
+    s = t.abs().clamp_min(tau).sqrt()
+    if smax is not None:
+        s = s.clamp_max(smax)
+    closed = torch.where(t > 0, pos(s), neg(s)) / s
+    return torch.where(small, _series(name, t_ser, g.series_terms), closed)
+
+
+def tan_ratio(t: Tensor) -> Tensor:
+    r"""``T(t) = tan(√t)/√t`` (t > 0), ``tanh(√−t)/√−t`` (t < 0), ``1 + t/3 + 2t²/15 + …``.
+
+    ``tan_k(r, κ) = r·T(κr²)``. Entire near 0 (poles only at ``√t = π/2 + jπ``).
+    """
+    emax = guards(t.dtype).max_exp_arg
+    return _ratio("tan", t, torch.tan, lambda s: torch.tanh(s.clamp_max(emax)), None)
+
+
+def artan_ratio(t: Tensor) -> Tensor:
+    r"""``A(t) = atan(√t)/√t`` (t > 0), ``atanh(√−t)/√−t`` (t < 0), ``1 − t/3 + t²/5 − …``.
+
+    ``artan_k(y, κ) = y·A(κy²)``. For ``t ≤ −1`` (outside the ball) the ``atanh`` argument is
+    clamped to ``1 − ε``.
+    """
+    amax = guards(t.dtype).atanh_max
+
+    def neg(s: Tensor) -> Tensor:
+        return torch.atanh(s.clamp_max(amax))
+
+    return _ratio("artan", t, torch.atan, neg, None)
+
+
+def sin_ratio(t: Tensor) -> Tensor:
+    r"""``S(t) = sin(√t)/√t`` (t > 0), ``sinh(√−t)/√−t`` (t < 0), ``1 − t/6 + t²/120 − …``."""
+    emax = guards(t.dtype).max_exp_arg
+    return _ratio("sin", t, torch.sin, lambda s: torch.sinh(s.clamp_max(emax)), None)
+
+
+def arsin_ratio(t: Tensor) -> Tensor:
+    r"""``AS(t) = asin(√t)/√t`` (t > 0), ``asinh(√−t)/√−t`` (t < 0), ``1 + t/6 + 3t²/40 + …``.
+
+    For ``t > 1`` the ``asin`` argument is clamped to ``1 − ε``.
+    """
+    amax = guards(t.dtype).atanh_max
+    return _ratio("arsin", t, lambda s: torch.asin(s.clamp_max(amax)), torch.asinh, None)
+
+
+# --------------------------------------------------------------------------------------
+# κ-trigonometry
+# --------------------------------------------------------------------------------------
+
+
+@_float32_island
+def tan_k(x: Tensor, k: Curvature) -> Tensor:
+    r"""``tan_κ(x) = tan(√κ x)/√κ`` (κ > 0), ``x`` (κ = 0), ``tanh(√−κ x)/√−κ`` (κ < 0).
+
+    Computed as ``x·T(κx²)``: smooth in κ through 0. geoopt: switches to a first-order
+    Taylor polynomial only where ``k`` is numerically 0 and takes ``|k|`` there, so its
+    gradient in κ has the wrong sign for tiny negative κ.
+    """
+    k = _k(k, x)
+    return x * tan_ratio(k * x * x)
+
+
+@_float32_island
+def artan_k(x: Tensor, k: Curvature) -> Tensor:
+    r"""``artan_κ(x) = atan(√κ x)/√κ`` (κ > 0), ``x`` (κ = 0), ``atanh(√−κ x)/√−κ`` (κ < 0)."""
+    k = _k(k, x)
+    return x * artan_ratio(k * x * x)
+
+
+@_float32_island
+def sin_k(x: Tensor, k: Curvature) -> Tensor:
+    r"""``sin_κ(x) = sin(√κ x)/√κ`` (κ > 0), ``x`` (κ = 0), ``sinh(√−κ x)/√−κ`` (κ < 0)."""
+    k = _k(k, x)
+    return x * sin_ratio(k * x * x)
+
+
+@_float32_island
+def arsin_k(x: Tensor, k: Curvature) -> Tensor:
+    r"""``arsin_κ(x) = asin(√κ x)/√κ`` (κ > 0), ``x`` (κ = 0), ``asinh(√−κ x)/√−κ`` (κ < 0)."""
+    k = _k(k, x)
+    return x * arsin_ratio(k * x * x)
+
+
+def tanh(x: Tensor) -> Tensor:
+    """``tanh(x)`` (geoopt name; geoopt clamps to ±15 first, which changes nothing)."""
+    return torch.tanh(x)
+
+
+def artanh(x: Tensor) -> Tensor:
+    """``atanh(x)`` with ``|x|`` clamped to ``1 − ε`` of the dtype (geoopt: ``1 − 1e-7``
+    for every dtype, which in float64 caps distances at 8.4 instead of 18.7)."""
+    amax = guards(x.dtype).atanh_max
+    return torch.atanh(x.clamp(-amax, amax))
+
+
+def arsinh(x: Tensor) -> Tensor:
+    """``asinh(x)``; exact for every ``x`` (geoopt's ``log(x + √(1+x²))`` loses all digits
+    for ``x ≪ −1`` and clamps the log argument at 1e-15)."""
+    return torch.asinh(x)
+
+
+def abs_zero_grad(x: Tensor) -> Tensor:
+    """``|x|`` with derivative +1 at 0 (geoopt compatibility; mosgeo itself never uses it)."""
+    return x * torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
+
+
+def _zero_taylor(name: str, x: Tensor, k: Curvature, order: int) -> Tensor:
+    if not -1 <= order <= 5:
+        raise ValueError(f"order must be in [-1, 5], got {order}")
+    k = _k(k, x)
+    terms = 6 if order == -1 else order + 1
+    return x * _series(name, k * x * x, terms)
+
+
+def tan_k_zero_taylor(x: Tensor, k: Curvature, order: int = -1) -> Tensor:
+    """Taylor polynomial of ``tan_κ(x)`` in κ around 0 up to ``κ^order`` (−1: order 5).
+
+    geoopt evaluates it with ``|κ|``, i.e. the hyperbolic (κ < 0) series has the wrong sign.
+    """
+    return _zero_taylor("tan", x, k, order)
+
+
+def artan_k_zero_taylor(x: Tensor, k: Curvature, order: int = -1) -> Tensor:
+    """Taylor polynomial of ``artan_κ(x)`` in κ around 0 (signed κ; geoopt uses ``|κ|``)."""
+    return _zero_taylor("artan", x, k, order)
+
+
+def sin_k_zero_taylor(x: Tensor, k: Curvature, order: int = -1) -> Tensor:
+    """Taylor polynomial of ``sin_κ(x)`` in κ around 0 (signed κ; geoopt uses ``|κ|``)."""
+    return _zero_taylor("sin", x, k, order)
+
+
+def arsin_k_zero_taylor(x: Tensor, k: Curvature, order: int = -1) -> Tensor:
+    """Taylor polynomial of ``arsin_κ(x)`` in κ around 0 (signed κ; geoopt uses ``|κ|``)."""
+    return _zero_taylor("arsin", x, k, order)
+
+
+# --------------------------------------------------------------------------------------
+# projection, metric
+# --------------------------------------------------------------------------------------
+
+
+@_float32_island
+def project(
+    x: Tensor, *, k: Curvature, dim: int = -1, eps: Optional[float] = None
+) -> Tensor:
+    r"""Safe projection onto the usable part of the manifold.
+
+    * κ < 0: points with ``‖x‖ > (1 − eps)/√|κ|`` are rescaled onto that radius.
+    * κ ≥ 0: identity, except that points beyond ``max_norm/max(1, √κ)`` (numerics table;
+      ≈ 2·10⁹ in float32, i.e. within 10⁻⁹ rad of the sphere's pole, far beyond any use in
+      the plane) are pulled back to it, so that ``κ²‖x‖²‖y‖²`` in later ops cannot overflow.
+
+    ``eps`` (``None`` or negative: dtype default, :func:`mosgeo.numerics.default_eps`).
+    The norm is overflow-safe (``‖(1e30, …)‖`` in float32 is finite). geoopt: the norm of
+    such a point overflows to ``inf`` and the projection returns 0.
+    """
+    g = guards(x.dtype)
+    if eps is None or eps < 0:
+        eps = g.ball_eps
+    k = _k(k, x)
+    n = safe_norm(x, dim)
+    inv_sqrt = k.abs().clamp_min(g.min_norm**2).rsqrt()
+    r_ball = (1.0 - eps) * inv_sqrt
+    r_far = g.max_norm * torch.minimum(inv_sqrt, torch.ones_like(inv_sqrt))
+    maxnorm = torch.where(k < 0, r_ball, r_far)
+    scale = torch.where(n > maxnorm, maxnorm / n.clamp_min(g.min_norm), torch.ones_like(n))
+    return x * scale
+
+
+def _conf_half_inv(x2: Tensor, k: Tensor) -> Tensor:
+    """``1 + κ‖x‖² = 2/λ_x``, kept positive (it is > 0 on the whole domain)."""
+    return (1.0 + k * x2).clamp_min(guards(x2.dtype).min_denom)
+
+
+@_float32_island
+def lambda_x(x: Tensor, *, k: Curvature, keepdim: bool = False, dim: int = -1) -> Tensor:
+    r"""Conformal factor ``λ_x = 2/(1 + κ‖x‖²)``."""
+    k = _k(k, x)
+    return _squeeze(2.0 / _conf_half_inv(sqnorm(x, dim), k), dim, keepdim)
+
+
+@_float32_island
+def inner(
+    x: Tensor,
+    u: Tensor,
+    v: Optional[Tensor] = None,
+    *,
+    k: Curvature,
+    keepdim: bool = False,
+    dim: int = -1,
+) -> Tensor:
+    r"""Riemannian inner product ``⟨u, v⟩_x = λ_x² ⟨u, v⟩`` (``v = u`` if omitted).
+
+    geoopt: with ``keepdim=False`` multiplies a ``(B, 1)`` factor by a ``(B,)`` sum and
+    returns a ``(B, B)`` outer product.
+    """
+    k = _k(k, x)
+    v = u if v is None else v
+    lam = 2.0 / _conf_half_inv(sqnorm(x, dim), k)
+    return _squeeze(lam * lam * _dot(u, v, dim), dim, keepdim)
+
+
+@_float32_island
+def norm(x: Tensor, u: Tensor, *, k: Curvature, keepdim: bool = False, dim: int = -1) -> Tensor:
+    r"""Riemannian norm ``‖u‖_x = λ_x ‖u‖``."""
+    k = _k(k, x)
+    lam = 2.0 / _conf_half_inv(sqnorm(x, dim), k)
+    return _squeeze(lam * torch.linalg.vector_norm(u, dim=dim, keepdim=True), dim, keepdim)
+
+
+@_float32_island
+def egrad2rgrad(x: Tensor, grad: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
+    r"""Riemannian gradient ``grad / λ_x² = grad·(1 + κ‖x‖²)²/4``."""
+    k = _k(k, x)
+    h = 0.5 * (1.0 + k * sqnorm(x, dim))
+    return grad * (h * h)
+
+
+# --------------------------------------------------------------------------------------
+# gyrovector operations
+# --------------------------------------------------------------------------------------
+
+
+def _madd(x: Tensor, y: Tensor, k: Tensor, dim: int, x2: Tensor, y2: Tensor) -> Tensor:
+    """``x ⊕_κ y`` given ``‖x‖²`` and ``‖y‖²`` (see :func:`mobius_add`)."""
+    s = x + y
+    s2 = sqnorm(s, dim)
+    a = 1.0 + k * x2
+    den = (a * (1.0 + k * y2) - k * s2).clamp_min(guards(x.dtype).min_denom)
+    return torch.addcmul(s * (a / den), x, -(k * s2 / den))
+
+
+@_float32_island
+def mobius_add(x: Tensor, y: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
+    r"""Möbius addition
+
+    .. math::
+        x ⊕_κ y = \frac{(1 − 2κ⟨x,y⟩ − κ‖y‖²) x + (1 + κ‖x‖²) y}
+                       {1 − 2κ⟨x,y⟩ + κ²‖x‖²‖y‖²},
+
+    evaluated in the equivalent cancellation-free form (``s = x + y``)
+
+    .. math::
+        x ⊕_κ y = \frac{(1 + κ‖x‖²)\, s − κ‖s‖²\, x}{(1 + κ‖x‖²)(1 + κ‖y‖²) − κ‖s‖²},
+
+    which is exact for ``y ≈ −x`` (left cancellation ``(−x) ⊕ (x ⊕ y) = y`` holds to
+    rounding) and whose denominator is a sum of positive terms for κ < 0.
+    """
+    k = _k(k, x)
+    return _madd(x, y, k, dim, sqnorm(x, dim), sqnorm(y, dim))
+
+
+def mobius_sub(x: Tensor, y: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
+    r"""``x ⊖_κ y = x ⊕_κ (−y)``."""
+    return mobius_add(x, -y, k=k, dim=dim)
+
+
+@_float32_island
+def gyration(a: Tensor, b: Tensor, u: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
+    r"""Gyration ``gyr[a, b]u = ⊖(a ⊕ b) ⊕ (a ⊕ (b ⊕ u))`` in closed form (Ungar):
+
+    .. math::
+        gyr[a,b]u = u + 2\frac{A a + B b}{D},\quad
+        A = −κ²⟨a,u⟩‖b‖² − κ⟨b,u⟩ + 2κ²⟨a,b⟩⟨b,u⟩,\
+        B = −κ²⟨b,u⟩‖a‖² + κ⟨a,u⟩,\
+        D = 1 − 2κ⟨a,b⟩ + κ²‖a‖²‖b‖².
+    """
+    k = _k(k, a)
+    a2, b2 = sqnorm(a, dim), sqnorm(b, dim)
+    ab, au, bu = _dot(a, b, dim), _dot(a, u, dim), _dot(b, u, dim)
+    k2 = k * k
+    ca = -k2 * au * b2 - k * bu + 2.0 * k2 * ab * bu
+    cb = -k2 * bu * a2 + k * au
+    den = (1.0 - 2.0 * k * ab + k2 * a2 * b2).clamp_min(guards(a.dtype).min_denom)
+    return u + (2.0 / den) * (ca * a + cb * b)
+
+
+@_float32_island
+def mobius_coadd(x: Tensor, y: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
+    r"""Möbius coaddition ``x ⊞_κ y = x ⊕ gyr[x, ⊖y] y``, in closed form
+
+    .. math::
+        x ⊞_κ y = \frac{(1 + κ‖y‖²) x + (1 + κ‖x‖²) y}{1 − κ²‖x‖²‖y‖²}.
+
+    Commutative; the denominator vanishes only where the result is the point at infinity
+    (κ > 0, ``‖x‖‖y‖ = 1/κ``), where it is kept at ``±ε``.
+    """
+    k = _k(k, x)
+    x2, y2 = sqnorm(x, dim), sqnorm(y, dim)
+    den = clamp_abs(1.0 - k * k * x2 * y2, guards(x.dtype).min_denom)
+    return ((1.0 + k * y2) / den) * x + ((1.0 + k * x2) / den) * y
+
+
+def mobius_cosub(x: Tensor, y: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
+    r"""``x ⊟_κ y = x ⊞_κ (−y)``."""
+    return mobius_coadd(x, -y, k=k, dim=dim)
+
+
+@_float32_island
+def mobius_scalar_mul(r: Tensor, x: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
+    r"""Möbius scalar multiplication ``r ⊗_κ x = tan_κ(r·artan_κ‖x‖) x/‖x‖``.
+
+    With ``a = A(κ‖x‖²)`` this is ``x · r a · T(κ r² a² ‖x‖²)``: no division by ``‖x‖``, so
+    it is smooth at ``x = 0`` (geoopt clamps the norm at 1e-15).
+    """
+    k = _k(k, x)
+    r = _k(r, x)
+    x2 = sqnorm(x, dim)
+    a = artan_ratio(k * x2)
+    ra = r * a
+    return x * (ra * tan_ratio(k * ra * ra * x2))
+
+
+@_float32_island
+def mobius_pointwise_mul(w: Tensor, x: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
+    r"""``w ⊙_κ x = tan_κ(‖w⊙x‖/‖x‖ · artan_κ‖x‖) (w⊙x)/‖w⊙x‖``, computed as
+    ``(w⊙x) · a · T(κ a² ‖w⊙x‖²)`` with ``a = A(κ‖x‖²)`` (exact 0 where ``w⊙x = 0``)."""
+    k = _k(k, x)
+    wx = w * x
+    a = artan_ratio(k * sqnorm(x, dim))
+    return wx * (a * tan_ratio(k * a * a * sqnorm(wx, dim)))
+
+
+@_float32_island
+def mobius_matvec(m: Tensor, x: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
+    r"""Möbius matrix-vector product ``M ⊗_κ x = tan_κ(‖Mx‖/‖x‖ · artan_κ‖x‖) Mx/‖Mx‖``,
+    computed as ``Mx · a · T(κ a² ‖Mx‖²)`` with ``a = A(κ‖x‖²)``.
+
+    ``m`` is ``(out, in)`` or batched ``(..., out, in)`` (then ``dim`` must be −1).
+    geoopt: for ``dim ≠ −1`` the product's new axis ends up last while the norm is taken
+    along ``dim``.
+    """
+    if m.dim() > 2 and dim != -1:
+        raise ValueError("batched Möbius matvec supports dim=-1 only")
+    k = _k(k, x)
+    if m.dim() == 2:
+        mx = torch.tensordot(x, m, dims=([dim], [1])).movedim(-1, dim) if dim != -1 else x @ m.T
+    else:
+        mx = torch.matmul(m, x.unsqueeze(-1)).squeeze(-1)
+    a = artan_ratio(k * sqnorm(x, dim))
+    return mx * (a * tan_ratio(k * a * a * sqnorm(mx, dim)))
+
+
+def mobius_fn_apply(
+    fn: Callable, x: Tensor, *args: Any, k: Curvature, dim: int = -1, **kwargs: Any
+) -> Tensor:
+    r"""Möbius version of ``fn``: ``f^{⊗κ}(x) = exp₀(f(log₀(x)))``."""
+    return expmap0(fn(logmap0(x, k=k, dim=dim), *args, **kwargs), k=k, dim=dim)
+
+
+def mobius_fn_apply_chain(x: Tensor, *fns: Callable, k: Curvature, dim: int = -1) -> Tensor:
+    r"""``(f_n ∘ … ∘ f_1)^{⊗κ}(x) = exp₀(f_n(…f_1(log₀ x)))``; identity for no ``fns``."""
+    if not fns:
+        return x
+    v = logmap0(x, k=k, dim=dim)
+    for fn in fns:
+        v = fn(v)
+    return expmap0(v, k=k, dim=dim)
+
+
+def mobiusify(fn: Callable) -> Callable:
+    r"""Decorator: ``mobiusify(f)(x, *args, k=κ, dim=-1)`` = :func:`mobius_fn_apply`."""
+
+    @functools.wraps(fn)
+    def mobius_fn(x: Tensor, *args: Any, k: Curvature, dim: int = -1, **kwargs: Any) -> Tensor:
+        return mobius_fn_apply(fn, x, *args, k=k, dim=dim, **kwargs)
+
+    return mobius_fn
+
+
+# --------------------------------------------------------------------------------------
+# distances, exponential and logarithmic maps, geodesics
+# --------------------------------------------------------------------------------------
+
+
+def _gyro_diff(x: Tensor, y: Tensor, k: Tensor, dim: int):
+    r"""Parts of ``m = (−x) ⊕ y`` with ``d = y − x``:
+    ``m = ((1+κ‖x‖²) d + κ‖d‖² x)/D``, ``D = (1+κ‖x‖²)(1+κ‖y‖²) − κ‖d‖²`` and
+    ``‖m‖² = ‖d‖²/D``. Returns ``d, x2, d2, a = 1+κ‖x‖², D``."""
+    d = y - x
+    x2, y2, d2 = sqnorm(x, dim), sqnorm(y, dim), sqnorm(d, dim)
+    a = 1.0 + k * x2
+    den = (a * (1.0 + k * y2) - k * d2).clamp_min(guards(x.dtype).min_denom)
+    return d, x2, d2, a, den
+
+
+@_float32_island
+def dist(x: Tensor, y: Tensor, *, k: Curvature, keepdim: bool = False, dim: int = -1) -> Tensor:
+    r"""Geodesic distance ``d_κ(x, y) = 2 artan_κ ‖(−x) ⊕_κ y‖``, computed with the identity
+
+    .. math::
+        ‖(−x) ⊕_κ y‖² = \frac{‖x − y‖²}{(1 + κ‖x‖²)(1 + κ‖y‖²) − κ‖x − y‖²},
+
+    which needs no Möbius sum vector and is accurate for close points (the difference is
+    formed first). Gradient 0 at ``x = y``.
+    """
+    k = _k(k, x)
+    _, _, d2, _, den = _gyro_diff(x, y, k, dim)
+    n2 = d2 / den
+    return _squeeze(2.0 * _safe_sqrt(n2) * artan_ratio(k * n2), dim, keepdim)
+
+
+@_float32_island
+def dist0(x: Tensor, *, k: Curvature, keepdim: bool = False, dim: int = -1) -> Tensor:
+    r"""Distance to the origin ``d_κ(0, x) = 2 artan_κ ‖x‖ = 2‖x‖·A(κ‖x‖²)``."""
+    k = _k(k, x)
+    n = torch.linalg.vector_norm(x, dim=dim, keepdim=True)
+    return _squeeze(2.0 * n * artan_ratio(k * n * n), dim, keepdim)
+
+
+@_float32_island
+def expmap0(u: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
+    r"""``exp₀(u) = tan_κ(‖u‖) u/‖u‖ = u·T(κ‖u‖²)``."""
+    k = _k(k, u)
+    return u * tan_ratio(k * sqnorm(u, dim))
+
+
+@_float32_island
+def logmap0(y: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
+    r"""``log₀(y) = artan_κ(‖y‖) y/‖y‖ = y·A(κ‖y‖²)``."""
+    k = _k(k, y)
+    return y * artan_ratio(k * sqnorm(y, dim))
+
+
+@_float32_island
+def expmap(x: Tensor, u: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
+    r"""``exp_x(u) = x ⊕ tan_κ(λ_x‖u‖/2) u/‖u‖ = x ⊕ (h T(κh²‖u‖²)) u``, ``h = λ_x/2``."""
+    k = _k(k, x)
+    x2, u2 = sqnorm(x, dim), sqnorm(u, dim)
+    h = 1.0 / _conf_half_inv(x2, k)
+    c = h * tan_ratio(k * h * h * u2)
+    return _madd(x, c * u, k, dim, x2, c * c * u2)
+
+
+@_float32_island
+def logmap(x: Tensor, y: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
+    r"""``log_x(y) = (2/λ_x) artan_κ‖m‖ m/‖m‖``, ``m = (−x) ⊕ y``, i.e.
+    ``(1+κ‖x‖²) A(κ‖m‖²) m`` with ``m`` and ``‖m‖²`` from the cancellation-free parts of
+    :func:`dist` (accurate for ``y → x``)."""
+    k = _k(k, x)
+    d, x2, d2, a, den = _gyro_diff(x, y, k, dim)
+    c = a * artan_ratio(k * d2 / den) / den
+    return torch.addcmul(d * (c * a), x, c * k * d2)
+
+
+@_float32_island
+def geodesic(t: Tensor, x: Tensor, y: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
+    r"""``γ_{x→y}(t) = x ⊕ (t ⊗ ((−x) ⊕ y))``; ``γ(0) = x``, ``γ(1) = y``."""
+    k = _k(k, x)
+    t = _k(t, x)
+    d, x2, d2, a, den = _gyro_diff(x, y, k, dim)
+    m = torch.addcmul(d * (a / den), x, k * d2 / den)
+    m2 = d2 / den
+    am = artan_ratio(k * m2)
+    c = t * am * tan_ratio(k * t * t * am * am * m2)
+    return _madd(x, c * m, k, dim, x2, c * c * m2)
+
+
+@_float32_island
+def geodesic_unit(t: Tensor, x: Tensor, u: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
+    r"""Unit-speed geodesic from ``x`` in direction ``u``: ``x ⊕ tan_κ(t/2) u/‖u‖``."""
+    k = _k(k, x)
+    t = _k(t, x)
+    g = guards(x.dtype)
+    un = torch.linalg.vector_norm(u, dim=dim, keepdim=True).clamp_min(g.min_norm)
+    c = tan_k(0.5 * t, k) / un
+    return _madd(x, c * u, k, dim, sqnorm(x, dim), (c * un) ** 2)
+
+
+@_float32_island
+def dist2plane(
+    x: Tensor,
+    p: Tensor,
+    a: Tensor,
+    *,
+    k: Curvature,
+    keepdim: bool = False,
+    signed: bool = False,
+    scaled: bool = False,
+    dim: int = -1,
+) -> Tensor:
+    r"""Distance from ``x`` to the gyroplane through ``p`` with normal ``a``:
+
+    .. math::
+        d_κ(x, H_{a,p}) = \operatorname{arsin}_κ\frac{2⟨(−p)⊕x, a⟩}{(1 + κ‖(−p)⊕x‖²)‖a‖}
+
+    (absolute value unless ``signed``; times ``‖a‖`` if ``scaled``).
+    """
+    k = _k(k, x)
+    d, p2, d2, ap, den = _gyro_diff(p, x, k, dim)
+    # ⟨(−p)⊕x, a⟩ = ((1+κ‖p‖²)⟨d,a⟩ + κ‖d‖²⟨p,a⟩)/D ; ‖(−p)⊕x‖² = ‖d‖²/D
+    sc = (ap * _dot(d, a, dim) + k * d2 * _dot(p, a, dim)) / den
+    if not signed:
+        sc = sc.abs()
+    a_norm = torch.linalg.vector_norm(a, dim=dim, keepdim=True)
+    g = guards(x.dtype)
+    z = 2.0 * sc / ((1.0 + k * d2 / den) * a_norm).clamp_min(g.min_denom)
+    out = arsin_k(z, k)
+    if scaled:
+        out = out * a_norm
+    return _squeeze(out, dim, keepdim)
+
+
+# --------------------------------------------------------------------------------------
+# parallel transport
+# --------------------------------------------------------------------------------------
+
+
+@_float32_island
+def parallel_transport(x: Tensor, y: Tensor, v: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
+    r"""Parallel transport ``P_{x→y}(v) = gyr[y, −x] v · λ_x/λ_y``."""
+    kk = _k(k, x)
+    ratio = (1.0 + kk * sqnorm(y, dim)) / _conf_half_inv(sqnorm(x, dim), kk)
+    return gyration(y, -x, v, k=kk, dim=dim) * ratio
+
+
+@_float32_island
+def parallel_transport0(y: Tensor, v: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
+    r"""``P_{0→y}(v) = v · λ_0/λ_y = v (1 + κ‖y‖²)``."""
+    k = _k(k, y)
+    return v * _conf_half_inv(sqnorm(y, dim), k)
+
+
+@_float32_island
+def parallel_transport0back(x: Tensor, v: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
+    r"""``P_{x→0}(v) = v · λ_x/λ_0 = v / (1 + κ‖x‖²)``."""
+    k = _k(k, x)
+    return v / _conf_half_inv(sqnorm(x, dim), k)
+
+
+# --------------------------------------------------------------------------------------
+# antipode, midpoint, projections to/from the ambient space (geoopt convention)
+# --------------------------------------------------------------------------------------
+
+
+@_float32_island
+def antipode(x: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
+    r"""Antipode: ``−x/(κ‖x‖²)`` for κ > 0 (the point at distance ``π/√κ``), ``−x`` for κ ≤ 0.
+
+    Exact closed form; geoopt walks the unit geodesic for ``π/√κ``, which loses digits. The
+    antipode of the origin is the point at infinity: returned as the origin.
+    """
+    k = _k(k, x)
+    g = guards(x.dtype)
+    x2 = sqnorm(x, dim)
+    inv = 1.0 / (k * x2).clamp_min(g.min_denom)
+    return torch.where(k > 0, -x * inv, -x)
+
+
+@_float32_island
+def weighted_midpoint(
+    xs: Tensor,
+    weights: Optional[Tensor] = None,
+    *,
+    k: Curvature,
+    reducedim: Optional[list[int]] = None,
+    dim: int = -1,
+    keepdim: bool = False,
+    lincomb: bool = False,
+    posweight: bool = False,
+) -> Tensor:
+    r"""Weighted gyromidpoint (Ungar)
+
+    .. math::
+        m_κ = \frac12 ⊗_κ \frac{\sum_i w_i λ_{x_i} x_i}{\sum_i |w_i| (λ_{x_i} − 1)}
+
+    reduced over ``reducedim`` (default: every dim but ``dim``). For κ > 0 the antipode of
+    ``m`` is returned where it is closer to the points in total. ``posweight`` replaces
+    points of negative weight by their antipode; ``lincomb`` returns ``(Σ w_i) ⊗ m``.
+    Branch-free (geoopt tests ``torch.any(k > 0)`` on the host).
+    """
+    k = _k(k, xs)
+    g = guards(xs.dtype)
+    nd = xs.dim()
+    dim_ = dim % nd
+    if reducedim is None:
+        reducedim = [d for d in range(nd) if d != dim_]
+    reducedim = [d % nd for d in reducedim]
+    gamma = 2.0 / _conf_half_inv(sqnorm(xs, dim_), k)
+    if weights is None:
+        w = torch.ones((), dtype=xs.dtype, device=xs.device)
+    else:
+        w = _k(weights, xs).unsqueeze(dim_)
+    if posweight:
+        xs = torch.where(w < 0, antipode(xs, k=k, dim=dim_), xs)
+        w = w.abs()
+    den = ((gamma - 1.0) * w).sum(reducedim, keepdim=True)
+    num = (gamma * w * xs).sum(reducedim, keepdim=True)
+    two_mean = num / clamp_abs(den, g.min_norm)
+    half = torch.full((), 0.5, dtype=xs.dtype, device=xs.device)
+    a_mean = mobius_scalar_mul(half, two_mean, k=k, dim=dim_)
+    b_mean = antipode(a_mean, k=k, dim=dim_)
+    a_dist = dist(a_mean, xs, k=k, keepdim=True, dim=dim_).sum(reducedim, keepdim=True)
+    b_dist = dist(b_mean, xs, k=k, keepdim=True, dim=dim_).sum(reducedim, keepdim=True)
+    a_mean = torch.where((k > 0) & (b_dist < a_dist), b_mean, a_mean)
+    if lincomb:
+        if weights is None:
+            count = 1
+            for d in reducedim:
+                count *= xs.size(d)
+            alpha = torch.full((), float(count), dtype=xs.dtype, device=xs.device)
+        else:
+            alpha = torch.broadcast_to(w, gamma.shape).sum(reducedim, keepdim=True)
+        a_mean = mobius_scalar_mul(alpha, a_mean, k=k, dim=dim_)
+    if not keepdim:
+        for d in sorted(reducedim, reverse=True):
+            a_mean = a_mean.squeeze(d)
+    return a_mean
+
+
+@_float32_island
+def sproj(x: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
+    r"""Stereographic projection from the ambient ``R^{n+1}`` (geoopt convention: the
+    *last* coordinate is the time/height axis): ``x_{:n} / (1 + √|κ| x_n)``. κ ≠ 0.
+
+    :func:`mosgeo.charts.from_ambient` is the same map with the paper's convention (time
+    coordinate first).
+    """
+    k = _k(k, x)
+    g = guards(x.dtype)
+    sk = k.abs().clamp_min(g.min_norm**2).sqrt()
+    n = x.size(dim)
+    return x.narrow(dim, 0, n - 1) / clamp_abs(1.0 + sk * x.narrow(dim, n - 1, 1), g.min_denom)
+
+
+@_float32_island
+def inv_sproj(x: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
+    r"""Inverse of :func:`sproj`: ``(λ_x x, (1 − κ‖x‖²)/(√|κ|(1 + κ‖x‖²)))``, time last. κ ≠ 0."""
+    k = _k(k, x)
+    g = guards(x.dtype)
+    t = k * sqnorm(x, dim)
+    den = _conf_half_inv(t, torch.ones_like(t))
+    sk = k.abs().clamp_min(g.min_norm**2).sqrt()
+    time = (1.0 - t) / (den * sk)
+    return torch.cat((x * (2.0 / den), time.expand_as(x.narrow(dim, 0, 1))), dim=dim)

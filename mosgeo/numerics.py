@@ -1,0 +1,165 @@
+r"""Every numeric guard of :mod:`mosgeo` in one table, derived from :func:`torch.finfo`.
+
+Nothing else in the package writes a literal ``1e-15``: functions ask :func:`guards` for
+the guard of their dtype. Half precision (``float16``/``bfloat16``) is computed in float32
+(:func:`compute_dtype`) and cast back; its *storage* precision still sets the boundary
+margin, so a projected point stays inside the ball after the cast back.
+
+=================  ===============================  ==========================================
+guard              rule                             why
+=================  ===============================  ==========================================
+``ball_eps``       ``max(√ε_c, 4 ε_s)``             relative margin inside the ball boundary
+                                                    (``project``) and the spherical chart
+                                                    (``clip_spacelike``); ``ε_c``/``ε_s`` are
+                                                    the machine eps of the compute/storage
+                                                    dtypes
+``series_tau``     0.02 (f64), 0.05 (f32)           ``|t|`` below which the Taylor series in
+                                                    ``t = κr²`` replaces the closed form
+``series_terms``   10 (f64), 6 (f32)                terms so that ``(τ/ρ)^N < ε_c`` (ρ ≥ 1 is
+                                                    the radius of convergence)
+``atanh_max``      ``1 − ε_c``                      largest argument of ``atanh``/``asin``
+``min_norm``       ``√tiny``                        clamp for a norm that divides
+``min_denom``      ``ε_c``                          clamp for ``1 + κr²`` and Möbius
+                                                    denominators (out of domain only)
+``max_norm``       ``max^{1/4} / 2``                largest norm kept for κ ≥ 0: beyond it
+                                                    ``κ²‖x‖²‖y‖²`` overflows
+``max_exp_arg``    ``log(max) − 1``                 largest ``sinh``/``cosh`` argument
+=================  ===============================  ==========================================
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+
+import torch
+
+__all__ = [
+    "Guards",
+    "guards",
+    "compute_dtype",
+    "HALF_DTYPES",
+    "default_eps",
+    "sqnorm",
+    "safe_norm",
+    "clamp_abs",
+    "series_coefficients",
+]
+
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+@dataclass(frozen=True)
+class Guards:
+    """Numeric guards of one storage dtype (see the module table)."""
+
+    dtype: torch.dtype
+    compute: torch.dtype
+    ball_eps: float
+    series_tau: float
+    series_terms: int
+    atanh_max: float
+    min_norm: float
+    min_denom: float
+    max_norm: float
+    max_exp_arg: float
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype arithmetic runs in: float32 for half precision, else ``dtype`` itself."""
+    return torch.float32 if dtype in HALF_DTYPES else dtype
+
+
+def _make(dtype: torch.dtype) -> Guards:
+    comp = compute_dtype(dtype)
+    fc, fs = torch.finfo(comp), torch.finfo(dtype)
+    tau, terms = (0.02, 10) if comp == torch.float64 else (0.05, 6)
+    return Guards(
+        dtype=dtype,
+        compute=comp,
+        ball_eps=max(math.sqrt(fc.eps), 4.0 * fs.eps),
+        series_tau=tau,
+        series_terms=terms,
+        atanh_max=1.0 - fc.eps,
+        min_norm=math.sqrt(fc.tiny),
+        min_denom=fc.eps,
+        max_norm=fc.max**0.25 / 2.0,
+        max_exp_arg=math.log(fc.max) - 1.0,
+    )
+
+
+_TABLE = {dt: _make(dt) for dt in (torch.float16, torch.bfloat16, torch.float32, torch.float64)}
+
+
+def guards(dtype: torch.dtype) -> Guards:
+    """The guard row for ``dtype``; raises ``TypeError`` for a non-floating dtype."""
+    try:
+        return _TABLE[dtype]
+    except KeyError:
+        raise TypeError(
+            f"mosgeo works on floating tensors (float16, bfloat16, float32, float64), got {dtype}"
+        ) from None
+
+
+def default_eps(dtype: torch.dtype) -> float:
+    """Default boundary margin of ``project``/``clip_spacelike`` for ``dtype``."""
+    return guards(dtype).ball_eps
+
+
+def sqnorm(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    r"""``‖x‖²`` along ``dim`` (kept). One fused pass: ``vector_norm`` is faster than
+    ``(x*x).sum`` and its backward is exact (``2x``, also at 0)."""
+    return torch.linalg.vector_norm(x, dim=dim, keepdim=True).square()
+
+
+def safe_norm(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    r"""``‖x‖`` along ``dim`` (kept) without overflow of ``‖x‖²`` for huge ``x``.
+
+    ``vector_norm`` squares without scaling, so ``‖(1e30,…)‖`` is ``inf`` in float32. Where
+    that happens the norm is recomputed on ``x·2⁻ᵖ`` (an exact power-of-two scaling).
+    """
+    n = torch.linalg.vector_norm(x, dim=dim, keepdim=True)
+    p = 2.0 ** (round(math.log2(torch.finfo(x.dtype).max)) // 2)
+    big = torch.linalg.vector_norm(x / p, dim=dim, keepdim=True) * p
+    return torch.where(torch.isinf(n), big, n)
+
+
+def clamp_abs(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """``sign(x)·max(|x|, eps)`` with ``sign(0) = +1``: a signed denominator kept from 0."""
+    return torch.where(x >= 0, x.clamp_min(eps), x.clamp_max(-eps))
+
+
+def _bernoulli(n: int) -> list[Fraction]:
+    b = [Fraction(0)] * (n + 1)
+    b[0] = Fraction(1)
+    for m in range(1, n + 1):
+        b[m] = -sum(math.comb(m + 1, j) * b[j] for j in range(m)) / Fraction(m + 1)
+    return b
+
+
+def series_coefficients(name: str, terms: int) -> list[float]:
+    r"""Taylor coefficients ``c_n`` of the entire functions of ``t = κr²``, ``f(t) = Σ c_n tⁿ``.
+
+    * ``tan``:   ``T(t) = tan(√t)/√t``    = 1 + t/3 + 2t²/15 + 17t³/315 + …
+    * ``artan``: ``A(t) = atan(√t)/√t``   = 1 − t/3 + t²/5 − t³/7 + …
+    * ``sin``:   ``S(t) = sin(√t)/√t``    = 1 − t/6 + t²/120 − …
+    * ``arsin``: ``AS(t) = asin(√t)/√t``  = 1 + t/6 + 3t²/40 + 5t³/112 + …
+
+    For ``t < 0`` the same series give ``tanh``, ``atanh``, ``sinh``, ``asinh`` of ``√−t``.
+    """
+    if name == "tan":
+        b = _bernoulli(2 * terms + 2)
+        c = [
+            (-1) ** (n - 1) * 2 ** (2 * n) * (2 ** (2 * n) - 1) * b[2 * n] / math.factorial(2 * n)
+            for n in range(1, terms + 1)
+        ]
+    elif name == "artan":
+        c = [Fraction((-1) ** n, 2 * n + 1) for n in range(terms)]
+    elif name == "sin":
+        c = [Fraction((-1) ** n, math.factorial(2 * n + 1)) for n in range(terms)]
+    elif name == "arsin":
+        c = [Fraction(math.comb(2 * n, n), 4**n * (2 * n + 1)) for n in range(terms)]
+    else:
+        raise ValueError(f"unknown series {name!r}")
+    return [float(v) for v in c]
