@@ -26,8 +26,6 @@ in κ (its limit is ``u/2``); we use the continuous extension.
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 
 from .math import Curvature, _float32_island, _k, arsin_k
@@ -113,9 +111,7 @@ def from_spacelike(u: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
 
 
 @_float32_island
-def clip_spacelike(
-    u: Tensor, *, k: Curvature, eps: Optional[float] = None, dim: int = -1
-) -> Tensor:
+def clip_spacelike(u: Tensor, *, k: Curvature, eps: float | None = None, dim: int = -1) -> Tensor:
     r"""Gradient-bound projection of the paper's appendix.
 
     For κ > 0 rescales ``u`` to ``‖u‖ ≤ R = (1 − ε)/√κ``, so the lift

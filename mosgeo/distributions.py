@@ -17,7 +17,7 @@ other wraps is ``≈ P(‖v‖ > π/√κ)``, negligible for ``σ ≪ π/√κ``
 from __future__ import annotations
 
 import math as _m
-from typing import Optional, Union
+from typing import Union
 
 import torch
 
@@ -58,7 +58,7 @@ class WrappedNormal:
         with torch.no_grad():
             return self.rsample(sample_shape)
 
-    def log_prob(self, z: Tensor, lebesgue: Optional[bool] = False) -> Tensor:
+    def log_prob(self, z: Tensor, lebesgue: bool | None = False) -> Tensor:
         """``log p(z)`` (Riemannian volume; ``lebesgue=True``: w.r.t. ``dz`` in the chart)."""
         k = self.k if isinstance(self.k, Tensor) else torch.as_tensor(self.k)
         k = k.to(z.dtype)

@@ -14,7 +14,7 @@ to skip it (it is also skipped while ``torch.compile`` traces).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Union
 
 import geoopt
 import torch
@@ -74,7 +74,7 @@ class Stereographic(Manifold):
         self,
         k: Union[float, Tensor] = 0.0,
         learnable: bool = False,
-        dim: Optional[int] = None,
+        dim: int | None = None,
         validate_args: bool = True,
     ):
         super().__init__()
@@ -149,7 +149,7 @@ class Stereographic(Manifold):
 
     def _check_point_on_manifold(
         self, x: Tensor, *, atol: float = 1e-5, rtol: float = 1e-5, dim: int = -1
-    ) -> tuple[bool, Optional[str]]:
+    ) -> tuple[bool, str | None]:
         k = self.k.detach()
         if not bool(torch.isfinite(k).all()):
             return False, f"curvature k is not finite: {k.tolist()}"
@@ -167,7 +167,7 @@ class Stereographic(Manifold):
 
     def _check_vector_on_tangent(
         self, x: Tensor, u: Tensor, *, atol: float = 1e-5, rtol: float = 1e-5, dim: int = -1
-    ) -> tuple[bool, Optional[str]]:
+    ) -> tuple[bool, str | None]:
         if not bool(torch.isfinite(u).all()):
             return False, "u has non-finite entries"
         return True, None
@@ -192,7 +192,7 @@ class Stereographic(Manifold):
         self._check(x, dim=dim)
         return pmath.project(x, k=self.k, dim=dim)
 
-    def project(self, x: Tensor, *, dim: int = -1, eps: Optional[float] = None) -> Tensor:
+    def project(self, x: Tensor, *, dim: int = -1, eps: float | None = None) -> Tensor:
         """:func:`mosgeo.math.project` with this manifold's κ."""
         self._check(x, dim=dim)
         return pmath.project(x, k=self.k, dim=dim, eps=eps)
@@ -205,7 +205,7 @@ class Stereographic(Manifold):
         self,
         x: Tensor,
         u: Tensor,
-        v: Optional[Tensor] = None,
+        v: Tensor | None = None,
         *,
         keepdim: bool = False,
         dim: int = -1,
@@ -288,15 +288,11 @@ class Stereographic(Manifold):
         self._check(x, y, dim=dim)
         return self._project(pmath.mobius_sub(x, y, k=self.k, dim=dim), project, dim)
 
-    def mobius_coadd(
-        self, x: Tensor, y: Tensor, *, dim: int = -1, project: bool = True
-    ) -> Tensor:
+    def mobius_coadd(self, x: Tensor, y: Tensor, *, dim: int = -1, project: bool = True) -> Tensor:
         self._check(x, y, dim=dim)
         return self._project(pmath.mobius_coadd(x, y, k=self.k, dim=dim), project, dim)
 
-    def mobius_cosub(
-        self, x: Tensor, y: Tensor, *, dim: int = -1, project: bool = True
-    ) -> Tensor:
+    def mobius_cosub(self, x: Tensor, y: Tensor, *, dim: int = -1, project: bool = True) -> Tensor:
         self._check(x, y, dim=dim)
         return self._project(pmath.mobius_cosub(x, y, k=self.k, dim=dim), project, dim)
 
@@ -312,9 +308,7 @@ class Stereographic(Manifold):
         self._check(w, x, dim=dim)
         return self._project(pmath.mobius_pointwise_mul(w, x, k=self.k, dim=dim), project, dim)
 
-    def mobius_matvec(
-        self, m: Tensor, x: Tensor, *, dim: int = -1, project: bool = True
-    ) -> Tensor:
+    def mobius_matvec(self, m: Tensor, x: Tensor, *, dim: int = -1, project: bool = True) -> Tensor:
         self._check(x, dim=dim)
         if m.dim() < 2 or m.shape[-1] != x.shape[dim]:
             raise ValueError(
@@ -377,9 +371,9 @@ class Stereographic(Manifold):
     def weighted_midpoint(
         self,
         xs: Tensor,
-        weights: Optional[Tensor] = None,
+        weights: Tensor | None = None,
         *,
-        reducedim: Optional[list[int]] = None,
+        reducedim: list[int] | None = None,
         dim: int = -1,
         keepdim: bool = False,
         lincomb: bool = False,
@@ -428,13 +422,13 @@ class Stereographic(Manifold):
         self._check(u, dim=dim)
         return charts.from_spacelike(u, k=self.k, dim=dim)
 
-    def clip_spacelike(self, u: Tensor, *, dim: int = -1, eps: Optional[float] = None) -> Tensor:
+    def clip_spacelike(self, u: Tensor, *, dim: int = -1, eps: float | None = None) -> Tensor:
         """:func:`mosgeo.charts.clip_spacelike`."""
         self._check(u, dim=dim)
         return charts.clip_spacelike(u, k=self.k, dim=dim, eps=eps)
 
     # ---------------------------------------------------------------- sampling
-    def _sample_dtype(self, dtype: Optional[torch.dtype], device) -> tuple:
+    def _sample_dtype(self, dtype: torch.dtype | None, device) -> tuple:
         k = self.k
         if device is not None and torch.device(device) != k.device:
             raise ValueError(
@@ -444,9 +438,7 @@ class Stereographic(Manifold):
         return (dtype or k.dtype), k.device
 
     @__scaling__(ScalingInfo(std=-1), "random")
-    def random_normal(
-        self, *size, mean=0, std=1, dtype=None, device=None
-    ) -> "geoopt.ManifoldTensor":
+    def random_normal(self, *size, mean=0, std=1, dtype=None, device=None) -> geoopt.ManifoldTensor:
         r"""``exp₀(v)``, ``v ~ N(mean, (std²/n) I)`` (geoopt's ``random_normal``)."""
         size = size2shape(*size)
         self._assert_check_shape(size, "x")
@@ -459,7 +451,7 @@ class Stereographic(Manifold):
     @__scaling__(ScalingInfo(std=-1))
     def wrapped_normal(
         self, *size, mean: Tensor, std=1, dtype=None, device=None
-    ) -> "geoopt.ManifoldTensor":
+    ) -> geoopt.ManifoldTensor:
         r"""Sample of the wrapped normal ``exp_μ(v/λ_μ)``, ``v ~ N(0, std² I)`` (geoopt's
         ``wrapped_normal``); its density is :meth:`wrapped_normal_log_prob`."""
         size = size2shape(*size)
@@ -477,7 +469,7 @@ class Stereographic(Manifold):
         self._check(x, mean, dim=dim)
         return WrappedNormal(mean, std, manifold=self).log_prob(x)
 
-    def origin(self, *size, dtype=None, device=None, seed=42) -> "geoopt.ManifoldTensor":
+    def origin(self, *size, dtype=None, device=None, seed=42) -> geoopt.ManifoldTensor:
         """The origin ``0`` (the same point for every κ)."""
         return geoopt.ManifoldTensor(
             torch.zeros(*size, dtype=dtype or self.k.dtype, device=device or self.k.device),
@@ -556,5 +548,5 @@ class SphereProjectionExact(SphereProjection, StereographicExact):
 class Euclidean(Stereographic):
     """Flat space as the κ = 0 member of the family (κ fixed)."""
 
-    def __init__(self, dim: Optional[int] = None, validate_args: bool = True):
+    def __init__(self, dim: int | None = None, validate_args: bool = True):
         super().__init__(k=0.0, learnable=False, dim=dim, validate_args=validate_args)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any, Optional, Union
+from typing import Any, Union
 
 import torch
 
@@ -270,9 +270,7 @@ def arsin_k_zero_taylor(x: Tensor, k: Curvature, order: int = -1) -> Tensor:
 
 
 @_float32_island
-def project(
-    x: Tensor, *, k: Curvature, dim: int = -1, eps: Optional[float] = None
-) -> Tensor:
+def project(x: Tensor, *, k: Curvature, dim: int = -1, eps: float | None = None) -> Tensor:
     r"""Safe projection onto the usable part of the manifold.
 
     * κ < 0: points with ``‖x‖ > (1 − eps)/√|κ|`` are rescaled onto that radius.
@@ -313,7 +311,7 @@ def lambda_x(x: Tensor, *, k: Curvature, keepdim: bool = False, dim: int = -1) -
 def inner(
     x: Tensor,
     u: Tensor,
-    v: Optional[Tensor] = None,
+    v: Tensor | None = None,
     *,
     k: Curvature,
     keepdim: bool = False,
@@ -680,10 +678,10 @@ def antipode(x: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
 @_float32_island
 def weighted_midpoint(
     xs: Tensor,
-    weights: Optional[Tensor] = None,
+    weights: Tensor | None = None,
     *,
     k: Curvature,
-    reducedim: Optional[list[int]] = None,
+    reducedim: list[int] | None = None,
     dim: int = -1,
     keepdim: bool = False,
     lincomb: bool = False,

@@ -1,0 +1,172 @@
+"""mosgeo vs geoopt: core stereographic ops, same process, interleaved, medians.
+
+Times dist, expmap0, logmap0, mobius_add and mobius_matvec on a (100k × 64) float32 batch for
+κ ∈ {−1, 0, +1} and a mixed-sign per-row batch κ of shape (B, 1), forward only and
+forward+backward (gradients w.r.t. the data inputs). Each repetition runs both libraries
+back to back in alternating order; the table reports medians and the ratio mosgeo/geoopt
+(< 1: mosgeo faster).
+
+    python benchmarks/bench_core.py                 # full run, writes benchmarks/results/
+    python benchmarks/bench_core.py --rows 20000 --reps 5   # quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import geoopt.manifolds.stereographic.math as gmath
+import torch
+
+import mosgeo.math as mmath
+
+OPS = ["dist", "expmap0", "logmap0", "mobius_add", "mobius_matvec"]
+
+
+def make_inputs(rows: int, n: int, kname: str, gen: torch.Generator) -> dict:
+    if kname == "mixed":
+        # one κ per row: a third each negative, zero-ish and positive
+        k = torch.empty(rows, 1).uniform_(-2.0, 2.0, generator=gen)
+        k[::3] = 0.0
+    else:
+        k = torch.tensor(float(kname))
+    # points well inside the ball for κ < 0 (norm ≤ 0.5/√|κ|)
+    x = torch.randn(rows, n, generator=gen) * (0.4 / n**0.5)
+    y = torch.randn(rows, n, generator=gen) * (0.4 / n**0.5)
+    u = torch.randn(rows, n, generator=gen) * (0.8 / n**0.5)
+    m = torch.randn(n, n, generator=gen) / n**0.5
+    return {"k": k, "x": x, "y": y, "u": u, "m": m}
+
+
+def call(lib, op: str, inp: dict) -> torch.Tensor:
+    k = inp["k"]
+    if op == "dist":
+        # keepdim=True: geoopt's keepdim=False with a (B, 1) κ broadcasts to (B, B)
+        return lib.dist(inp["x"], inp["y"], k=k, keepdim=True)
+    if op == "expmap0":
+        return lib.expmap0(inp["u"], k=k)
+    if op == "logmap0":
+        return lib.logmap0(inp["x"], k=k)
+    if op == "mobius_add":
+        return lib.mobius_add(inp["x"], inp["y"], k=k)
+    if op == "mobius_matvec":
+        return lib.mobius_matvec(inp["m"], inp["x"], k=k)
+    raise ValueError(op)
+
+
+def timed(lib, op: str, inp: dict, backward: bool, grad_out: dict) -> float:
+    if backward:
+        leaves = {n: t.detach().requires_grad_() for n, t in inp.items() if n != "k"}
+        inp = {**inp, **leaves}
+    t0 = time.perf_counter()
+    out = call(lib, op, inp)
+    if backward:
+        g = grad_out.get(out.shape)
+        if g is None:
+            g = grad_out[out.shape] = torch.randn(out.shape)
+        out.backward(g)
+    return time.perf_counter() - t0
+
+
+def bench(rows: int, n: int, reps: int, warmup: int, seed: int) -> list[dict]:
+    gen = torch.Generator().manual_seed(seed)
+    results = []
+    for kname in ["-1", "0", "1", "mixed"]:
+        inp = make_inputs(rows, n, kname, gen)
+        grad_out: dict = {}
+        for op in OPS:
+            for backward in (False, True):
+                libs = {"geoopt": gmath, "mosgeo": mmath}
+                times = {name: [] for name in libs}
+                for _ in range(warmup):
+                    for lib in libs.values():
+                        timed(lib, op, inp, backward, grad_out)
+                for r in range(reps):
+                    order = list(libs) if r % 2 == 0 else list(reversed(list(libs)))
+                    for name in order:
+                        times[name].append(timed(libs[name], op, inp, backward, grad_out))
+                med = {name: statistics.median(ts) * 1e3 for name, ts in times.items()}
+                results.append(
+                    {
+                        "k": kname,
+                        "op": op,
+                        "pass": "fwd+bwd" if backward else "fwd",
+                        "geoopt_ms": med["geoopt"],
+                        "mosgeo_ms": med["mosgeo"],
+                        "ratio": med["mosgeo"] / med["geoopt"],
+                    }
+                )
+                print(
+                    f"k={kname:>5} {op:14s} {results[-1]['pass']:8s} geoopt {med['geoopt']:8.2f} ms"
+                    f"  mosgeo {med['mosgeo']:8.2f} ms  ratio {results[-1]['ratio']:.3f}",
+                    flush=True,
+                )
+    return results
+
+
+def to_markdown(results: list[dict], meta: dict) -> str:
+    lines = [
+        "# mosgeo vs geoopt: core ops",
+        "",
+        f"`{meta['command']}` — {meta['rows']} × {meta['n']} float32, {meta['threads']} "
+        f"thread(s), median of {meta['reps']} interleaved repetitions; torch "
+        f"{meta['torch']}, geoopt {meta['geoopt']}, {meta['machine']}.",
+        "",
+        "ratio = mosgeo / geoopt (below 1: mosgeo faster). fwd+bwd: gradients w.r.t. the "
+        "data inputs.",
+        "",
+        "| κ | op | pass | geoopt ms | mosgeo ms | ratio |",
+        "|---|---|---|---:|---:|---:|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r['k']} | {r['op']} | {r['pass']} | {r['geoopt_ms']:.2f} | "
+            f"{r['mosgeo_ms']:.2f} | {r['ratio']:.2f} |"
+        )
+    worst = max((r for r in results if r["pass"] == "fwd+bwd"), key=lambda r: r["ratio"])
+    lines += [
+        "",
+        f"Worst fwd+bwd ratio: {worst['ratio']:.2f} ({worst['op']}, κ = {worst['k']}).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=100_000)
+    ap.add_argument("--dim", type=int, default=64)
+    ap.add_argument("--reps", type=int, default=15)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    import geoopt
+
+    meta = {
+        "command": "python benchmarks/bench_core.py"
+        + ("" if args.rows == 100_000 else f" --rows {args.rows}")
+        + ("" if args.reps == 15 else f" --reps {args.reps}")
+        + ("" if args.threads == 1 else f" --threads {args.threads}"),
+        "rows": args.rows,
+        "n": args.dim,
+        "reps": args.reps,
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "geoopt": geoopt.__version__,
+        "machine": f"{platform.machine()} CPU ({platform.processor() or 'unknown'})",
+    }
+    results = bench(args.rows, args.dim, args.reps, args.warmup, args.seed)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "core.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+    (args.out / "core.md").write_text(to_markdown(results, meta))
+    print(f"wrote {args.out / 'core.md'}")
+
+
+if __name__ == "__main__":
+    main()
