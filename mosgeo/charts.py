@@ -39,6 +39,7 @@ __all__ = [
     "to_spacelike",
     "from_spacelike",
     "clip_spacelike",
+    "clip_spacelike_factor",
     "lorentz_inner",
     "ambient_dist",
     "spacelike_scale",
@@ -119,14 +120,21 @@ def clip_spacelike(u: Tensor, *, k: Curvature, eps: float | None = None, dim: in
     κ ≤ 0 (the hyperbolic lift is 1-Lipschitz). ``eps`` defaults by dtype
     (:func:`mosgeo.numerics.default_eps`).
     """
-    g = guards(u.dtype)
+    if eps is None or eps < 0:
+        eps = guards(u.dtype).ball_eps
+    n = torch.linalg.vector_norm(u, dim=dim, keepdim=True)
+    return u * clip_spacelike_factor(n, _k(k, u), eps)
+
+
+def clip_spacelike_factor(n: Tensor, k: Tensor, eps: float | None = None) -> Tensor:
+    r"""Radial factor of :func:`clip_spacelike` from ``n = ‖u‖``: ``min(1, (1 − eps)/(√κ n))``
+    for κ > 0, 1 for κ ≤ 0."""
+    g = guards(n.dtype)
     if eps is None or eps < 0:
         eps = g.ball_eps
-    k = _k(k, u)
-    n = torch.linalg.vector_norm(u, dim=dim, keepdim=True)
     rmax = (1.0 - eps) * k.clamp_min(g.min_norm**2).rsqrt()
     over = (k > 0) & (n > rmax)
-    return u * torch.where(over, rmax / n.clamp_min(g.min_norm), torch.ones_like(n))
+    return torch.where(over, rmax / n.clamp_min(g.min_norm), torch.ones_like(n))
 
 
 @_float32_island

@@ -40,7 +40,8 @@ __all__ = [
     "tan_k", "artan_k", "sin_k", "arsin_k", "tanh", "artanh", "arsinh", "abs_zero_grad",
     "tan_k_zero_taylor", "artan_k_zero_taylor", "sin_k_zero_taylor", "arsin_k_zero_taylor",
     # gyrovector space
-    "project", "lambda_x", "inner", "norm", "mobius_add", "mobius_sub", "gyration",
+    "project", "project_factor", "lambda_x", "inner", "norm", "mobius_add", "mobius_sub",
+    "gyration",
     "mobius_coadd", "mobius_cosub", "mobius_scalar_mul", "mobius_pointwise_mul",
     "mobius_matvec", "mobius_fn_apply", "mobius_fn_apply_chain", "mobiusify",
     # Riemannian geometry
@@ -282,17 +283,24 @@ def project(x: Tensor, *, k: Curvature, dim: int = -1, eps: float | None = None)
     The norm is overflow-safe (``‖(1e30, …)‖`` in float32 is finite). geoopt: the norm of
     such a point overflows to ``inf`` and the projection returns 0.
     """
-    g = guards(x.dtype)
+    if eps is None or eps < 0:
+        eps = guards(x.dtype).ball_eps
+    return x * project_factor(safe_norm(x, dim), _k(k, x), eps)
+
+
+def project_factor(n: Tensor, k: Tensor, eps: float | None = None) -> Tensor:
+    r"""Radial factor of :func:`project` from the norm ``n = ‖x‖`` (kept dim):
+    ``project(x) = x · project_factor(‖x‖, κ)``, i.e. ``min(1, R_κ/‖x‖)`` with
+    ``R_κ = (1 − eps)/√|κ|`` for κ < 0 and ``max_norm/max(1, √κ)`` for κ ≥ 0. For fused
+    radial code that knows ``‖x‖`` without forming ``x``."""
+    g = guards(n.dtype)
     if eps is None or eps < 0:
         eps = g.ball_eps
-    k = _k(k, x)
-    n = safe_norm(x, dim)
     inv_sqrt = k.abs().clamp_min(g.min_norm**2).rsqrt()
     r_ball = (1.0 - eps) * inv_sqrt
     r_far = g.max_norm * torch.minimum(inv_sqrt, torch.ones_like(inv_sqrt))
     maxnorm = torch.where(k < 0, r_ball, r_far)
-    scale = torch.where(n > maxnorm, maxnorm / n.clamp_min(g.min_norm), torch.ones_like(n))
-    return x * scale
+    return torch.where(n > maxnorm, maxnorm / n.clamp_min(g.min_norm), torch.ones_like(n))
 
 
 def _conf_half_inv(x2: Tensor, k: Tensor) -> Tensor:
