@@ -29,7 +29,7 @@ from __future__ import annotations
 import torch
 
 from .math import Curvature, _float32_island, _k, arsin_k
-from .numerics import clamp_abs, guards, sqnorm
+from .numerics import clamp_abs, guards, safe_sqrt, sqnorm
 
 Tensor = torch.Tensor
 
@@ -164,6 +164,6 @@ def ambient_dist(
     accurate for close points, unlike ``arcosh(κ⟨y, z⟩_L)``."""
     d = y - z
     c2 = lorentz_inner(d, d, k=k, keepdim=True, dim=dim).clamp_min(0.0)
-    c = torch.where(c2 > 0, c2.clamp_min(torch.finfo(c2.dtype).tiny).sqrt(), torch.zeros_like(c2))
+    c = safe_sqrt(c2)
     out = 2.0 * arsin_k(0.5 * c, _k(k, y))
     return out if keepdim else out.squeeze(dim)

@@ -28,7 +28,15 @@ from typing import Any, Union
 
 import torch
 
-from .numerics import HALF_DTYPES, clamp_abs, guards, safe_norm, series_coefficients, sqnorm
+from .numerics import (
+    HALF_DTYPES,
+    clamp_abs,
+    guards,
+    safe_norm,
+    safe_sqrt,
+    series_coefficients,
+    sqnorm,
+)
 
 Tensor = torch.Tensor
 Curvature = Union[Tensor, float]
@@ -90,12 +98,6 @@ def _k(k: Curvature, like: Tensor) -> Tensor:
 
 def _dot(x: Tensor, y: Tensor, dim: int) -> Tensor:
     return (x * y).sum(dim=dim, keepdim=True)
-
-
-def _safe_sqrt(v: Tensor) -> Tensor:
-    """``√v`` for ``v ≥ 0`` with gradient 0 (not inf/NaN) at ``v = 0``."""
-    tiny = torch.finfo(v.dtype).tiny
-    return torch.where(v > 0, v.clamp_min(tiny).sqrt(), torch.zeros_like(v))
 
 
 def _squeeze(v: Tensor, dim: int, keepdim: bool) -> Tensor:
@@ -533,7 +535,7 @@ def dist(x: Tensor, y: Tensor, *, k: Curvature, keepdim: bool = False, dim: int 
     k = _k(k, x)
     _, _, d2, _, den = _gyro_diff(x, y, k, dim)
     n2 = d2 / den
-    return _squeeze(2.0 * _safe_sqrt(n2) * artan_ratio(k * n2), dim, keepdim)
+    return _squeeze(2.0 * safe_sqrt(n2) * artan_ratio(k * n2), dim, keepdim)
 
 
 @_float32_island

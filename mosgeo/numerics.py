@@ -43,6 +43,7 @@ __all__ = [
     "default_eps",
     "sqnorm",
     "safe_norm",
+    "safe_sqrt",
     "clamp_abs",
     "series_coefficients",
 ]
@@ -123,6 +124,13 @@ def safe_norm(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     p = 2.0 ** (round(math.log2(torch.finfo(x.dtype).max)) // 2)
     big = torch.linalg.vector_norm(x / p, dim=dim, keepdim=True) * p
     return torch.where(torch.isinf(n), big, n)
+
+
+def safe_sqrt(v: torch.Tensor) -> torch.Tensor:
+    """``√v`` for ``v ≥ 0`` with gradient 0 (not inf/NaN) at ``v = 0``: a norm recovered from
+    its square (``‖x‖ = √‖x‖²``) where ``x`` may vanish."""
+    tiny = torch.finfo(v.dtype).tiny
+    return torch.where(v > 0, v.clamp_min(tiny).sqrt(), torch.zeros_like(v))
 
 
 def clamp_abs(x: torch.Tensor, eps: float) -> torch.Tensor:
