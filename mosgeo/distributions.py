@@ -52,7 +52,8 @@ class WrappedNormal:
         shape = torch.Size(sample_shape) + torch.broadcast_shapes(self.loc.shape, self.scale.shape)
         v = torch.randn(shape, dtype=self.loc.dtype, device=self.loc.device) * self.scale
         lam = pmath.lambda_x(self.loc, k=self.k, keepdim=True)
-        return pmath.expmap(self.loc, v / lam, k=self.k)
+        # exp saturates at the ball boundary in low precision: keep samples strictly inside
+        return pmath.project(pmath.expmap(self.loc, v / lam, k=self.k), k=self.k)
 
     def sample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
         with torch.no_grad():

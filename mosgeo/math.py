@@ -47,6 +47,7 @@ __all__ = [
     # κ-trigonometry (geoopt names)
     "tan_k", "artan_k", "sin_k", "arsin_k", "tanh", "artanh", "arsinh", "abs_zero_grad",
     "tan_k_zero_taylor", "artan_k_zero_taylor", "sin_k_zero_taylor", "arsin_k_zero_taylor",
+    "sign", "sabs", "list_range", "drop_dims", "clamp_abs",
     # gyrovector space
     "project", "project_factor", "lambda_x", "inner", "norm", "mobius_add", "mobius_sub",
     "gyration",
@@ -108,7 +109,12 @@ def _squeeze(v: Tensor, dim: int, keepdim: bool) -> Tensor:
 # entire functions of t = κ r²
 # --------------------------------------------------------------------------------------
 
-_COEFF: dict[tuple[str, int], list[float]] = {}
+# filled at import: the Fraction arithmetic must not run inside torch.compile tracing
+_COEFF: dict[tuple[str, int], list[float]] = {
+    (name, terms): series_coefficients(name, terms)
+    for name in ("tan", "artan", "sin", "arsin")
+    for terms in range(1, 11)
+}
 
 
 def _series(name: str, t: Tensor, terms: int) -> Tensor:
@@ -234,6 +240,28 @@ def arsinh(x: Tensor) -> Tensor:
 def abs_zero_grad(x: Tensor) -> Tensor:
     """``|x|`` with derivative +1 at 0 (geoopt compatibility; mosgeo itself never uses it)."""
     return x * torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
+
+
+def sign(x: Tensor) -> Tensor:
+    """``sign(x)`` with ``sign(0) = +1`` (geoopt utility of the same name)."""
+    return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
+
+
+def sabs(x: Tensor, eps: float = 1e-15) -> Tensor:
+    """``|x| + eps`` (geoopt utility of the same name; mosgeo itself never uses it)."""
+    return x.abs() + eps
+
+
+def list_range(end: int) -> list[int]:
+    """``list(range(end))`` (geoopt utility of the same name)."""
+    return list(range(end))
+
+
+def drop_dims(tensor: Tensor, dims: list[int]) -> Tensor:
+    """Squeeze the size-1 dimensions ``dims`` (geoopt utility of the same name)."""
+    for d in sorted((d % tensor.dim() for d in dims), reverse=True):
+        tensor = tensor.squeeze(d)
+    return tensor
 
 
 def _zero_taylor(name: str, x: Tensor, k: Curvature, order: int) -> Tensor:

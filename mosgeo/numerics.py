@@ -133,7 +133,7 @@ def safe_sqrt(v: torch.Tensor) -> torch.Tensor:
     return torch.where(v > 0, v.clamp_min(tiny).sqrt(), torch.zeros_like(v))
 
 
-def clamp_abs(x: torch.Tensor, eps: float) -> torch.Tensor:
+def clamp_abs(x: torch.Tensor, eps: float = 1e-15) -> torch.Tensor:
     """``sign(x)·max(|x|, eps)`` with ``sign(0) = +1``: a signed denominator kept from 0."""
     return torch.where(x >= 0, x.clamp_min(eps), x.clamp_max(-eps))
 
