@@ -132,9 +132,11 @@ def clip_spacelike_factor(n: Tensor, k: Tensor, eps: float | None = None) -> Ten
     g = guards(n.dtype)
     if eps is None or eps < 0:
         eps = g.ball_eps
-    rmax = (1.0 - eps) * k.clamp_min(g.min_norm**2).rsqrt()
-    over = (k > 0) & (n > rmax)
-    return torch.where(over, rmax / n.clamp_min(g.min_norm), torch.ones_like(n))
+    # √κ·‖u‖ against 1 − eps (not ‖u‖ against (1 − eps)/√κ): finite κ-gradient for tiny κ
+    m = k.clamp_min(g.min_norm**2).sqrt() * n
+    over = (k > 0) & (m > 1.0 - eps)
+    one = torch.ones_like(m)
+    return torch.where(over, (1.0 - eps) / torch.where(over, m, one), one)
 
 
 @_float32_island

@@ -326,11 +326,13 @@ def project_factor(n: Tensor, k: Tensor, eps: float | None = None) -> Tensor:
     g = guards(n.dtype)
     if eps is None or eps < 0:
         eps = g.ball_eps
-    inv_sqrt = k.abs().clamp_min(g.min_norm**2).rsqrt()
-    r_ball = (1.0 - eps) * inv_sqrt
-    r_far = g.max_norm * torch.minimum(inv_sqrt, torch.ones_like(inv_sqrt))
-    maxnorm = torch.where(k < 0, r_ball, r_far)
-    return torch.where(n > maxnorm, maxnorm / n.clamp_min(g.min_norm), torch.ones_like(n))
+    # compare √|κ|·‖x‖ with the limit instead of ‖x‖ with 1/√|κ|: d(κ^{-1/2})/dκ overflows
+    # for tiny κ and 0·inf in the unused where-branch would poison the κ-gradient
+    sk = k.abs().clamp_min(g.min_norm**2).sqrt()
+    m = torch.where(k < 0, sk, torch.maximum(sk, torch.ones_like(sk))) * n
+    lim = torch.where(k < 0, torch.full_like(sk, 1.0 - eps), torch.full_like(sk, g.max_norm))
+    over = m > lim
+    return torch.where(over, lim / torch.where(over, m, torch.ones_like(m)), torch.ones_like(m))
 
 
 def _conf_half_inv(x2: Tensor, k: Tensor) -> Tensor:
@@ -542,12 +544,29 @@ def mobiusify(fn: Callable) -> Callable:
 def _gyro_diff(x: Tensor, y: Tensor, k: Tensor, dim: int):
     r"""Parts of ``m = (−x) ⊕ y`` with ``d = y − x``:
     ``m = ((1+κ‖x‖²) d + κ‖d‖² x)/D``, ``D = (1+κ‖x‖²)(1+κ‖y‖²) − κ‖d‖²`` and
-    ``‖m‖² = ‖d‖²/D``. Returns ``d, x2, d2, a = 1+κ‖x‖², D``."""
+    ``‖m‖² = ‖d‖²/D``. Returns ``d, x2, d2, a = 1+κ‖x‖², b = 1+κ‖y‖², D``."""
     d = y - x
     x2, y2, d2 = sqnorm(x, dim), sqnorm(y, dim), sqnorm(d, dim)
     a = 1.0 + k * x2
-    den = (a * (1.0 + k * y2) - k * d2).clamp_min(guards(x.dtype).min_denom)
-    return d, x2, d2, a, den
+    b = 1.0 + k * y2
+    den = (a * b - k * d2).clamp_min(guards(x.dtype).min_denom)
+    return d, x2, d2, a, b, den
+
+
+def _half_dist_ratio(d2: Tensor, a: Tensor, b: Tensor, den: Tensor, k: Tensor) -> Tensor:
+    r"""``artan_κ(‖m‖)/‖m‖`` for ``m = (−x) ⊕ y`` (half the distance over ``‖m‖``).
+
+    κ ≥ 0: ``A(κ‖m‖²)`` (``atan``: well conditioned up to the antipode). κ < 0: the
+    ``atanh`` of ``√|κ|‖m‖ ≈ 1`` loses digits for far points near the boundary, so use the
+    chord identity ``sinh(√|κ| d/2) = √|κ| ‖x − y‖ / √((1+κ‖x‖²)(1+κ‖y‖²))``:
+    ``artan_κ(‖m‖)/‖m‖ = √(D/ab) · AS(κ‖d‖²/ab)``. Both are the same analytic function of
+    κ, so the switch at 0 is seamless in value and every derivative.
+    """
+    g = guards(d2.dtype)
+    ab = (a * b).clamp_min(g.min_denom)
+    hyp = (den / ab).sqrt() * arsin_ratio(k * d2 / ab)
+    sph = artan_ratio(k * d2 / den)
+    return torch.where(k < 0, hyp, sph)
 
 
 @_float32_island
@@ -558,12 +577,14 @@ def dist(x: Tensor, y: Tensor, *, k: Curvature, keepdim: bool = False, dim: int 
         ‖(−x) ⊕_κ y‖² = \frac{‖x − y‖²}{(1 + κ‖x‖²)(1 + κ‖y‖²) − κ‖x − y‖²},
 
     which needs no Möbius sum vector and is accurate for close points (the difference is
-    formed first). Gradient 0 at ``x = y``.
+    formed first). For κ < 0 the equivalent chord form
+    ``d = 2 arsin_κ(‖x−y‖/√((1+κ‖x‖²)(1+κ‖y‖²)))`` avoids ``atanh`` near 1 (far points
+    near the boundary). Gradient 0 at ``x = y``.
     """
     k = _k(k, x)
-    _, _, d2, _, den = _gyro_diff(x, y, k, dim)
-    n2 = d2 / den
-    return _squeeze(2.0 * safe_sqrt(n2) * artan_ratio(k * n2), dim, keepdim)
+    _, _, d2, a, b, den = _gyro_diff(x, y, k, dim)
+    n = safe_sqrt(d2 / den)
+    return _squeeze(2.0 * n * _half_dist_ratio(d2, a, b, den, k), dim, keepdim)
 
 
 @_float32_island
@@ -604,8 +625,8 @@ def logmap(x: Tensor, y: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
     ``(1+κ‖x‖²) A(κ‖m‖²) m`` with ``m`` and ``‖m‖²`` from the cancellation-free parts of
     :func:`dist` (accurate for ``y → x``)."""
     k = _k(k, x)
-    d, x2, d2, a, den = _gyro_diff(x, y, k, dim)
-    c = a * artan_ratio(k * d2 / den) / den
+    d, x2, d2, a, b, den = _gyro_diff(x, y, k, dim)
+    c = a * _half_dist_ratio(d2, a, b, den, k) / den
     return torch.addcmul(d * (c * a), x, c * k * d2)
 
 
@@ -614,7 +635,7 @@ def geodesic(t: Tensor, x: Tensor, y: Tensor, *, k: Curvature, dim: int = -1) ->
     r"""``γ_{x→y}(t) = x ⊕ (t ⊗ ((−x) ⊕ y))``; ``γ(0) = x``, ``γ(1) = y``."""
     k = _k(k, x)
     t = _k(t, x)
-    d, x2, d2, a, den = _gyro_diff(x, y, k, dim)
+    d, x2, d2, a, _, den = _gyro_diff(x, y, k, dim)
     m = torch.addcmul(d * (a / den), x, k * d2 / den)
     m2 = d2 / den
     am = artan_ratio(k * m2)
@@ -653,7 +674,7 @@ def dist2plane(
     (absolute value unless ``signed``; times ``‖a‖`` if ``scaled``).
     """
     k = _k(k, x)
-    d, p2, d2, ap, den = _gyro_diff(p, x, k, dim)
+    d, p2, d2, ap, _, den = _gyro_diff(p, x, k, dim)
     # ⟨(−p)⊕x, a⟩ = ((1+κ‖p‖²)⟨d,a⟩ + κ‖d‖²⟨p,a⟩)/D ; ‖(−p)⊕x‖² = ‖d‖²/D
     sc = (ap * _dot(d, a, dim) + k * d2 * _dot(p, a, dim)) / den
     if not signed:
