@@ -1,0 +1,202 @@
+r"""The MoSELoRA tuner layer: a frozen linear layer plus a mixture of space experts.
+
+.. math::
+    y = W x + \frac{α}{r} \sum_i g_i(z)\, o_i(z), \qquad z = A\,\mathrm{dropout}(x)
+
+with the experts ``o_i`` of :mod:`mosgeo_lora.experts` and the gates of
+:mod:`mosgeo_lora.router`. Parameters, per adapter name (PEFT convention):
+
+* ``moselora_A``: ``Linear(d_in, r)`` (Kaiming uniform, as PEFT's LoRA ``A``),
+* ``moselora_B``: ``Linear(N·r, d_out)`` holding ``B_cat = [B_1 … B_N]`` (zero at init),
+* ``moselora_router``: ``Linear(r, N)`` (``W_g``),
+* ``moselora_k``: the learnable curvatures (``(n_learn,)``, the first experts), and the
+  persistent buffer ``moselora_k_fixed`` with the fixed ones (Euclidean experts at 0, or all
+  when ``learn_curvature=False``); κ = ``cat(k, k_fixed)``.
+
+The adapter runs in a float32 island: under bf16/fp16 autocast its inputs are cast to the
+adapter dtype and autocast is disabled inside, so the geometry never runs in half precision.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from peft.tuners._buffer_dict import BufferDict
+from peft.tuners.tuners_utils import BaseTunerLayer, _get_in_out_features
+from torch import nn
+
+from .config import MoSELoraConfig
+from .experts import experts_fused, experts_reference
+from .router import load_balancing_loss, route
+
+__all__ = ["MoSELoraLayer", "MoSELoraLinear"]
+
+_MERGE_ERROR = (
+    "MoSELoRA cannot be merged into the base weight: each expert maps its input through a "
+    "curvature-dependent nonlinear chart (project → to_spacelike → clip → from_spacelike) and "
+    "the router's gates depend on the input, so the adapter is not a fixed matrix ΔW. Use "
+    "`unload()` to get the base model back, or keep the adapter attached for inference."
+)
+
+
+class MoSELoraLayer(BaseTunerLayer):
+    """State and forward of the mixture-of-space adapter on one base layer."""
+
+    adapter_layer_names = ("moselora_A", "moselora_B", "moselora_router", "moselora_k")
+    other_param_names = ("r", "scaling", "moselora_dropout", "moselora_k_fixed", "settings")
+
+    def __init__(self, base_layer: nn.Module, **kwargs: Any) -> None:
+        self.base_layer = base_layer
+        self.r: dict[str, int] = {}
+        self.scaling: dict[str, float] = {}
+        self.settings: dict[str, dict[str, Any]] = {}
+        self.moselora_A = nn.ModuleDict({})
+        self.moselora_B = nn.ModuleDict({})
+        self.moselora_router = nn.ModuleDict({})
+        self.moselora_k = nn.ParameterDict({})
+        self.moselora_k_fixed = BufferDict({}, persistent=True)
+        self.moselora_dropout = nn.ModuleDict({})
+        self._disable_adapters = False
+        self.merged_adapters: list[str] = []
+        self.kwargs = kwargs
+        # set by MoSELoraModel.forward for the duration of one forward pass
+        self._token_mask: torch.Tensor | None = None
+        self.aux_losses: dict[str, torch.Tensor] = {}
+        self.route_counts: dict[str, torch.Tensor] = {}
+        self.route_tokens: dict[str, int] = {}
+        in_features, out_features = _get_in_out_features(self.get_base_layer())
+        if in_features is None:
+            raise TypeError(f"MoSELoRA cannot adapt {type(self.get_base_layer()).__name__}")
+        self.in_features, self.out_features = in_features, out_features
+
+    # ------------------------------------------------------------------ parameters
+    def update_layer(self, adapter_name: str, config: MoSELoraConfig, **kwargs: Any) -> None:
+        """Create (or re-create) the adapter ``adapter_name`` from ``config``."""
+        r, n = config.r, config.num_experts
+        self.r[adapter_name] = r
+        self.scaling[adapter_name] = config.scaling
+        self.settings[adapter_name] = {
+            "top_k": config.top_k,
+            "input_map": config.input_map,
+            "fused": config.fused,
+            "curvature_bounds": config.curvature_bounds,
+            "aux_loss_coef": config.aux_loss_coef,
+            "num_experts": n,
+        }
+        self.moselora_A[adapter_name] = nn.Linear(self.in_features, r, bias=False)
+        self.moselora_B[adapter_name] = nn.Linear(n * r, self.out_features, bias=False)
+        self.moselora_router[adapter_name] = nn.Linear(r, n, bias=False)
+        self.moselora_dropout[adapter_name] = (
+            nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+        )
+        k0 = torch.tensor(config.initial_curvatures(), dtype=torch.float32)
+        n_learn = int(sum(config.curved_mask()))
+        if n_learn:
+            self.moselora_k[adapter_name] = nn.Parameter(k0[:n_learn].clone())
+        self.moselora_k_fixed[adapter_name] = k0[n_learn:].clone()
+        self.reset_parameters(adapter_name, config.init_weights)
+        self._move_adapter_to_device_of_base_layer(adapter_name)
+        self.set_adapter(self.active_adapters, inference_mode=config.inference_mode)
+
+    def reset_parameters(self, adapter_name: str, init_weights: bool = True) -> None:
+        if adapter_name not in self.moselora_A:
+            return
+        nn.init.kaiming_uniform_(self.moselora_A[adapter_name].weight, a=math.sqrt(5))
+        nn.init.kaiming_uniform_(self.moselora_router[adapter_name].weight, a=math.sqrt(5))
+        if init_weights:
+            nn.init.zeros_(self.moselora_B[adapter_name].weight)
+        else:
+            nn.init.normal_(self.moselora_B[adapter_name].weight, std=0.5)
+
+    def curvatures(self, adapter_name: str) -> torch.Tensor:
+        """κ of the experts of ``adapter_name``, shape ``(N,)`` (bounds applied)."""
+        fixed = self.moselora_k_fixed[adapter_name]
+        if adapter_name in self.moselora_k:
+            k = self.moselora_k[adapter_name]
+            bounds = self.settings[adapter_name]["curvature_bounds"]
+            if bounds is not None:
+                k = k.clamp(*bounds)
+            return torch.cat([k, fixed.to(k.dtype)])
+        return fixed
+
+    # ------------------------------------------------------------------ merging
+    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
+        raise NotImplementedError(_MERGE_ERROR)
+
+    def unmerge(self) -> None:
+        raise NotImplementedError(_MERGE_ERROR)
+
+    def get_delta_weight(self, adapter_name: str) -> torch.Tensor:
+        raise NotImplementedError(_MERGE_ERROR)
+
+    # ------------------------------------------------------------------ forward
+    def adapter_delta(self, x: torch.Tensor, adapter_name: str) -> torch.Tensor:
+        """``(α/r) Σ_i g_i o_i`` for input ``x`` (the adapter's additive output)."""
+        cfg = self.settings[adapter_name]
+        a_lin = self.moselora_A[adapter_name]
+        dtype = a_lin.weight.dtype
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            z = a_lin(self.moselora_dropout[adapter_name](x).to(dtype))
+            logits = self.moselora_router[adapter_name](z)
+            gates, probs, mask = route(logits, cfg["top_k"])
+            gates = gates.to(z.dtype)
+            k = self.curvatures(adapter_name).to(z.dtype)
+            b_cat = self.moselora_B[adapter_name].weight
+            if cfg["fused"]:
+                out = experts_fused(z, b_cat, k, gates, input_map=cfg["input_map"])
+            else:
+                per_expert = experts_reference(z, b_cat, k, input_map=cfg["input_map"])
+                out = (per_expert * gates.unsqueeze(-1)).sum(-2)
+            self._record_routing(adapter_name, probs, mask, x)
+        return out * self.scaling[adapter_name]
+
+    def _record_routing(
+        self, adapter_name: str, probs: torch.Tensor, mask: torch.Tensor, x: torch.Tensor
+    ) -> None:
+        cfg = self.settings[adapter_name]
+        token_mask = self._token_mask
+        if token_mask is not None and tuple(token_mask.shape) != tuple(x.shape[:-1]):
+            token_mask = None  # e.g. cached generation: one new token, the mask covers all
+        if cfg["aux_loss_coef"] > 0 and torch.is_grad_enabled():
+            self.aux_losses[adapter_name] = load_balancing_loss(
+                probs, mask, cfg["top_k"], token_mask
+            )
+        if torch.compiler.is_compiling():
+            return
+        with torch.no_grad():
+            m = mask.reshape(-1, mask.shape[-1])
+            if token_mask is not None:
+                m = m * token_mask.reshape(-1, 1).to(m.dtype)
+            counts = m.sum(0)
+            prev = self.route_counts.get(adapter_name)
+            self.route_counts[adapter_name] = counts if prev is None else prev + counts
+            self.route_tokens[adapter_name] = self.route_tokens.get(adapter_name, 0) + int(
+                m.shape[0] if token_mask is None else token_mask.sum()
+            )
+
+
+class MoSELoraLinear(nn.Module, MoSELoraLayer):
+    """MoSELoRA on ``nn.Linear`` or transformers' ``Conv1D`` (GPT-2): the adapter reads the
+    input and adds to the output, so the weight layout of the base layer does not matter."""
+
+    def __init__(
+        self, base_layer: nn.Module, adapter_name: str, config: MoSELoraConfig, **kwargs: Any
+    ) -> None:
+        super().__init__()
+        MoSELoraLayer.__init__(self, base_layer, **kwargs)
+        self._active_adapter = adapter_name
+        self.update_layer(adapter_name, config)
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        result = self.base_layer(x, *args, **kwargs)
+        if self.disable_adapters or self.merged:
+            return result
+        for name in self.active_adapters:
+            if name in self.moselora_A.keys():
+                result = result + self.adapter_delta(x, name).to(result.dtype)
+        return result
+
+    def __repr__(self) -> str:
+        return "moselora." + super().__repr__()

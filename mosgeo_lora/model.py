@@ -1,0 +1,216 @@
+"""``MoSELoraModel`` (the PEFT tuner), the FFN targets per architecture, and ``wrap``.
+
+The auxiliary load-balancing loss reaches the training loss without a Trainer subclass:
+``MoSELoraModel.forward`` (which ``PeftModel.forward`` calls) averages the per-layer Switch
+losses of the pass, adds ``aux_loss_coef ·`` it to ``outputs["loss"]`` and exposes it as
+``outputs["aux_loss"]``. When the HF ``Trainer`` passes ``num_items_in_batch`` (it then
+does *not* divide the loss by the gradient-accumulation steps), the aux term is weighted by
+this micro-batch's share of the label tokens, so an accumulation window adds it up once
+instead of once per micro-batch. Under *reentrant* gradient checkpointing the layer forward
+runs under ``no_grad`` and the aux loss has no graph: training then stops with an error
+that says so instead of silently dropping the router's balance gradient.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from peft import PeftModel, get_peft_model
+from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
+from torch import nn
+
+from .config import MoSELoraConfig
+from .layer import _MERGE_ERROR, MoSELoraLayer, MoSELoraLinear
+
+__all__ = ["MoSELoraModel", "FFN_TARGET_MODULES", "wrap", "aux_loss_layers"]
+
+_GATED = ["gate_proj", "up_proj", "down_proj"]
+
+#: The feed-forward projections adapted by default, per transformers ``model_type``.
+FFN_TARGET_MODULES: dict[str, list[str] | str] = {
+    **{
+        t: _GATED
+        for t in (
+            "llama",
+            "mistral",
+            "mixtral",
+            "qwen2",
+            "qwen2_moe",
+            "qwen3",
+            "qwen3_moe",
+            "gemma",
+            "gemma2",
+            "gemma3_text",
+            "olmo",
+            "olmo2",
+            "granite",
+            "smollm3",
+            "cohere",
+            "deepseek_v3",
+            "stablelm",
+            "exaone",
+        )
+    },
+    "phi3": ["gate_up_proj", "down_proj"],
+    "phi": ["fc1", "fc2"],
+    "opt": ["fc1", "fc2"],
+    "gpt2": r".*\.mlp\.(c_fc|c_proj)$",  # transformers Conv1D; attn.c_proj is not an FFN
+    "gpt_bigcode": r".*\.mlp\.(c_fc|c_proj)$",
+    "gptj": ["fc_in", "fc_out"],
+    "gpt_neo": r".*\.mlp\.(c_fc|c_proj)$",
+    "gpt_neox": ["dense_h_to_4h", "dense_4h_to_h"],
+    "falcon": ["dense_h_to_4h", "dense_4h_to_h"],
+    "bloom": ["dense_h_to_4h", "dense_4h_to_h"],
+    "bert": r".*\.layer\.\d+\.(intermediate|output)\.dense$",
+    "roberta": r".*\.layer\.\d+\.(intermediate|output)\.dense$",
+    "t5": r".*DenseReluDense\.(wi|wi_0|wi_1|wo)$",
+}
+
+
+def _is_conv1d(module: nn.Module) -> bool:
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:  # pragma: no cover - transformers is an optional extra
+        return False
+    return isinstance(module, Conv1D)
+
+
+class MoSELoraModel(BaseTuner):
+    """PEFT tuner that replaces the target linear layers by :class:`MoSELoraLinear`."""
+
+    prefix: str = "moselora_"
+    tuner_layer_cls = MoSELoraLayer
+    target_module_mapping = FFN_TARGET_MODULES
+
+    def _prepare_adapter_config(self, peft_config: MoSELoraConfig, model_config: dict):
+        if peft_config.target_modules is None:
+            model_type = model_config.get("model_type")
+            targets = self.target_module_mapping.get(model_type)
+            if targets is None:
+                raise ValueError(
+                    f"MoSELoRA does not know the feed-forward layers of model_type={model_type!r}; "
+                    f"pass target_modules=[...] (names or a regex of the linear layers to adapt). "
+                    f"Known architectures: {sorted(self.target_module_mapping)}"
+                )
+            peft_config.target_modules = targets if isinstance(targets, str) else set(targets)
+        return peft_config
+
+    def _create_and_replace(
+        self,
+        config: MoSELoraConfig,
+        adapter_name: str,
+        target: nn.Module,
+        target_name: str,
+        parent: nn.Module,
+        current_key: str,
+        **optional_kwargs: Any,
+    ) -> None:
+        if isinstance(target, MoSELoraLayer):
+            target.update_layer(adapter_name, config)
+            return
+        new_module = self._create_new_module(config, adapter_name, target)
+        if adapter_name not in self.active_adapters:
+            new_module.requires_grad_(False)  # an added adapter is not trainable until active
+        self._replace_module(parent, target_name, new_module, target)
+
+    @staticmethod
+    def _create_new_module(config: MoSELoraConfig, adapter_name: str, target: nn.Module):
+        base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
+        if isinstance(base, nn.Linear) or _is_conv1d(base):
+            return MoSELoraLinear(target, adapter_name, config)
+        raise TypeError(
+            f"MoSELoRA adapts torch.nn.Linear and transformers Conv1D layers; target "
+            f"{type(base).__name__} is neither. Choose other target_modules."
+        )
+
+    # ------------------------------------------------------------------ merging
+    def _check_merge_allowed(self) -> None:
+        raise NotImplementedError(_MERGE_ERROR)
+
+    def merge_adapter(self, *args: Any, **kwargs: Any) -> None:
+        raise NotImplementedError(_MERGE_ERROR)
+
+    # ------------------------------------------------------------------ forward + aux
+    def forward(self, *args: Any, **kwargs: Any):
+        layers = aux_loss_layers(self.model)
+        attention_mask = kwargs.get("attention_mask")
+        for layer in layers:
+            layer._token_mask = attention_mask
+            layer.aux_losses.clear()
+        try:
+            outputs = self.model.forward(*args, **kwargs)
+        finally:
+            for layer in layers:
+                layer._token_mask = None
+        return self._add_aux_loss(outputs, layers, kwargs)
+
+    def _add_aux_loss(self, outputs: Any, layers: list[MoSELoraLayer], kwargs: dict) -> Any:
+        active = [a for a in self.active_adapters if a in self.peft_config]
+        coef = max((self.peft_config[a].aux_loss_coef for a in active), default=0.0)
+        losses = [loss for layer in layers for loss in layer.aux_losses.values()]
+        for layer in layers:
+            layer.aux_losses.clear()
+        if not losses or coef <= 0 or not isinstance(outputs, dict):
+            return outputs
+        aux = torch.stack([loss.float() for loss in losses]).mean()
+        loss = outputs.get("loss")
+        if loss is not None and loss.requires_grad and not aux.requires_grad:
+            raise RuntimeError(
+                "MoSELoRA's load-balancing loss has no gradient: the adapted layers ran under "
+                "torch.no_grad while the training loss requires grad. This is what *reentrant* "
+                "gradient checkpointing does (the router would silently get no balance "
+                "gradient). Use gradient_checkpointing_kwargs={'use_reentrant': False}, or set "
+                "aux_loss_coef=0 in the MoSELoraConfig."
+            )
+        outputs["aux_loss"] = aux.detach()
+        if loss is not None:
+            share = _micro_batch_share(kwargs, loss)
+            outputs["loss"] = loss + (coef * share) * aux.to(loss.dtype)
+        return outputs
+
+
+def _micro_batch_share(kwargs: dict, loss: torch.Tensor) -> torch.Tensor | float:
+    """This micro-batch's share of the label tokens of the optimizer step (1 without
+    ``num_items_in_batch``), counted as the Trainer counts them (causal LM: ``labels[..., 1:]``)."""
+    total = kwargs.get("num_items_in_batch")
+    labels = kwargs.get("labels")
+    if total is None or labels is None:
+        return 1.0
+    shifted = kwargs.get("shift_labels")
+    mine = shifted if shifted is not None else (labels[..., 1:] if labels.dim() > 1 else labels)
+    count = (mine != -100).sum().to(loss.dtype)
+    total = torch.as_tensor(total, device=loss.device, dtype=loss.dtype)
+    return count / total.clamp_min(1)
+
+
+def aux_loss_layers(model: nn.Module) -> list[MoSELoraLayer]:
+    """Every MoSELoRA layer of ``model``."""
+    return [m for m in model.modules() if isinstance(m, MoSELoraLayer)]
+
+
+def wrap(model: nn.Module, config: MoSELoraConfig | None = None, **overrides: Any) -> PeftModel:
+    """``get_peft_model(model, config)`` with MoSELoRA defaults.
+
+    ``config`` defaults to ``MoSELoraConfig()``; ``overrides`` replace its fields (e.g.
+    ``wrap(model, preset="moselora-h", r=16)``). ``target_modules`` defaults to the FFN
+    projections of the model's architecture (:data:`FFN_TARGET_MODULES`); the inverse is
+    PEFT's ``unload()``.
+    """
+    if config is None:
+        config = MoSELoraConfig(**overrides)
+    elif overrides:
+        fields = {**config.to_dict(), **overrides}
+        fields.pop("peft_type", None)
+        config = MoSELoraConfig(**{k: v for k, v in fields.items() if k in _config_fields()})
+    if config.task_type is None and getattr(getattr(model, "config", None), "is_decoder", True):
+        # PeftModelForCausalLM handles generate() and the inputs_embeds plumbing
+        if hasattr(model, "generate") and hasattr(model, "lm_head"):
+            config.task_type = "CAUSAL_LM"
+    return get_peft_model(model, config)
+
+
+def _config_fields() -> set[str]:
+    import dataclasses
+
+    return {f.name for f in dataclasses.fields(MoSELoraConfig)}
