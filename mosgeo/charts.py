@@ -111,7 +111,6 @@ def from_spacelike(u: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
     return u * spacelike_inverse_scale(sqnorm(u, dim), k)
 
 
-@_float32_island
 def clip_spacelike(u: Tensor, *, k: Curvature, eps: float | None = None, dim: int = -1) -> Tensor:
     r"""Gradient-bound projection of the paper's appendix.
 
@@ -121,7 +120,12 @@ def clip_spacelike(u: Tensor, *, k: Curvature, eps: float | None = None, dim: in
     (:func:`mosgeo.numerics.default_eps`).
     """
     if eps is None or eps < 0:
-        eps = guards(u.dtype).ball_eps
+        eps = guards(u.dtype).ball_eps  # storage dtype: see mosgeo.math.project
+    return _clip_spacelike(u, k, dim, eps)
+
+
+@_float32_island
+def _clip_spacelike(u: Tensor, k: Curvature, dim: int, eps: float) -> Tensor:
     n = torch.linalg.vector_norm(u, dim=dim, keepdim=True)
     return u * clip_spacelike_factor(n, _k(k, u), eps)
 

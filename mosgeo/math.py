@@ -300,7 +300,6 @@ def arsin_k_zero_taylor(x: Tensor, k: Curvature, order: int = -1) -> Tensor:
 # --------------------------------------------------------------------------------------
 
 
-@_float32_island
 def project(x: Tensor, *, k: Curvature, dim: int = -1, eps: float | None = None) -> Tensor:
     r"""Safe projection onto the usable part of the manifold.
 
@@ -314,7 +313,14 @@ def project(x: Tensor, *, k: Curvature, dim: int = -1, eps: float | None = None)
     such a point overflows to ``inf`` and the projection returns 0.
     """
     if eps is None or eps < 0:
+        # the storage dtype sets the margin: a half-precision point must stay inside after
+        # the cast back from the float32 island
         eps = guards(x.dtype).ball_eps
+    return _project(x, k, dim, eps)
+
+
+@_float32_island
+def _project(x: Tensor, k: Curvature, dim: int, eps: float) -> Tensor:
     return x * project_factor(safe_norm(x, dim), _k(k, x), eps)
 
 
