@@ -29,7 +29,7 @@ from __future__ import annotations
 import torch
 
 from .math import Curvature, _float32_island, _k, arsin_k
-from .numerics import clamp_abs, guards, safe_sqrt, sqnorm
+from .numerics import clamp_abs, guards, safe_norm, safe_sqrt, sqnorm
 
 Tensor = torch.Tensor
 
@@ -126,7 +126,7 @@ def clip_spacelike(u: Tensor, *, k: Curvature, eps: float | None = None, dim: in
 
 @_float32_island
 def _clip_spacelike(u: Tensor, k: Curvature, dim: int, eps: float) -> Tensor:
-    n = torch.linalg.vector_norm(u, dim=dim, keepdim=True)
+    n = safe_norm(u, dim)  # ‖u‖² of a huge u overflows: the clip must still point along u
     return u * clip_spacelike_factor(n, _k(k, u), eps)
 
 

@@ -395,13 +395,104 @@ def egrad2rgrad(x: Tensor, grad: Tensor, *, k: Curvature, dim: int = -1) -> Tens
 # --------------------------------------------------------------------------------------
 
 
-def _madd(x: Tensor, y: Tensor, k: Tensor, dim: int, x2: Tensor, y2: Tensor) -> Tensor:
-    """``x ⊕_κ y`` given ``‖x‖²`` and ``‖y‖²`` (see :func:`mobius_add`)."""
+def _mobius_den(a2: Tensor, b2: Tensor, s2: Tensor, ab: Tensor, k: Tensor):
+    r"""Denominator ``D`` of ``a ⊕_κ b`` (``s = a + b``) in its cancellation-free form, and
+    the mask of the far spherical regime.
+
+    * κ ≤ 0, or κ > 0 near the origin: ``D = (1 + κ‖a‖²)(1 + κ‖b‖²) − κ‖s‖²`` (a sum of
+      positive terms for κ < 0, exact for ``b ≈ −a``).
+    * κ > 0 with ``κ max(‖a‖², ‖b‖²) > 1`` (beyond the equator, towards the pole):
+      ``D = (1 − κ⟨a,b⟩)² + κ²(‖a‖²‖b‖² − ⟨a,b⟩²)`` (Ungar's ``1 − 2κ⟨a,b⟩ + κ²‖a‖²‖b‖²``
+      as a sum of squares); the first form would subtract numbers of size ``κ‖a‖²``.
+    """
+    far = (k > 0) & (k * torch.maximum(a2, b2) > 1.0)
+    d_near = (1.0 + k * a2) * (1.0 + k * b2) - k * s2
+    d_far = (1.0 - k * ab).square() + (k * k) * (a2 * b2 - ab * ab).clamp_min(0.0)
+    return torch.where(far, d_far, d_near).clamp_min(guards(a2.dtype).min_denom), far
+
+
+def _mobius_coeffs(a2: Tensor, b2: Tensor, s2: Tensor, ab: Tensor, k: Tensor):
+    r"""``a ⊕_κ b = c_s s + c_a a + c_b b`` (``s = a + b``), its denominator ``D`` and ``a' =
+    1 + κ‖a‖²``: ``c_s = a'/D, c_a = −κ‖s‖²/D, c_b = 0`` near the origin (the form that is
+    exact for ``b ≈ −a``); Ungar's ``c_s = 0, c_a = (1 − 2κ⟨a,b⟩ − κ‖b‖²)/D, c_b = a'/D``
+    in the far spherical regime of :func:`_mobius_den`. Same function, two roundings."""
+    den, far = _mobius_den(a2, b2, s2, ab, k)
+    ap = 1.0 + k * a2
+    zero = torch.zeros_like(den)
+    c_s = torch.where(far, zero, ap / den)
+    c_a = torch.where(far, (1.0 - 2.0 * k * ab - k * b2) / den, -k * s2 / den)
+    c_b = torch.where(far, ap / den, zero)
+    return c_s, c_a, c_b, den
+
+
+def _madd(x: Tensor, y: Tensor, k: Tensor, dim: int, x2: Tensor, y2: Tensor, xy: Tensor) -> Tensor:
+    """``x ⊕_κ y`` given ``‖x‖²``, ``‖y‖²`` and ``⟨x, y⟩`` (see :func:`mobius_add`)."""
     s = x + y
-    s2 = sqnorm(s, dim)
-    a = 1.0 + k * x2
-    den = (a * (1.0 + k * y2) - k * s2).clamp_min(guards(x.dtype).min_denom)
-    return torch.addcmul(s * (a / den), x, -(k * s2 / den))
+    c_s, c_x, c_y, _ = _mobius_coeffs(x2, y2, sqnorm(s, dim), xy, k)
+    return torch.addcmul(torch.addcmul(s * c_s, x, c_x), y, c_y)
+
+
+def _mobius_add_scalar_grads(x2, y2, s2, xy, k, p_s, p_x, p_y):
+    r"""∂L/∂(‖x‖², ‖y‖², ‖s‖², ⟨x,y⟩, κ) for ``L = c_s p_s + c_x p_x + c_y p_y`` with the
+    coefficients of :func:`_mobius_coeffs` (both regimes written out; ``L = N/D`` so
+    ``∂L = (∂N − L ∂D)/D``)."""
+    den, far = _mobius_den(x2, y2, s2, xy, k)
+    a, b = 1.0 + k * x2, 1.0 + k * y2
+    d_raw = torch.where(far, 1.0 - 2.0 * k * xy + k * k * x2 * y2, a * b - k * s2)
+    live = (d_raw > guards(x2.dtype).min_denom).to(den.dtype)  # a clamped D is a constant
+    zero = torch.zeros_like(den)
+    # near: N = a p_s − κ‖s‖² p_x,  D = ab − κ‖s‖²
+    # far:  N = (1 − 2κ⟨x,y⟩ − κ‖y‖²) p_x + a p_y,  D = 1 − 2κ⟨x,y⟩ + κ²‖x‖²‖y‖²
+    n_val = torch.where(far, (1.0 - 2.0 * k * xy - k * y2) * p_x + a * p_y, a * p_s - k * s2 * p_x)
+    big_l = n_val / den
+    dn = {
+        "x2": torch.where(far, k * p_y, k * p_s),
+        "y2": torch.where(far, -k * p_x, zero),
+        "s2": torch.where(far, zero, -k * p_x),
+        "xy": torch.where(far, -2.0 * k * p_x, zero),
+        "k": torch.where(far, (-2.0 * xy - y2) * p_x + x2 * p_y, x2 * p_s - s2 * p_x),
+    }
+    dd = {
+        "x2": torch.where(far, k * k * y2, k * b),
+        "y2": torch.where(far, k * k * x2, k * a),
+        "s2": torch.where(far, zero, -k.expand_as(den)),
+        "xy": torch.where(far, -2.0 * k.expand_as(den), zero),
+        "k": torch.where(far, -2.0 * xy + 2.0 * k * x2 * y2, x2 * b + y2 * a - s2),
+    }
+    return {q: (dn[q] - big_l * dd[q] * live) / den for q in dn}
+
+
+class _MobiusAdd(torch.autograd.Function):
+    """``x ⊕_κ y`` with a hand-written backward: autograd through the coefficient chain
+    makes ~30 passes over the (B, n) data; this backward makes 12 (two dot products and
+    the two gradient combinations). Double backward falls back to plain autograd."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, y: Tensor, k: Tensor, dim: int) -> Tensor:
+        s = x + y
+        x2, y2, s2, xy = sqnorm(x, dim), sqnorm(y, dim), sqnorm(s, dim), _dot(x, y, dim)
+        c_s, c_x, c_y, _ = _mobius_coeffs(x2, y2, s2, xy, k)
+        ctx.save_for_backward(x, y, k, s, x2, y2, s2, xy, c_s, c_x, c_y)
+        ctx.dim = dim
+        return torch.addcmul(torch.addcmul(s * c_s, x, c_x), y, c_y)
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        x, y, k, s, x2, y2, s2, xy, c_s, c_x, c_y = ctx.saved_tensors
+        dim = ctx.dim
+        if torch.is_grad_enabled():  # create_graph: differentiate the plain autograd form
+            with torch.enable_grad():
+                out = _madd(x, y, k, dim, sqnorm(x, dim), sqnorm(y, dim), _dot(x, y, dim))
+                grads = torch.autograd.grad(out, (x, y, k), g, create_graph=True, allow_unused=True)
+            return (*grads, None)
+        p_x, p_y = _dot(g, x, dim), _dot(g, y, dim)
+        d = _mobius_add_scalar_grads(x2, y2, s2, xy, k, p_x + p_y, p_x, p_y)
+        two_s2 = 2.0 * d["s2"]
+        common = s * two_s2
+        gx = torch.addcmul(torch.addcmul(common + g * (c_s + c_x), x, 2.0 * d["x2"]), y, d["xy"])
+        gy = torch.addcmul(torch.addcmul(common + g * (c_s + c_y), y, 2.0 * d["y2"]), x, d["xy"])
+        gk = d["k"].sum_to_size(k.shape) if ctx.needs_input_grad[2] else None
+        return gx.sum_to_size(x.shape), gy.sum_to_size(y.shape), gk, None
 
 
 @_float32_island
@@ -418,10 +509,13 @@ def mobius_add(x: Tensor, y: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
         x ⊕_κ y = \frac{(1 + κ‖x‖²)\, s − κ‖s‖²\, x}{(1 + κ‖x‖²)(1 + κ‖y‖²) − κ‖s‖²},
 
     which is exact for ``y ≈ −x`` (left cancellation ``(−x) ⊕ (x ⊕ y) = y`` holds to
-    rounding) and whose denominator is a sum of positive terms for κ < 0.
+    rounding) and whose denominator is a sum of positive terms for κ < 0. For κ > 0 beyond
+    the equator (``κ‖x‖² > 1`` or ``κ‖y‖² > 1``) that form would cancel terms of size
+    ``κ‖x‖²``; there the first (Ungar's) form is used, with its denominator written as
+    ``(1 − κ⟨x,y⟩)² + κ²(‖x‖²‖y‖² − ⟨x,y⟩²)``.
     """
     k = _k(k, x)
-    return _madd(x, y, k, dim, sqnorm(x, dim), sqnorm(y, dim))
+    return _MobiusAdd.apply(x, y, k, dim)
 
 
 def mobius_sub(x: Tensor, y: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
@@ -548,15 +642,19 @@ def mobiusify(fn: Callable) -> Callable:
 
 
 def _gyro_diff(x: Tensor, y: Tensor, k: Tensor, dim: int):
-    r"""Parts of ``m = (−x) ⊕ y`` with ``d = y − x``:
-    ``m = ((1+κ‖x‖²) d + κ‖d‖² x)/D``, ``D = (1+κ‖x‖²)(1+κ‖y‖²) − κ‖d‖²`` and
-    ``‖m‖² = ‖d‖²/D``. Returns ``d, x2, d2, a = 1+κ‖x‖², b = 1+κ‖y‖², D``."""
+    r"""Parts of ``m = (−x) ⊕ y`` with ``d = y − x``: ``m = c_s d − c_x x + c_y y`` (see
+    :func:`_mobius_coeffs` with ``a = −x``, ``b = y``), ``‖m‖² = ‖d‖²/D``.
+
+    Returns ``d, x2, d2, a = 1+κ‖x‖², b = 1+κ‖y‖², D, (c_s, c_x, c_y)``."""
     d = y - x
     x2, y2, d2 = sqnorm(x, dim), sqnorm(y, dim), sqnorm(d, dim)
-    a = 1.0 + k * x2
-    b = 1.0 + k * y2
-    den = (a * b - k * d2).clamp_min(guards(x.dtype).min_denom)
-    return d, x2, d2, a, b, den
+    c_s, c_a, c_y, den = _mobius_coeffs(x2, y2, d2, -_dot(x, y, dim), k)
+    return d, x2, d2, 1.0 + k * x2, 1.0 + k * y2, den, (c_s, -c_a, c_y)
+
+
+def _gyro_vec(d: Tensor, x: Tensor, y: Tensor, coeffs) -> Tensor:
+    c_s, c_x, c_y = coeffs
+    return torch.addcmul(torch.addcmul(d * c_s, x, c_x), y, c_y)
 
 
 def _half_dist_ratio(d2: Tensor, a: Tensor, b: Tensor, den: Tensor, k: Tensor) -> Tensor:
@@ -588,7 +686,7 @@ def dist(x: Tensor, y: Tensor, *, k: Curvature, keepdim: bool = False, dim: int 
     near the boundary). Gradient 0 at ``x = y``.
     """
     k = _k(k, x)
-    _, _, d2, a, b, den = _gyro_diff(x, y, k, dim)
+    _, _, d2, a, b, den, _ = _gyro_diff(x, y, k, dim)
     n = safe_sqrt(d2 / den)
     return _squeeze(2.0 * n * _half_dist_ratio(d2, a, b, den, k), dim, keepdim)
 
@@ -622,7 +720,7 @@ def expmap(x: Tensor, u: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
     x2, u2 = sqnorm(x, dim), sqnorm(u, dim)
     h = 1.0 / _conf_half_inv(x2, k)
     c = h * tan_ratio(k * h * h * u2)
-    return _madd(x, c * u, k, dim, x2, c * c * u2)
+    return _madd(x, c * u, k, dim, x2, c * c * u2, c * _dot(x, u, dim))
 
 
 @_float32_island
@@ -631,9 +729,9 @@ def logmap(x: Tensor, y: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
     ``(1+κ‖x‖²) A(κ‖m‖²) m`` with ``m`` and ``‖m‖²`` from the cancellation-free parts of
     :func:`dist` (accurate for ``y → x``)."""
     k = _k(k, x)
-    d, x2, d2, a, b, den = _gyro_diff(x, y, k, dim)
-    c = a * _half_dist_ratio(d2, a, b, den, k) / den
-    return torch.addcmul(d * (c * a), x, c * k * d2)
+    d, x2, d2, a, b, den, coeffs = _gyro_diff(x, y, k, dim)
+    c = a * _half_dist_ratio(d2, a, b, den, k)
+    return _gyro_vec(d, x, y, [c * ci for ci in coeffs])
 
 
 @_float32_island
@@ -641,12 +739,12 @@ def geodesic(t: Tensor, x: Tensor, y: Tensor, *, k: Curvature, dim: int = -1) ->
     r"""``γ_{x→y}(t) = x ⊕ (t ⊗ ((−x) ⊕ y))``; ``γ(0) = x``, ``γ(1) = y``."""
     k = _k(k, x)
     t = _k(t, x)
-    d, x2, d2, a, _, den = _gyro_diff(x, y, k, dim)
-    m = torch.addcmul(d * (a / den), x, k * d2 / den)
+    d, x2, d2, a, _, den, coeffs = _gyro_diff(x, y, k, dim)
+    m = _gyro_vec(d, x, y, coeffs)
     m2 = d2 / den
     am = artan_ratio(k * m2)
     c = t * am * tan_ratio(k * t * t * am * am * m2)
-    return _madd(x, c * m, k, dim, x2, c * c * m2)
+    return _madd(x, c * m, k, dim, x2, c * c * m2, c * _dot(x, m, dim))
 
 
 @_float32_island
@@ -657,7 +755,7 @@ def geodesic_unit(t: Tensor, x: Tensor, u: Tensor, *, k: Curvature, dim: int = -
     g = guards(x.dtype)
     un = torch.linalg.vector_norm(u, dim=dim, keepdim=True).clamp_min(g.min_norm)
     c = tan_k(0.5 * t, k) / un
-    return _madd(x, c * u, k, dim, sqnorm(x, dim), (c * un) ** 2)
+    return _madd(x, c * u, k, dim, sqnorm(x, dim), (c * un) ** 2, c * _dot(x, u, dim))
 
 
 @_float32_island
@@ -680,9 +778,9 @@ def dist2plane(
     (absolute value unless ``signed``; times ``‖a‖`` if ``scaled``).
     """
     k = _k(k, x)
-    d, p2, d2, ap, _, den = _gyro_diff(p, x, k, dim)
-    # ⟨(−p)⊕x, a⟩ = ((1+κ‖p‖²)⟨d,a⟩ + κ‖d‖²⟨p,a⟩)/D ; ‖(−p)⊕x‖² = ‖d‖²/D
-    sc = (ap * _dot(d, a, dim) + k * d2 * _dot(p, a, dim)) / den
+    d, p2, d2, _, _, den, (c_s, c_p, c_x) = _gyro_diff(p, x, k, dim)
+    # ⟨(−p)⊕x, a⟩ = c_s⟨d,a⟩ + c_p⟨p,a⟩ + c_x⟨x,a⟩ ; ‖(−p)⊕x‖² = ‖d‖²/D
+    sc = c_s * _dot(d, a, dim) + c_p * _dot(p, a, dim) + c_x * _dot(x, a, dim)
     if not signed:
         sc = sc.abs()
     a_norm = torch.linalg.vector_norm(a, dim=dim, keepdim=True)

@@ -41,6 +41,12 @@ _MERGE_ERROR = (
 )
 
 
+def _in_backward() -> bool:
+    """Whether autograd is running a backward pass (gradient-checkpoint recomputation)."""
+    task_id = getattr(torch._C, "_current_graph_task_id", None)
+    return task_id is not None and task_id() != -1
+
+
 class MoSELoraLayer(BaseTunerLayer):
     """State and forward of the mixture-of-space adapter on one base layer."""
 
@@ -64,6 +70,8 @@ class MoSELoraLayer(BaseTunerLayer):
         # set by MoSELoraModel.forward for the duration of one forward pass
         self._token_mask: torch.Tensor | None = None
         self.aux_losses: dict[str, torch.Tensor] = {}
+        # set when the adapter ran under no_grad (e.g. reentrant checkpointing) in this pass
+        self._aux_without_grad = False
         self.route_counts: dict[str, torch.Tensor] = {}
         self.route_tokens: dict[str, int] = {}
         in_features, out_features = _get_in_out_features(self.get_base_layer())
@@ -156,14 +164,23 @@ class MoSELoraLayer(BaseTunerLayer):
         self, adapter_name: str, probs: torch.Tensor, mask: torch.Tensor, x: torch.Tensor
     ) -> None:
         cfg = self.settings[adapter_name]
+        # activation-checkpoint recomputation (runs inside backward): the pass was recorded in
+        # forward already; a loss stored now would never be used and would pin its graph to
+        # the module (copy.deepcopy fails), and the routing counts would be counted twice
+        recompute = not torch.compiler.is_compiling() and _in_backward()
         token_mask = self._token_mask
         if token_mask is not None and tuple(token_mask.shape) != tuple(x.shape[:-1]):
             token_mask = None  # e.g. cached generation: one new token, the mask covers all
-        if cfg["aux_loss_coef"] > 0 and torch.is_grad_enabled():
-            self.aux_losses[adapter_name] = load_balancing_loss(
-                probs, mask, cfg["top_k"], token_mask
-            )
-        if torch.compiler.is_compiling():
+        if cfg["aux_loss_coef"] > 0:
+            if torch.is_grad_enabled():
+                # computed in recomputation too: non-reentrant checkpointing checks that the
+                # recomputation saves the same tensors as the forward
+                loss = load_balancing_loss(probs, mask, cfg["top_k"], token_mask)
+                if not recompute:
+                    self.aux_losses[adapter_name] = loss
+            else:
+                self._aux_without_grad = True
+        if torch.compiler.is_compiling() or recompute:
             return
         with torch.no_grad():
             m = mask.reshape(-1, mask.shape[-1])

@@ -137,6 +137,7 @@ class MoSELoraModel(BaseTuner):
         attention_mask = kwargs.get("attention_mask")
         for layer in layers:
             layer._token_mask = attention_mask
+            layer._aux_without_grad = False
             layer.aux_losses.clear()
         try:
             outputs = self.model.forward(*args, **kwargs)
@@ -149,13 +150,25 @@ class MoSELoraModel(BaseTuner):
         active = [a for a in self.active_adapters if a in self.peft_config]
         coef = max((self.peft_config[a].aux_loss_coef for a in active), default=0.0)
         losses = [loss for layer in layers for loss in layer.aux_losses.values()]
+        without_grad = any(layer._aux_without_grad for layer in layers)
         for layer in layers:
             layer.aux_losses.clear()
-        if not losses or coef <= 0 or not isinstance(outputs, dict):
+            layer._aux_without_grad = False
+        as_dict = isinstance(outputs, dict)
+        # return_dict=False: with labels the loss is the first element of the tuple
+        as_tuple = (
+            isinstance(outputs, tuple)
+            and kwargs.get("labels") is not None
+            and len(outputs) > 0
+            and isinstance(outputs[0], torch.Tensor)
+            and outputs[0].dim() == 0
+        )
+        if coef <= 0 or not (as_dict or as_tuple):
             return outputs
-        aux = torch.stack([loss.float() for loss in losses]).mean()
-        loss = outputs.get("loss")
-        if loss is not None and loss.requires_grad and not aux.requires_grad:
+        loss = outputs.get("loss") if as_dict else outputs[0]
+        aux = torch.stack([loss.float() for loss in losses]).mean() if losses else None
+        dead = without_grad or (aux is not None and not aux.requires_grad)
+        if loss is not None and loss.requires_grad and dead:
             raise RuntimeError(
                 "MoSELoRA's load-balancing loss has no gradient: the adapted layers ran under "
                 "torch.no_grad while the training loss requires grad. This is what *reentrant* "
@@ -163,10 +176,16 @@ class MoSELoraModel(BaseTuner):
                 "gradient). Use gradient_checkpointing_kwargs={'use_reentrant': False}, or set "
                 "aux_loss_coef=0 in the MoSELoraConfig."
             )
-        outputs["aux_loss"] = aux.detach()
+        if aux is None:
+            return outputs
         if loss is not None:
             share = _micro_batch_share(kwargs, loss)
-            outputs["loss"] = loss + (coef * share) * aux.to(loss.dtype)
+            loss = loss + (coef * share) * aux.to(loss.dtype)
+        if not as_dict:
+            return (loss, *outputs[1:])
+        outputs["aux_loss"] = aux.detach()
+        if loss is not None:
+            outputs["loss"] = loss
         return outputs
 
 

@@ -12,7 +12,10 @@ from hypothesis import strategies as st
 from mosgeo_lora.experts import experts_fused, experts_reference, input_factor
 from mosgeo_lora.router import route
 
-TOL = {torch.float64: dict(rtol=1e-9, atol=1e-11), torch.float32: dict(rtol=2e-4, atol=2e-5)}
+# Tokens beyond the ball radius sit on the projected boundary, where to_spacelike amplifies
+# rounding by ~1/(2·ball_eps) ≈ 1.4e3 in float32: the two float32 paths (both ~1e-4 off the
+# float64 value of ∂/∂κ there) agree to ~1e-4 of the gradient scale, not to 2e-5.
+TOL = {torch.float64: dict(rtol=1e-9, atol=1e-11), torch.float32: dict(rtol=2e-4, atol=2e-4)}
 
 
 def _problem(seed: int, dtype: torch.dtype, n: int = 5, r: int = 4, d: int = 7, t: int = 9):

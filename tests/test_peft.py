@@ -1,0 +1,695 @@
+"""MoSELoRA as a PEFT tuner on tiny random transformers models (Llama, Qwen2, GPT-2 Conv1D).
+
+Every model here is built from a config (hidden 32, 2 layers, vocab 64): no hub access, a
+fraction of a second each. The adapter is small too (r = 4, N = 4 experts: 1 hyperbolic,
+2 spherical, 1 Euclidean, top-2), so one expert of every space is always present.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+pytest.importorskip("peft")  # the `lora` extra
+pytest.importorskip("transformers")
+
+from peft import AutoPeftModelForCausalLM, PeftModel  # noqa: E402
+from transformers import (  # noqa: E402
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Trainer,
+    TrainingArguments,
+)
+
+import mosgeo_lora  # noqa: E402
+from mosgeo_lora import MoSELoraConfig, MoSELoraLayer  # noqa: E402
+from mosgeo_lora import layer as layer_module  # noqa: E402
+
+VOCAB = 64
+N, R = 4, 4
+SPECIAL = {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}
+
+
+def _llama() -> nn.Module:
+    cfg = LlamaConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=VOCAB,
+        max_position_embeddings=64,
+        **SPECIAL,
+    )
+    return LlamaForCausalLM(cfg)
+
+
+def _qwen2() -> nn.Module:
+    cfg = Qwen2Config(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=VOCAB,
+        max_position_embeddings=64,
+        **SPECIAL,
+    )
+    return Qwen2ForCausalLM(cfg)
+
+
+def _gpt2() -> nn.Module:
+    cfg = GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=VOCAB, n_positions=64, **SPECIAL)
+    return GPT2LMHeadModel(cfg)
+
+
+BUILDERS = {"llama": _llama, "qwen2": _qwen2, "gpt2": _gpt2}
+ARCHS = list(BUILDERS)
+
+#: the adapted module names (relative to the transformers model) per architecture
+EXPECTED_TARGETS = {
+    "llama": {
+        f"model.layers.{i}.mlp.{p}" for i in range(2) for p in ("gate_proj", "up_proj", "down_proj")
+    },
+    "qwen2": {
+        f"model.layers.{i}.mlp.{p}" for i in range(2) for p in ("gate_proj", "up_proj", "down_proj")
+    },
+    "gpt2": {f"transformer.h.{i}.mlp.{p}" for i in range(2) for p in ("c_fc", "c_proj")},
+}
+
+
+def base_model(arch: str = "llama", seed: int = 0) -> nn.Module:
+    """A fresh tiny random model; the same ``seed`` gives bitwise the same weights."""
+    torch.manual_seed(seed)
+    return BUILDERS[arch]().eval()
+
+
+def small_config(**overrides) -> MoSELoraConfig:
+    kwargs = dict(r=R, num_experts=N, top_k=2, num_hyperbolic=1, num_spherical=2)
+    kwargs.update(overrides)
+    return MoSELoraConfig(**kwargs)
+
+
+def wrapped(arch: str = "llama", seed: int = 0, adapter_seed: int = 1, **overrides):
+    model = base_model(arch, seed)
+    torch.manual_seed(adapter_seed)
+    return mosgeo_lora.wrap(model, small_config(**overrides))
+
+
+def tokens(batch: int = 2, length: int = 8, seed: int = 123) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(3, VOCAB, (batch, length), generator=g)
+
+
+def adapted_layers(model: nn.Module) -> dict[str, MoSELoraLayer]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, MoSELoraLayer)}
+
+
+def logits_of(model: nn.Module, ids: torch.Tensor, **kwargs) -> torch.Tensor:
+    with torch.no_grad():
+        return model(input_ids=ids, **kwargs).logits
+
+
+def strip_prefix(name: str) -> str:
+    return name.removeprefix("base_model.model.")
+
+
+# --------------------------------------------------------------------------- init / targets
+@pytest.mark.parametrize("arch", ARCHS)
+def test_identity_at_init_and_targets(arch):
+    ids = tokens()
+    base = logits_of(base_model(arch), ids)
+    model = wrapped(arch).eval()
+    assert isinstance(model, PeftModel)
+    assert model.peft_config["default"].peft_type == mosgeo_lora.MOSELORA
+    names = {strip_prefix(n) for n in adapted_layers(model)}
+    assert names == EXPECTED_TARGETS[arch]
+    if arch == "gpt2":  # transformers Conv1D, and attention's c_proj is left alone
+        from transformers.pytorch_utils import Conv1D
+
+        for layer in adapted_layers(model).values():
+            assert isinstance(layer.get_base_layer(), Conv1D)
+        assert not isinstance(model.base_model.model.transformer.h[0].attn.c_proj, MoSELoraLayer)
+    assert torch.equal(logits_of(model, ids), base)
+
+    random_b = wrapped(arch, init_weights=False).eval()
+    assert not torch.allclose(logits_of(random_b, ids), base, atol=1e-4)
+
+
+# --------------------------------------------------------------------------- training
+def _adam_steps(model, ids, steps, lr=1e-2, curvature_lr=None, record_grads_at=None):
+    opt = torch.optim.AdamW(mosgeo_lora.param_groups(model, lr, curvature_lr))
+    grads, losses = None, []
+    model.train()
+    for step in range(steps):
+        opt.zero_grad()
+        out = model(input_ids=ids, labels=ids)
+        out.loss.backward()
+        losses.append(out.loss.item())
+        if step == record_grads_at:
+            grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        opt.step()
+    model.eval()
+    return grads, losses
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_training_changes_only_the_adapter(arch):
+    ids = tokens()
+    model = wrapped(arch)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(".moselora_" in n for n in trainable)
+    assert all(not p.requires_grad for n, p in model.named_parameters() if ".moselora_" not in n)
+    before_state = {n: t.detach().clone() for n, t in model.state_dict().items()}
+    before_logits = logits_of(model, ids)
+
+    grads, losses = _adam_steps(model, ids, steps=3, record_grads_at=2)
+    assert all(math.isfinite(v) for v in losses)
+
+    # every adapter component of every layer got a nonzero gradient at step 2
+    for name, layer in adapted_layers(model).items():
+        prefix = name + "."
+        g = {n[len(prefix) :]: v for n, v in grads.items() if n.startswith(prefix)}
+        d_out = layer.out_features
+        b_blocks = g["moselora_B.default.weight"].view(d_out, N, R)
+        for i in range(N):
+            assert b_blocks[:, i].abs().sum() > 0, f"{name}: expert {i} B got no gradient"
+        assert g["moselora_A.default.weight"].abs().sum() > 0, name
+        assert g["moselora_router.default.weight"].abs().sum() > 0, name
+        k_grad = g["moselora_k.default"]
+        assert k_grad.shape == (3,)  # hyperbolic + 2 spherical are learnable
+        assert (k_grad != 0).all(), f"{name}: κ gradient {k_grad}"
+
+    after_state = model.state_dict()
+    changed = {n for n in after_state if not torch.equal(after_state[n], before_state[n])}
+    for n in after_state:
+        if ".moselora_" not in n:
+            assert n not in changed, f"base tensor {n} changed"
+    for n in trainable:
+        assert n in changed, f"adapter parameter {n} did not change"
+    # Euclidean experts: κ stays exactly 0 (a buffer, never trained)
+    for layer in adapted_layers(model).values():
+        k = layer.curvatures("default")
+        assert k[-1].item() == 0.0
+        assert torch.equal(layer.moselora_k_fixed["default"], torch.zeros(1))
+    assert not torch.allclose(logits_of(model, ids), before_logits, atol=1e-5)
+
+
+def test_step0_curvature_gradient_is_zero_with_zero_b():
+    """With B = 0 at init, κ gets exactly zero gradient at the first step; the router (and A,
+    through the router's input z = A x) are trained by the aux loss alone."""
+    ids = tokens()
+    model = wrapped().train()
+    model(input_ids=ids, labels=ids).loss.backward()
+    for name, p in model.named_parameters():
+        if ".moselora_k." in name:
+            assert torch.equal(p.grad, torch.zeros_like(p)), name
+        if ".moselora_router." in name or ".moselora_A." in name:
+            assert p.grad.abs().sum() > 0, name
+
+
+def test_learn_curvature_false_keeps_curvatures_fixed():
+    ids = tokens()
+    model = wrapped(learn_curvature=False, init_weights=False)
+    assert not any(".moselora_k." in n for n, _ in model.named_parameters())
+    before = mosgeo_lora.curvatures(model)
+    _adam_steps(model, ids, steps=3)
+    after = mosgeo_lora.curvatures(model)
+    assert after == before
+    assert all(k == [-1.0, 1.0, 1.0, 0.0] for k in after.values())
+
+
+# --------------------------------------------------------------------------- save / load
+def _randomise_curvatures(model, seed=7):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if ".moselora_k." in n:
+                p.add_(0.3 * torch.randn(p.shape, generator=g))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_save_and_load_round_trip(arch, tmp_path):
+    ids = tokens()
+    model = wrapped(arch, init_weights=False)
+    _randomise_curvatures(model)
+    model.eval()
+    ref = logits_of(model, ids)
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "adapter_config.json").is_file()
+    assert (tmp_path / "adapter_model.safetensors").is_file()
+    saved = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert saved["peft_type"] == "MOSELORA"
+    assert (saved["r"], saved["num_experts"], saved["top_k"]) == (R, N, 2)
+
+    from safetensors.torch import load_file
+
+    keys = load_file(tmp_path / "adapter_model.safetensors").keys()
+    assert keys and all("moselora_" in k for k in keys)
+    assert any("moselora_k" in k for k in keys)
+
+    loaded = PeftModel.from_pretrained(base_model(arch), tmp_path)
+    assert torch.equal(logits_of(loaded, ids), ref)
+    assert mosgeo_lora.curvatures(loaded) == mosgeo_lora.curvatures(model)
+    assert mosgeo_lora.curvatures(loaded) != mosgeo_lora.curvatures(wrapped(arch))
+
+
+def test_auto_peft_model_and_transformers_load_adapter(tmp_path):
+    ids = tokens()
+    base_dir, adapter_dir = tmp_path / "base", tmp_path / "adapter"
+    base_model().save_pretrained(base_dir)
+    torch.manual_seed(1)
+    model = mosgeo_lora.wrap(
+        LlamaForCausalLM.from_pretrained(base_dir),
+        small_config(init_weights=False, base_model_name_or_path=str(base_dir)),
+    ).eval()
+    _randomise_curvatures(model)
+    ref = logits_of(model, ids)
+    model.save_pretrained(adapter_dir)
+
+    auto = AutoPeftModelForCausalLM.from_pretrained(adapter_dir)
+    assert isinstance(auto, PeftModel)
+    assert torch.equal(logits_of(auto.eval(), ids), ref)
+
+    plain = LlamaForCausalLM.from_pretrained(base_dir).eval()
+    plain.load_adapter(str(adapter_dir))
+    assert len(adapted_layers(plain)) == 6
+    assert torch.equal(logits_of(plain, ids), ref)
+
+
+# --------------------------------------------------------------------------- disable / unload
+@pytest.mark.parametrize("arch", ARCHS)
+def test_disable_adapter_unload_and_merge_errors(arch):
+    ids = tokens()
+    base = logits_of(base_model(arch), ids)
+    model = wrapped(arch, init_weights=False).eval()
+    adapted = logits_of(model, ids)
+    assert not torch.allclose(adapted, base, atol=1e-4)
+    with model.disable_adapter():
+        assert torch.equal(logits_of(model, ids), base)
+    assert torch.equal(logits_of(model, ids), adapted)
+
+    for call in (model.merge_and_unload, model.merge_adapter):
+        with pytest.raises(NotImplementedError, match="cannot be merged.*nonlinear"):
+            call()
+    assert torch.equal(logits_of(model, ids), adapted)  # a failed merge leaves it intact
+
+    plain = model.unload()
+    assert not adapted_layers(plain)
+    assert not any("moselora" in n for n, _ in plain.named_parameters())
+    assert torch.equal(logits_of(plain, ids), base)
+
+
+# --------------------------------------------------------------------------- multiple adapters
+def test_multiple_named_adapters(tmp_path):
+    ids = tokens()
+    model = wrapped(init_weights=False)
+    first = logits_of(model, ids)
+    torch.manual_seed(5)
+    second_cfg = MoSELoraConfig(r=R, num_experts=N, preset="moselora-h", init_weights=False)
+    model.add_adapter("second", second_cfg)
+    assert torch.equal(logits_of(model, ids), first)  # adding does not activate
+    model.set_adapter("second")
+    second = logits_of(model, ids)
+    assert not torch.allclose(second, first, atol=1e-4)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all(".second" in n for n in trainable)
+    assert all(k < 0 for ks in mosgeo_lora.curvatures(model, "second").values() for k in ks)
+    model.set_adapter("default")
+    assert torch.equal(logits_of(model, ids), first)
+
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "second" / "adapter_model.safetensors").is_file()
+    loaded = PeftModel.from_pretrained(base_model(), tmp_path)
+    loaded.load_adapter(tmp_path / "second", adapter_name="second")
+    assert torch.equal(logits_of(loaded, ids), first)
+    loaded.set_adapter("second")
+    assert torch.equal(logits_of(loaded, ids), second)
+
+
+# --------------------------------------------------------------------------- generate
+@pytest.mark.parametrize("arch", ARCHS)
+def test_generate_with_and_without_cache(arch):
+    ids = tokens(length=6)
+    model = wrapped(arch, init_weights=False).eval()
+    kwargs = dict(attention_mask=torch.ones_like(ids), max_new_tokens=5, do_sample=False)
+    with torch.no_grad():
+        cached = model.generate(input_ids=ids, use_cache=True, **kwargs)
+        uncached = model.generate(input_ids=ids, use_cache=False, **kwargs)
+    assert cached.shape == (2, 11)
+    assert torch.equal(cached, uncached)
+    # the adapter is active during generate: greedy decoding by hand through the PEFT model
+    seq = ids
+    for _ in range(5):
+        nxt = logits_of(model, seq)[:, -1].argmax(-1, keepdim=True)
+        seq = torch.cat([seq, nxt], dim=1)
+    assert torch.equal(cached, seq)
+
+
+# --------------------------------------------------------------------------- aux loss
+def _router_grads(model) -> dict[str, torch.Tensor]:
+    return {n: p.grad.clone() for n, p in model.named_parameters() if ".moselora_router." in n}
+
+
+def _train_forward_backward(model, ids):
+    model.train()
+    out = model(input_ids=ids, labels=ids)
+    out.loss.backward()
+    return out
+
+
+def test_gradient_checkpointing_non_reentrant_keeps_aux_gradient():
+    ids = tokens()
+    ref = wrapped(init_weights=False)
+    _train_forward_backward(ref, ids)
+    no_aux = wrapped(init_weights=False, aux_loss_coef=0.0)
+    _train_forward_backward(no_aux, ids)
+    ckpt = wrapped(init_weights=False)
+    ckpt.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    assert ckpt.base_model.model.is_gradient_checkpointing
+    out = _train_forward_backward(ckpt, ids)
+    assert "aux_loss" in out
+    g_ref, g_ckpt, g_no_aux = _router_grads(ref), _router_grads(ckpt), _router_grads(no_aux)
+    for n in g_ref:
+        torch.testing.assert_close(g_ckpt[n], g_ref[n], rtol=1e-5, atol=1e-7)
+        assert not torch.allclose(g_ref[n], g_no_aux[n], rtol=1e-4, atol=1e-7), n
+    # the recomputation in backward neither double-counts the routing statistics nor leaves
+    # a loss with a graph on the layers (which would make copy.deepcopy(model) fail)
+    assert mosgeo_lora.routing_stats(ckpt) == mosgeo_lora.routing_stats(ref)
+    assert all(s["tokens"] == ids.numel() for s in mosgeo_lora.routing_stats(ckpt).values())
+    assert not any(layer.aux_losses for layer in adapted_layers(ckpt).values())
+    copy.deepcopy(ckpt)
+
+
+def test_gradient_checkpointing_reentrant_is_never_a_silent_dead_aux_loss():
+    ids = tokens()
+    model = wrapped(init_weights=False)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
+    model.train()
+    with pytest.raises(RuntimeError, match="use_reentrant"):
+        model(input_ids=ids, labels=ids)
+    # without the aux loss there is nothing to lose: reentrant checkpointing trains
+    plain = wrapped(init_weights=False, aux_loss_coef=0.0)
+    plain.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
+    out = _train_forward_backward(plain, ids)
+    assert math.isfinite(out.loss.item())
+    assert all(g.abs().sum() > 0 for g in _router_grads(plain).values())
+
+
+def test_aux_loss_exposed_masked_and_averaged_over_layers(monkeypatch):
+    ids = tokens()
+    model = wrapped(init_weights=False, aux_loss_coef=0.5).train()
+    recorded = []
+    original = layer_module.load_balancing_loss
+
+    def spy(probs, mask, top_k, token_mask=None):
+        value = original(probs, mask, top_k, token_mask)
+        recorded.append(value.detach())
+        return value
+
+    monkeypatch.setattr(layer_module, "load_balancing_loss", spy)
+    out = model(input_ids=ids, labels=ids)
+    assert len(recorded) == 6  # one per adapted layer
+    torch.testing.assert_close(out.aux_loss, torch.stack(recorded).mean())
+    assert not out.aux_loss.requires_grad
+    task = model.base_model.model(input_ids=ids, labels=ids).loss  # the bare transformers loss
+    torch.testing.assert_close(out.loss, task + 0.5 * out.aux_loss)
+    as_tuple = model(input_ids=ids, labels=ids, return_dict=False)  # loss first, aux included
+    assert isinstance(as_tuple, tuple)
+    torch.testing.assert_close(as_tuple[0], out.loss)
+
+    # right-padding with attention_mask = 0 leaves the real tokens (causal) and the aux loss
+    pad = torch.zeros(2, 3, dtype=ids.dtype)
+    padded = torch.cat([ids, pad], dim=1)
+    mask = torch.cat([torch.ones_like(ids), torch.zeros_like(pad)], dim=1)
+    recorded.clear()
+    out_pad = model(input_ids=padded, attention_mask=mask)
+    torch.testing.assert_close(out_pad.aux_loss, out.aux_loss, rtol=1e-6, atol=1e-7)
+    # ... whereas the same padded batch counted unmasked gives another value
+    unmasked = model(input_ids=padded)
+    assert not torch.allclose(unmasked.aux_loss, out.aux_loss, rtol=1e-4)
+
+
+def test_trainer_gradient_accumulation_does_not_multiply_aux_loss(tmp_path):
+    """Batch 4 × GA 1 and batch 2 × GA 2 on four identical examples: with B = 0 at init the
+    router's gradient is the aux gradient alone, so equal router updates = equal aux
+    gradients (a factor of the accumulation count would double it)."""
+    ids = tokens(batch=1, length=8)[0]
+    data = [{"input_ids": ids, "labels": ids, "attention_mask": torch.ones_like(ids)}] * 4
+
+    def one_step(batch_size, accumulation):
+        model = wrapped(aux_loss_coef=1.0)
+        seen = []
+        model.base_model.register_forward_pre_hook(
+            lambda mod, args, kwargs: seen.append(kwargs.get("num_items_in_batch")),
+            with_kwargs=True,
+        )
+        before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        args = TrainingArguments(
+            output_dir=str(tmp_path / f"run{batch_size}"),
+            per_device_train_batch_size=batch_size,
+            gradient_accumulation_steps=accumulation,
+            max_steps=1,
+            learning_rate=1.0,
+            optim="sgd",
+            lr_scheduler_type="constant",
+            weight_decay=0.0,
+            max_grad_norm=0.0,
+            report_to="none",
+            save_strategy="no",
+            logging_strategy="no",
+            use_cpu=True,
+            disable_tqdm=True,
+            dataloader_num_workers=0,
+        )
+        Trainer(model=model, args=args, train_dataset=data).train()
+        assert len(seen) == accumulation and all(s is not None for s in seen)
+        return {n: p.detach() - before[n] for n, p in model.named_parameters() if n in before}
+
+    single, accumulated = one_step(4, 1), one_step(2, 2)
+    routers = [n for n in single if ".moselora_router." in n]
+    assert len(routers) == 6
+    for n in routers:
+        assert single[n].abs().max() > 1e-6, n
+        torch.testing.assert_close(accumulated[n], single[n], rtol=1e-4, atol=1e-8)
+    for n in single:  # the task part (B's update) agrees too
+        torch.testing.assert_close(accumulated[n], single[n], rtol=1e-4, atol=1e-7)
+
+
+# --------------------------------------------------------------------------- curvature / dtype
+def test_curvature_crosses_zero_and_stays_finite():
+    ids = tokens()
+    model = wrapped(init_weights=False)
+    start = mosgeo_lora.curvatures(model)
+    signs = set()
+    opt = torch.optim.AdamW(mosgeo_lora.param_groups(model, 1e-3, curvature_lr=0.3))
+    model.train()
+    for _ in range(12):
+        opt.zero_grad()
+        out = model(input_ids=ids, labels=ids)
+        assert torch.isfinite(out.loss) and torch.isfinite(out.logits).all()
+        out.loss.backward()
+        assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)
+        opt.step()
+        for name, ks in mosgeo_lora.curvatures(model).items():
+            for i, (k0, k) in enumerate(zip(start[name], ks, strict=True)):
+                if k0 != 0 and k * k0 < 0:
+                    signs.add((name, i))
+    assert signs, "no curvature changed sign"
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_bf16_autocast_and_bf16_base_model():
+    ids = tokens()
+    model = wrapped(init_weights=False).train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(input_ids=ids, labels=ids)
+    assert out.logits.dtype == torch.bfloat16
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and torch.isfinite(out.aux_loss)
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert any(g.abs().sum() > 0 for g in grads)
+
+    torch.manual_seed(0)
+    half = mosgeo_lora.wrap(base_model().to(torch.bfloat16), small_config(init_weights=False))
+    adapter = {n: p for n, p in half.named_parameters() if ".moselora_" in n}
+    assert adapter and all(p.dtype == torch.float32 for p in adapter.values())
+    assert all(b.dtype == torch.float32 for n, b in half.named_buffers() if "moselora_" in n)
+    assert half.base_model.model.lm_head.weight.dtype == torch.bfloat16
+    out = half.train()(input_ids=ids, labels=ids)
+    out.loss.backward()
+    assert torch.isfinite(out.loss)
+    assert all(torch.isfinite(p.grad).all() for p in adapter.values())
+
+
+# --------------------------------------------------------------------------- presets / config
+def _sequential() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 8))
+
+
+@pytest.mark.parametrize(
+    ("preset", "signs", "top_k"),
+    [
+        ("moselora", [-1] * 3 + [1] * 3 + [0] * 2, 4),
+        ("moselora-h", [-1] * 8, 4),
+        ("moselora-s", [1] * 8, 4),
+        ("moselora-e", [0] * 8, 4),
+        ("hydralora", [0] * 8, 8),
+    ],
+)
+def test_presets(preset, signs, top_k):
+    cfg = MoSELoraConfig(preset=preset, target_modules=["0", "2"])
+    assert cfg.top_k == top_k and cfg.num_experts == 8
+    model = mosgeo_lora.wrap(_sequential(), cfg)
+    for layer in adapted_layers(model).values():
+        k = layer.curvatures("default")
+        assert torch.sign(k).tolist() == signs
+        assert layer.settings["default"]["top_k"] == top_k
+        assert ("default" in layer.moselora_k) == any(signs)  # flat presets learn no κ
+    with torch.no_grad():
+        model(torch.randn(5, 8))
+    for stats in mosgeo_lora.routing_stats(model).values():
+        if preset == "hydralora":  # dense routing: every expert gets every token
+            assert stats["load"] == [1 / 8] * 8
+        else:
+            assert sum(x > 0 for x in stats["load"]) >= top_k
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"preset": "moselora-x"}, "preset must be one of"),
+        ({"num_experts": 4, "top_k": 5}, r"top_k must be in \[1, num_experts=4\]"),
+        ({"top_k": 0}, "top_k must be in"),
+        ({"num_experts": 4, "num_hyperbolic": 3, "num_spherical": 2}, "must be between 0 and"),
+        ({"num_hyperbolic": -1}, "must be between 0 and"),
+        ({"input_map": "exp"}, "input_map must be one of"),
+        ({"preset": "hydralora", "num_spherical": 1}, "Euclidean experts only"),
+        ({"r": 0}, "r must be a positive int"),
+        ({"curvature_bounds": (1.0, -1.0)}, "low < high"),
+    ],
+)
+def test_config_validation(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        MoSELoraConfig(**kwargs)
+
+
+# --------------------------------------------------------------------------- fused vs reference
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_fused_and_reference_paths_agree(dtype):
+    """Same weights, fused=True vs the literal per-expert path: same logits, loss, aux loss
+    and gradients (to rounding; float32 is loose because B ~ N(0, 0.5²) drives most tokens
+    into the spherical clip, which amplifies rounding)."""
+    ids = tokens()
+    fused = wrapped(init_weights=False, fused=True).to(dtype)
+    _randomise_curvatures(fused)
+    reference = wrapped(init_weights=False, fused=False, adapter_seed=99).to(dtype)
+    assert not torch.equal(
+        reference.state_dict()[_first_b(reference)], fused.state_dict()[_first_b(fused)]
+    )
+    reference.load_state_dict(fused.state_dict())
+    for layer in adapted_layers(reference).values():
+        assert layer.settings["default"]["fused"] is False
+    outs = [_train_forward_backward(m, ids) for m in (fused, reference)]
+    tol = 1e-10 if dtype == torch.float64 else 1e-4
+    torch.testing.assert_close(outs[0].logits, outs[1].logits, rtol=tol, atol=tol)
+    torch.testing.assert_close(outs[0].loss, outs[1].loss, rtol=tol, atol=tol)
+    torch.testing.assert_close(outs[0].aux_loss, outs[1].aux_loss, rtol=tol, atol=tol)
+    grads = {n: p.grad for n, p in reference.named_parameters() if p.requires_grad}
+    for n, p in fused.named_parameters():
+        if p.requires_grad:
+            scale = grads[n].abs().max().item()
+            assert scale > 0, n
+            torch.testing.assert_close(p.grad, grads[n], rtol=0, atol=10 * tol * scale, msg=n)
+
+
+def _first_b(model) -> str:
+    return next(n for n in model.state_dict() if ".moselora_B." in n)
+
+
+# --------------------------------------------------------------------------- wrap on any module
+def test_wrap_plain_module_needs_target_modules():
+    with pytest.raises(ValueError, match="target_modules"):
+        mosgeo_lora.wrap(_sequential())
+    x = torch.randn(3, 8)
+    seq = _sequential()
+    base = seq(x).detach()
+    model = mosgeo_lora.wrap(seq, target_modules=["0", "2"], r=2, num_experts=4, top_k=1)
+    assert set(adapted_layers(model)) == {"base_model.model.0", "base_model.model.2"}
+    assert model.peft_config["default"].r == 2
+    assert torch.equal(model(x), base)
+    with torch.no_grad():
+        for layer in adapted_layers(model).values():
+            layer.moselora_B["default"].weight.normal_()
+    out = model(x)
+    assert not torch.allclose(out, base, atol=1e-4)
+    out.sum().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+# --------------------------------------------------------------------------- optimizer groups
+def test_param_groups_sep_uni_and_trainer(tmp_path):
+    model = wrapped()
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    kappas = {id(p) for n, p in model.named_parameters() if ".moselora_k." in n}
+    assert len(kappas) == 6
+
+    sep = mosgeo_lora.param_groups(model, 1e-3, curvature_lr=5e-2, weight_decay=0.1)
+    assert len(sep) == 2
+    rest, curv = sep
+    assert {id(p) for p in curv["params"]} == kappas
+    assert (curv["lr"], curv["weight_decay"]) == (5e-2, 0.0)
+    assert (rest["lr"], rest["weight_decay"]) == (1e-3, 0.1)
+    assert {id(p) for p in rest["params"]} == trainable - kappas
+
+    uni = mosgeo_lora.param_groups(model, 1e-3, weight_decay=0.1, separate=False)
+    assert len(uni) == 1 and {id(p) for p in uni[0]["params"]} == trainable
+
+    args = TrainingArguments(
+        output_dir=str(tmp_path), report_to="none", use_cpu=True, learning_rate=1e-4
+    )
+    trainer = Trainer(
+        model=model,
+        args=args,
+        optimizer_cls_and_kwargs=(torch.optim.AdamW, {"params": sep}),
+    )
+    opt = trainer.create_optimizer()
+    assert isinstance(opt, torch.optim.AdamW)
+    lrs = sorted((g["lr"], g["weight_decay"]) for g in opt.param_groups)
+    assert lrs == [(1e-3, 0.1), (5e-2, 0.0)]
+    assert {id(p) for g in opt.param_groups for p in g["params"]} == trainable
+
+
+# --------------------------------------------------------------------------- statistics
+def test_curvature_and_routing_statistics():
+    ids = tokens()
+    model = wrapped().eval()
+    kappas = mosgeo_lora.curvatures(model)
+    assert set(kappas) == {"base_model.model." + n for n in EXPECTED_TARGETS["llama"]}
+    assert all(k == [-1.0, 1.0, 1.0, 0.0] for k in kappas.values())
+
+    mask = torch.ones_like(ids)
+    mask[0, 5:] = 0  # 13 real tokens
+    mosgeo_lora.reset_routing_stats(model)
+    logits_of(model, ids, attention_mask=mask)
+    logits_of(model, ids, attention_mask=mask)
+    stats = mosgeo_lora.routing_stats(model)
+    assert set(stats) == set(kappas)
+    for s in stats.values():
+        assert s["tokens"] == 26
+        assert len(s["load"]) == N
+        assert sum(s["load"]) == pytest.approx(1.0)
+        assert all(0.0 <= x <= 1.0 for x in s["load"])
+    mosgeo_lora.reset_routing_stats(model)
+    assert mosgeo_lora.routing_stats(model) == {}
