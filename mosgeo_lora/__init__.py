@@ -5,11 +5,13 @@
 feed-forward projections of a transformers model.
 """
 
+from .callbacks import CurvatureCallback
 from .config import PRESETS, MoSELoraConfig
 from .layer import MoSELoraLayer, MoSELoraLinear
 from .model import FFN_TARGET_MODULES, MoSELoraModel, wrap
 from .optim import param_groups
 from .peft import MOSELORA, register
+from .plot import plot_curvature_dynamics, plot_expert_load
 from .stats import curvatures, reset_routing_stats, routing_stats
 
 register()
@@ -29,4 +31,7 @@ __all__ = [
     "curvatures",
     "routing_stats",
     "reset_routing_stats",
+    "CurvatureCallback",
+    "plot_curvature_dynamics",
+    "plot_expert_load",
 ]
