@@ -101,6 +101,42 @@ def to_spacelike(x: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
     return x * spacelike_scale(sqnorm(x, dim), k)
 
 
+def _lift_s(n: Tensor, k: Tensor) -> Tensor:
+    r"""``s = √(1 − κn²)`` without overflow: the plain form up to ``n = max^{1/4}``, beyond it
+    ``hypot(1, √|κ| n)`` (κ < 0) or ``√(1 − (√κ n)²)`` (κ > 0); both where-branches safe."""
+    g = guards(n.dtype)
+    nb = torch.finfo(n.dtype).max ** 0.25
+    big = n > nb
+    ns = torch.where(big, torch.zeros_like(n), n)
+    s_small = (1.0 - k * ns * ns).clamp_min(g.min_denom).sqrt()
+    kb = torch.where(big, k, -torch.ones_like(k))  # the unused branch must not see √|0|
+    a = kb.abs().sqrt() * torch.where(big, n, torch.ones_like(n))
+    s_big = torch.where(
+        kb < 0, torch.hypot(torch.ones_like(a), a), (1.0 - a * a).clamp_min(g.min_denom).sqrt()
+    )
+    return torch.where(big, s_big, s_small)
+
+
+class _LiftScale(torch.autograd.Function):
+    r"""``q(n, κ) = 1/(1 + s)``, ``s = √(1 − κn²)`` (:func:`_lift_s`): the radial factor of
+    :func:`from_spacelike` with the closed-form derivatives ``∂q/∂n = κ (nq) q/s`` and
+    ``∂q/∂κ = ½ (nq)²/s`` — every factor bounded for huge n, where autograd through the
+    overflow-free form would overflow in its intermediates (or meet d√|κ|/dκ = ∞ at κ = 0)."""
+
+    @staticmethod
+    def forward(ctx, n: Tensor, k: Tensor) -> Tensor:
+        ctx.save_for_backward(n, k)
+        return 1.0 / (1.0 + _lift_s(n, k))
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        n, k = ctx.saved_tensors
+        s = _lift_s(n, k)  # recomputed with differentiable ops: double backward works
+        q = 1.0 / (1.0 + s)
+        nq = n * q
+        return grad * (k * nq * q / s), grad * (0.5 * nq * nq / s)
+
+
 @_float32_island
 def from_spacelike(u: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
     r"""Inverse of :func:`to_spacelike`: ``x = u/(1 + √(1 − κ‖u‖²))`` (paper eq. 8 with the
@@ -108,7 +144,9 @@ def from_spacelike(u: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
     is ``u/2``). For κ > 0 it covers the hemisphere ``‖x‖ ≤ 1/√κ`` and needs
     ``‖u‖ ≤ 1/√κ``: apply :func:`clip_spacelike` first."""
     k = _k(k, u)
-    return u * spacelike_inverse_scale(sqnorm(u, dim), k)
+    n = safe_norm(u, dim)  # overflow-safe
+    shape = torch.broadcast_shapes(n.shape, k.shape)
+    return u * _LiftScale.apply(n.expand(shape), k.expand(shape))
 
 
 def clip_spacelike(u: Tensor, *, k: Curvature, eps: float | None = None, dim: int = -1) -> Tensor:

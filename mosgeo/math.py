@@ -877,9 +877,11 @@ def weighted_midpoint(
         w = w.abs()
     den = ((gamma - 1.0) * w).sum(reducedim, keepdim=True)
     num = (gamma * w * xs).sum(reducedim, keepdim=True)
-    two_mean = num / clamp_abs(den, g.min_norm)
-    half = torch.full((), 0.5, dtype=xs.dtype, device=xs.device)
-    a_mean = mobius_scalar_mul(half, two_mean, k=k, dim=dim_)
+    # ½ ⊗ (num/den) = num/(den ± h), h = √(den² + κ‖num‖²), ± the sign of den, for every κ
+    # (tan(θ/2) = sin θ/(1 + cos θ)); unlike num/den it cannot overflow when den cancels
+    # (nearly antipodal points on the sphere), and den ± h never cancels.
+    h = safe_sqrt((den * den + k * sqnorm(num, dim_)).clamp_min(0.0))
+    a_mean = num / clamp_abs(den + torch.where(den < 0, -h, h), g.min_norm)
     b_mean = antipode(a_mean, k=k, dim=dim_)
     a_dist = dist(a_mean, xs, k=k, keepdim=True, dim=dim_).sum(reducedim, keepdim=True)
     b_dist = dist(b_mean, xs, k=k, keepdim=True, dim=dim_).sum(reducedim, keepdim=True)

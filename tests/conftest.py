@@ -26,7 +26,8 @@ settings.register_profile(
     derandomize=True,  # CI must be reproducible: the same examples on every run
     print_blob=True,
 )
-settings.load_profile("ci" if os.environ.get("CI") else os.environ.get("HYPOTHESIS_PROFILE", "default"))
+_profile = "ci" if os.environ.get("CI") else os.environ.get("HYPOTHESIS_PROFILE", "default")
+settings.load_profile(_profile)
 
 DTYPES = [torch.float32, torch.float64]
 
