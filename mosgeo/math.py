@@ -487,10 +487,9 @@ class _MobiusAdd(torch.autograd.Function):
             return (*grads, None)
         p_x, p_y = _dot(g, x, dim), _dot(g, y, dim)
         d = _mobius_add_scalar_grads(x2, y2, s2, xy, k, p_x + p_y, p_x, p_y)
-        two_s2 = 2.0 * d["s2"]
-        common = s * two_s2
-        gx = torch.addcmul(torch.addcmul(common + g * (c_s + c_x), x, 2.0 * d["x2"]), y, d["xy"])
-        gy = torch.addcmul(torch.addcmul(common + g * (c_s + c_y), y, 2.0 * d["y2"]), x, d["xy"])
+        common = s * (2.0 * d["s2"])
+        gx = torch.addcmul(common, g, c_s + c_x).addcmul_(x, 2.0 * d["x2"]).addcmul_(y, d["xy"])
+        gy = torch.addcmul(common, g, c_s + c_y).addcmul_(y, 2.0 * d["y2"]).addcmul_(x, d["xy"])
         gk = d["k"].sum_to_size(k.shape) if ctx.needs_input_grad[2] else None
         return gx.sum_to_size(x.shape), gy.sum_to_size(y.shape), gk, None
 
