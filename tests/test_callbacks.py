@@ -16,9 +16,8 @@ pytest.importorskip("peft")
 pytest.importorskip("transformers")
 pytest.importorskip("matplotlib")
 
+from tiny_models import tiny_llama  # noqa: E402
 from transformers import (  # noqa: E402
-    LlamaConfig,
-    LlamaForCausalLM,
     Trainer,
     TrainerControl,
     TrainerState,
@@ -37,20 +36,8 @@ SCALARS = ("kappa_hyperbolic", "kappa_spherical", "kappa_flipped", "load_entropy
 
 def wrapped(seed: int = 0):
     torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=VOCAB,
-        max_position_embeddings=64,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
     return mosgeo_lora.wrap(
-        LlamaForCausalLM(cfg), r=4, num_experts=N, num_hyperbolic=1, num_spherical=2, top_k=2
+        tiny_llama(), r=4, num_experts=N, num_hyperbolic=1, num_spherical=2, top_k=2
     )
 
 

@@ -19,13 +19,9 @@ pytest.importorskip("peft")  # the `lora` extra
 pytest.importorskip("transformers")
 
 from peft import AutoPeftModelForCausalLM, PeftModel  # noqa: E402
+from tiny_models import tiny_gpt2, tiny_llama, tiny_qwen2  # noqa: E402
 from transformers import (  # noqa: E402
-    GPT2Config,
-    GPT2LMHeadModel,
-    LlamaConfig,
     LlamaForCausalLM,
-    Qwen2Config,
-    Qwen2ForCausalLM,
     Trainer,
     TrainingArguments,
 )
@@ -39,37 +35,7 @@ N, R = 4, 4
 SPECIAL = {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}
 
 
-def _llama() -> nn.Module:
-    cfg = LlamaConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=VOCAB,
-        max_position_embeddings=64,
-        **SPECIAL,
-    )
-    return LlamaForCausalLM(cfg)
-
-
-def _qwen2() -> nn.Module:
-    cfg = Qwen2Config(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=VOCAB,
-        max_position_embeddings=64,
-        **SPECIAL,
-    )
-    return Qwen2ForCausalLM(cfg)
-
-
-def _gpt2() -> nn.Module:
-    cfg = GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=VOCAB, n_positions=64, **SPECIAL)
-    return GPT2LMHeadModel(cfg)
+_llama, _qwen2, _gpt2 = tiny_llama, tiny_qwen2, tiny_gpt2
 
 
 BUILDERS = {"llama": _llama, "qwen2": _qwen2, "gpt2": _gpt2}
