@@ -6,7 +6,7 @@ calling conventions (data arguments positional, curvature keyword ``k``, reducti
 base. Points are tensors ``x`` of shape ``(..., n)`` (the model dimension is ``dim``); ``k``
 broadcasts against ``x`` with ``dim`` reduced to size 1 (a scalar, or one κ per row).
 
-One code path for every κ. Each κ-dependence goes through an *entire* function of
+One code path for every κ. Each κ-dependence goes through a function of
 ``t = κ r²`` (:func:`tan_ratio`, :func:`artan_ratio`, :func:`sin_ratio`,
 :func:`arsin_ratio`), evaluated by a Taylor series for small ``|t|`` and the closed form
 elsewhere, selected with ``torch.where`` with both branches kept finite. There is no
@@ -42,7 +42,7 @@ Tensor = torch.Tensor
 Curvature = Union[Tensor, float]
 
 __all__ = [
-    # entire functions of t = κ r²
+    # smooth (analytic at t = 0) functions of t = κ r²
     "tan_ratio", "artan_ratio", "sin_ratio", "arsin_ratio",
     # κ-trigonometry (geoopt names)
     "tan_k", "artan_k", "sin_k", "arsin_k", "tanh", "artanh", "arsinh", "abs_zero_grad",
@@ -106,7 +106,7 @@ def _squeeze(v: Tensor, dim: int, keepdim: bool) -> Tensor:
 
 
 # --------------------------------------------------------------------------------------
-# entire functions of t = κ r²
+# smooth (analytic at t = 0) functions of t = κ r²
 # --------------------------------------------------------------------------------------
 
 # filled at import: the Fraction arithmetic must not run inside torch.compile tracing

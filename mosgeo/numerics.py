@@ -48,6 +48,7 @@ __all__ = [
     "series_coefficients",
 ]
 
+#: The half-precision dtypes, computed in float32 and cast back.
 HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 

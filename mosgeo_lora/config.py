@@ -9,6 +9,7 @@ from peft.config import PeftConfig
 
 from .experts import INPUT_MAPS
 
+#: The expert mixes of ``MoSELoraConfig(preset=...)``.
 PRESETS = ("moselora", "moselora-h", "moselora-s", "moselora-e", "hydralora")
 
 __all__ = ["MoSELoraConfig", "PRESETS"]
@@ -43,10 +44,15 @@ class MoSELoraConfig(PeftConfig):
         aux_loss_coef: coefficient of the Switch load-balancing loss (0 disables it).
         fused: use the fused radial path (default) or the literal per-expert reference path.
         init_weights: ``True``: Kaiming-uniform ``A``, zero ``B`` (the adapter is the
-            identity at init), zero router. ``False``: random ``B`` too (non-identity; tests).
-        target_modules, exclude_modules, layers_to_transform, layers_pattern,
-        modules_to_save: as in every PEFT tuner. ``target_modules=None`` picks the FFN
-            projections of the model's architecture (:mod:`mosgeo_lora.model`).
+            identity at init), Kaiming-uniform router. ``False``: random ``B`` too
+            (non-identity; tests).
+        fan_in_fan_out: accepted for PEFT compatibility and ignored: the adapter reads the
+            layer's input and adds to its output, never touching the base weight, so
+            transformers' ``Conv1D`` (GPT-2) needs no transpose.
+        target_modules: as in every PEFT tuner, and so are ``exclude_modules``,
+            ``layers_to_transform``, ``layers_pattern`` and ``modules_to_save``.
+            ``target_modules=None`` picks the FFN projections of the model's
+            architecture (:mod:`mosgeo_lora.model`).
     """
 
     preset: Literal["moselora", "moselora-h", "moselora-s", "moselora-e", "hydralora"] = field(

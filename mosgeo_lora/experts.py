@@ -38,6 +38,7 @@ from mosgeo.numerics import safe_sqrt, sqnorm
 
 Tensor = torch.Tensor
 
+#: The input maps of an expert, paper eq. 5 (with the ball projection) or ``z`` itself.
 INPUT_MAPS = ("stereographic", "lift")
 
 __all__ = ["INPUT_MAPS", "experts_reference", "experts_fused", "input_factor"]

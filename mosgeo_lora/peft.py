@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from peft.utils.peft_types import PeftType
 
+#: The method name PEFT registers (``register_peft_method(name=...)``).
 NAME = "moselora"
+#: The prefix of every adapter parameter and buffer name.
 PREFIX = "moselora_"
 
 __all__ = ["MOSELORA", "NAME", "PREFIX", "register"]
@@ -36,6 +38,8 @@ def _extend_str_enum(enum_cls: type, name: str, value: str):
     return member
 
 
+#: The ``PeftType`` member added at import, the ``peft_type`` of
+#: :class:`~mosgeo_lora.config.MoSELoraConfig`.
 MOSELORA = _extend_str_enum(PeftType, NAME.upper(), NAME.upper())
 
 _registered = False
