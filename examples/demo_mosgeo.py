@@ -1,4 +1,4 @@
-"""A short tour of mosgeo (the README's main command runs this for now).
+"""A short tour of mosgeo (`make geometry-demo`).
 
 1. One code path for every curvature: distances are smooth in κ through 0.
 2. A learnable κ moves from hyperbolic through flat to spherical under plain Adam.

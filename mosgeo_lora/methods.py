@@ -2,14 +2,12 @@
 
 Every row of the paper's Table 1/3 that we can run is one name away:
 
-==================  =====================================================================
-``moselora``        3 hyperbolic + 3 spherical + 2 Euclidean experts, top-4 (the paper's)
-``moselora-h/-s/-e``  one space only (hyperbolic / spherical / Euclidean experts)
-``hydralora``       shared A, 8 Euclidean B heads, dense softmax router (HydraLoRA)
-``lora``            PEFT LoRA; ``lora-r32`` etc. for a larger rank
-``dora``            PEFT DoRA (weight-decomposed LoRA); ``dora-r32`` etc.
-``adalora``         PEFT AdaLoRA, rank budget from ``init_r = 1.5 r`` down to ``r``
-==================  =====================================================================
+* ``moselora``: 3 hyperbolic + 3 spherical + 2 Euclidean experts, top-4 (the paper's);
+* ``moselora-h`` / ``moselora-s`` / ``moselora-e``: one space only;
+* ``hydralora``: shared A, 8 Euclidean B heads, dense softmax router (HydraLoRA);
+* ``lora``: PEFT LoRA; ``lora-r32`` etc. for another rank;
+* ``dora``: PEFT DoRA (weight-decomposed LoRA); ``dora-r32`` etc.;
+* ``adalora``: PEFT AdaLoRA, rank budget from ``init_r = 1.5 r`` down to ``r``.
 
 All methods adapt the feed-forward projections (:data:`mosgeo_lora.FFN_TARGET_MODULES`) and
 use ``alpha = 2 r``.
