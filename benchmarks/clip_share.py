@@ -88,7 +88,7 @@ def main() -> None:
         label = "initialisation (seed 0)"
     stats = measure(model.eval(), loaded.tokenizer, prompts)
     print(f"{label}: {len(prompts)} prompts; hyperbolic experts only")
-    print("| layer | tokens clipped to the boundary | median √|κ|·‖Ax‖ |")
+    print("| layer | tokens clipped to the boundary | median √(−κ)·‖Ax‖ |")
     print("|---|---|---|")
     for name, (clip, radius) in stats.items():
         short = name.split("model.layers.")[-1]
