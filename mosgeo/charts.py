@@ -28,8 +28,17 @@ from __future__ import annotations
 
 import torch
 
-from .math import Curvature, _float32_island, _k, arsin_k
-from .numerics import clamp_abs, guards, safe_norm, safe_sqrt, sqnorm
+from .math import arsin_k
+from .numerics import (
+    Curvature,
+    clamp_abs,
+    float32_island,
+    guards,
+    safe_norm,
+    safe_sqrt,
+    sqnorm,
+)
+from .numerics import as_curvature as _k
 
 Tensor = torch.Tensor
 
@@ -51,7 +60,7 @@ def _sqrt_abs_k(k: Tensor) -> Tensor:
     return k.abs().clamp_min(guards(k.dtype).min_norm ** 2).sqrt()
 
 
-@_float32_island
+@float32_island
 def to_ambient(x: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
     r"""Inverse stereographic projection (paper eq. 5) into ``R^{n+1}``, time first:
 
@@ -68,7 +77,7 @@ def to_ambient(x: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
     return torch.cat((time.expand_as(x.narrow(dim, 0, 1)), x * (2.0 / den)), dim=dim)
 
 
-@_float32_island
+@float32_island
 def from_ambient(y: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
     r"""Stereographic projection (paper eq. 8) from ``R^{n+1}`` (time first):
     ``ρ_κ(y) = y_s / (1 + √|κ| y₀)``. κ ≠ 0; the sphere's south pole ``y₀ = −1/√κ`` maps to
@@ -93,7 +102,7 @@ def spacelike_inverse_scale(u2: Tensor, k: Tensor) -> Tensor:
     return 1.0 / (1.0 + (1.0 - k * u2).clamp_min(g.min_denom).sqrt())
 
 
-@_float32_island
+@float32_island
 def to_spacelike(x: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
     r"""Space-like coordinate ``u = 2x/(1 + κ‖x‖²) = λ_x x`` of :func:`to_ambient`
     (paper eq. 5's ``s``); smooth in κ, ``u = 2x`` at κ = 0."""
@@ -137,7 +146,7 @@ class _LiftScale(torch.autograd.Function):
         return grad * (k * nq * q / s), grad * (0.5 * nq * nq / s)
 
 
-@_float32_island
+@float32_island
 def from_spacelike(u: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
     r"""Inverse of :func:`to_spacelike`: ``x = u/(1 + √(1 − κ‖u‖²))`` (paper eq. 8 with the
     time coordinate ``ξ = √(1/|κ| − sgn κ ‖u‖²)`` substituted; continuous at κ = 0 where it
@@ -162,7 +171,7 @@ def clip_spacelike(u: Tensor, *, k: Curvature, eps: float | None = None, dim: in
     return _clip_spacelike(u, k, dim, eps)
 
 
-@_float32_island
+@float32_island
 def _clip_spacelike(u: Tensor, k: Curvature, dim: int, eps: float) -> Tensor:
     n = safe_norm(u, dim)  # ‖u‖² of a huge u overflows: the clip must still point along u
     return u * clip_spacelike_factor(n, _k(k, u), eps)
@@ -181,7 +190,7 @@ def clip_spacelike_factor(n: Tensor, k: Tensor, eps: float | None = None) -> Ten
     return torch.where(over, (1.0 - eps) / torch.where(over, m, one), one)
 
 
-@_float32_island
+@float32_island
 def lorentz_inner(
     y: Tensor, z: Tensor, *, k: Curvature, keepdim: bool = False, dim: int = -1
 ) -> Tensor:
@@ -195,7 +204,7 @@ def lorentz_inner(
     return out if keepdim else out.squeeze(dim)
 
 
-@_float32_island
+@float32_island
 def ambient_dist(
     y: Tensor, z: Tensor, *, k: Curvature, keepdim: bool = False, dim: int = -1
 ) -> Tensor:

@@ -24,22 +24,23 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any, Union
+from typing import Any
 
 import torch
 
 from .numerics import (
-    HALF_DTYPES,
+    Curvature,
     clamp_abs,
+    float32_island,
     guards,
     safe_norm,
     safe_sqrt,
     series_coefficients,
     sqnorm,
 )
+from .numerics import as_curvature as _k
 
 Tensor = torch.Tensor
-Curvature = Union[Tensor, float]
 
 __all__ = [
     # smooth (analytic at t = 0) functions of t = κ r²
@@ -64,37 +65,6 @@ __all__ = [
 # --------------------------------------------------------------------------------------
 # plumbing: dtype island and curvature broadcasting
 # --------------------------------------------------------------------------------------
-
-
-def _float32_island(fn: Callable) -> Callable:
-    """Run ``fn`` in float32 when any tensor argument is float16/bfloat16; cast back."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        half = None
-        for a in (*args, *kwargs.values()):
-            if isinstance(a, Tensor) and a.dtype in HALF_DTYPES:
-                half = a.dtype
-                break
-        if half is None:
-            return fn(*args, **kwargs)
-
-        def up(a: Any) -> Any:
-            return a.float() if isinstance(a, Tensor) and a.is_floating_point() else a
-
-        out = fn(*map(up, args), **{n: up(v) for n, v in kwargs.items()})
-        if isinstance(out, Tensor):
-            return out.to(half)
-        return out
-
-    return wrapper
-
-
-def _k(k: Curvature, like: Tensor) -> Tensor:
-    """``k`` as a tensor of ``like``'s dtype and device (a Python float is accepted)."""
-    if isinstance(k, Tensor):
-        return k if k.dtype == like.dtype else k.to(like.dtype)
-    return torch.as_tensor(k, dtype=like.dtype, device=like.device)
 
 
 def _dot(x: Tensor, y: Tensor, dim: int) -> Tensor:
@@ -186,7 +156,7 @@ def arsin_ratio(t: Tensor) -> Tensor:
 # --------------------------------------------------------------------------------------
 
 
-@_float32_island
+@float32_island
 def tan_k(x: Tensor, k: Curvature) -> Tensor:
     r"""``tan_κ(x) = tan(√κ x)/√κ`` (κ > 0), ``x`` (κ = 0), ``tanh(√−κ x)/√−κ`` (κ < 0).
 
@@ -198,21 +168,21 @@ def tan_k(x: Tensor, k: Curvature) -> Tensor:
     return x * tan_ratio(k * x * x)
 
 
-@_float32_island
+@float32_island
 def artan_k(x: Tensor, k: Curvature) -> Tensor:
     r"""``artan_κ(x) = atan(√κ x)/√κ`` (κ > 0), ``x`` (κ = 0), ``atanh(√−κ x)/√−κ`` (κ < 0)."""
     k = _k(k, x)
     return x * artan_ratio(k * x * x)
 
 
-@_float32_island
+@float32_island
 def sin_k(x: Tensor, k: Curvature) -> Tensor:
     r"""``sin_κ(x) = sin(√κ x)/√κ`` (κ > 0), ``x`` (κ = 0), ``sinh(√−κ x)/√−κ`` (κ < 0)."""
     k = _k(k, x)
     return x * sin_ratio(k * x * x)
 
 
-@_float32_island
+@float32_island
 def arsin_k(x: Tensor, k: Curvature) -> Tensor:
     r"""``arsin_κ(x) = asin(√κ x)/√κ`` (κ > 0), ``x`` (κ = 0), ``asinh(√−κ x)/√−κ`` (κ < 0)."""
     k = _k(k, x)
@@ -319,7 +289,7 @@ def project(x: Tensor, *, k: Curvature, dim: int = -1, eps: float | None = None)
     return _project(x, k, dim, eps)
 
 
-@_float32_island
+@float32_island
 def _project(x: Tensor, k: Curvature, dim: int, eps: float) -> Tensor:
     return x * project_factor(safe_norm(x, dim), _k(k, x), eps)
 
@@ -346,14 +316,14 @@ def _conf_half_inv(x2: Tensor, k: Tensor) -> Tensor:
     return (1.0 + k * x2).clamp_min(guards(x2.dtype).min_denom)
 
 
-@_float32_island
+@float32_island
 def lambda_x(x: Tensor, *, k: Curvature, keepdim: bool = False, dim: int = -1) -> Tensor:
     r"""Conformal factor ``λ_x = 2/(1 + κ‖x‖²)``."""
     k = _k(k, x)
     return _squeeze(2.0 / _conf_half_inv(sqnorm(x, dim), k), dim, keepdim)
 
 
-@_float32_island
+@float32_island
 def inner(
     x: Tensor,
     u: Tensor,
@@ -374,7 +344,7 @@ def inner(
     return _squeeze(lam * lam * _dot(u, v, dim), dim, keepdim)
 
 
-@_float32_island
+@float32_island
 def norm(x: Tensor, u: Tensor, *, k: Curvature, keepdim: bool = False, dim: int = -1) -> Tensor:
     r"""Riemannian norm ``‖u‖_x = λ_x ‖u‖``."""
     k = _k(k, x)
@@ -382,7 +352,7 @@ def norm(x: Tensor, u: Tensor, *, k: Curvature, keepdim: bool = False, dim: int 
     return _squeeze(lam * torch.linalg.vector_norm(u, dim=dim, keepdim=True), dim, keepdim)
 
 
-@_float32_island
+@float32_island
 def egrad2rgrad(x: Tensor, grad: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
     r"""Riemannian gradient ``grad / λ_x² = grad·(1 + κ‖x‖²)²/4``."""
     k = _k(k, x)
@@ -494,7 +464,7 @@ class _MobiusAdd(torch.autograd.Function):
         return gx.sum_to_size(x.shape), gy.sum_to_size(y.shape), gk, None
 
 
-@_float32_island
+@float32_island
 def mobius_add(x: Tensor, y: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
     r"""Möbius addition
 
@@ -522,7 +492,7 @@ def mobius_sub(x: Tensor, y: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
     return mobius_add(x, -y, k=k, dim=dim)
 
 
-@_float32_island
+@float32_island
 def gyration(a: Tensor, b: Tensor, u: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
     r"""Gyration ``gyr[a, b]u = ⊖(a ⊕ b) ⊕ (a ⊕ (b ⊕ u))`` in closed form (Ungar):
 
@@ -542,7 +512,7 @@ def gyration(a: Tensor, b: Tensor, u: Tensor, *, k: Curvature, dim: int = -1) ->
     return u + (2.0 / den) * (ca * a + cb * b)
 
 
-@_float32_island
+@float32_island
 def mobius_coadd(x: Tensor, y: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
     r"""Möbius coaddition ``x ⊞_κ y = x ⊕ gyr[x, ⊖y] y``, in closed form
 
@@ -563,7 +533,7 @@ def mobius_cosub(x: Tensor, y: Tensor, *, k: Curvature, dim: int = -1) -> Tensor
     return mobius_coadd(x, -y, k=k, dim=dim)
 
 
-@_float32_island
+@float32_island
 def mobius_scalar_mul(r: Tensor, x: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
     r"""Möbius scalar multiplication ``r ⊗_κ x = tan_κ(r·artan_κ‖x‖) x/‖x‖``.
 
@@ -578,7 +548,7 @@ def mobius_scalar_mul(r: Tensor, x: Tensor, *, k: Curvature, dim: int = -1) -> T
     return x * (ra * tan_ratio(k * ra * ra * x2))
 
 
-@_float32_island
+@float32_island
 def mobius_pointwise_mul(w: Tensor, x: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
     r"""``w ⊙_κ x = tan_κ(‖w⊙x‖/‖x‖ · artan_κ‖x‖) (w⊙x)/‖w⊙x‖``, computed as
     ``(w⊙x) · a · T(κ a² ‖w⊙x‖²)`` with ``a = A(κ‖x‖²)`` (exact 0 where ``w⊙x = 0``)."""
@@ -588,7 +558,7 @@ def mobius_pointwise_mul(w: Tensor, x: Tensor, *, k: Curvature, dim: int = -1) -
     return wx * (a * tan_ratio(k * a * a * sqnorm(wx, dim)))
 
 
-@_float32_island
+@float32_island
 def mobius_matvec(m: Tensor, x: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
     r"""Möbius matrix-vector product ``M ⊗_κ x = tan_κ(‖Mx‖/‖x‖ · artan_κ‖x‖) Mx/‖Mx‖``,
     computed as ``Mx · a · T(κ a² ‖Mx‖²)`` with ``a = A(κ‖x‖²)``.
@@ -672,7 +642,7 @@ def _half_dist_ratio(d2: Tensor, a: Tensor, b: Tensor, den: Tensor, k: Tensor) -
     return torch.where(k < 0, hyp, sph)
 
 
-@_float32_island
+@float32_island
 def dist(x: Tensor, y: Tensor, *, k: Curvature, keepdim: bool = False, dim: int = -1) -> Tensor:
     r"""Geodesic distance ``d_κ(x, y) = 2 artan_κ ‖(−x) ⊕_κ y‖``, computed with the identity
 
@@ -690,7 +660,7 @@ def dist(x: Tensor, y: Tensor, *, k: Curvature, keepdim: bool = False, dim: int 
     return _squeeze(2.0 * n * _half_dist_ratio(d2, a, b, den, k), dim, keepdim)
 
 
-@_float32_island
+@float32_island
 def dist0(x: Tensor, *, k: Curvature, keepdim: bool = False, dim: int = -1) -> Tensor:
     r"""Distance to the origin ``d_κ(0, x) = 2 artan_κ ‖x‖ = 2‖x‖·A(κ‖x‖²)``."""
     k = _k(k, x)
@@ -698,21 +668,21 @@ def dist0(x: Tensor, *, k: Curvature, keepdim: bool = False, dim: int = -1) -> T
     return _squeeze(2.0 * n * artan_ratio(k * n * n), dim, keepdim)
 
 
-@_float32_island
+@float32_island
 def expmap0(u: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
     r"""``exp₀(u) = tan_κ(‖u‖) u/‖u‖ = u·T(κ‖u‖²)``."""
     k = _k(k, u)
     return u * tan_ratio(k * sqnorm(u, dim))
 
 
-@_float32_island
+@float32_island
 def logmap0(y: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
     r"""``log₀(y) = artan_κ(‖y‖) y/‖y‖ = y·A(κ‖y‖²)``."""
     k = _k(k, y)
     return y * artan_ratio(k * sqnorm(y, dim))
 
 
-@_float32_island
+@float32_island
 def expmap(x: Tensor, u: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
     r"""``exp_x(u) = x ⊕ tan_κ(λ_x‖u‖/2) u/‖u‖ = x ⊕ (h T(κh²‖u‖²)) u``, ``h = λ_x/2``."""
     k = _k(k, x)
@@ -722,7 +692,7 @@ def expmap(x: Tensor, u: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
     return _madd(x, c * u, k, dim, x2, c * c * u2, c * _dot(x, u, dim))
 
 
-@_float32_island
+@float32_island
 def logmap(x: Tensor, y: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
     r"""``log_x(y) = (2/λ_x) artan_κ‖m‖ m/‖m‖``, ``m = (−x) ⊕ y``, i.e.
     ``(1+κ‖x‖²) A(κ‖m‖²) m`` with ``m`` and ``‖m‖²`` from the cancellation-free parts of
@@ -733,7 +703,7 @@ def logmap(x: Tensor, y: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
     return _gyro_vec(d, x, y, [c * ci for ci in coeffs])
 
 
-@_float32_island
+@float32_island
 def geodesic(t: Tensor, x: Tensor, y: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
     r"""``γ_{x→y}(t) = x ⊕ (t ⊗ ((−x) ⊕ y))``; ``γ(0) = x``, ``γ(1) = y``."""
     k = _k(k, x)
@@ -746,7 +716,7 @@ def geodesic(t: Tensor, x: Tensor, y: Tensor, *, k: Curvature, dim: int = -1) ->
     return _madd(x, c * m, k, dim, x2, c * c * m2, c * _dot(x, m, dim))
 
 
-@_float32_island
+@float32_island
 def geodesic_unit(t: Tensor, x: Tensor, u: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
     r"""Unit-speed geodesic from ``x`` in direction ``u``: ``x ⊕ tan_κ(t/2) u/‖u‖``."""
     k = _k(k, x)
@@ -757,7 +727,7 @@ def geodesic_unit(t: Tensor, x: Tensor, u: Tensor, *, k: Curvature, dim: int = -
     return _madd(x, c * u, k, dim, sqnorm(x, dim), (c * un) ** 2, c * _dot(x, u, dim))
 
 
-@_float32_island
+@float32_island
 def dist2plane(
     x: Tensor,
     p: Tensor,
@@ -796,7 +766,7 @@ def dist2plane(
 # --------------------------------------------------------------------------------------
 
 
-@_float32_island
+@float32_island
 def parallel_transport(x: Tensor, y: Tensor, v: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
     r"""Parallel transport ``P_{x→y}(v) = gyr[y, −x] v · λ_x/λ_y``."""
     kk = _k(k, x)
@@ -804,14 +774,14 @@ def parallel_transport(x: Tensor, y: Tensor, v: Tensor, *, k: Curvature, dim: in
     return gyration(y, -x, v, k=kk, dim=dim) * ratio
 
 
-@_float32_island
+@float32_island
 def parallel_transport0(y: Tensor, v: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
     r"""``P_{0→y}(v) = v · λ_0/λ_y = v (1 + κ‖y‖²)``."""
     k = _k(k, y)
     return v * _conf_half_inv(sqnorm(y, dim), k)
 
 
-@_float32_island
+@float32_island
 def parallel_transport0back(x: Tensor, v: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
     r"""``P_{x→0}(v) = v · λ_x/λ_0 = v / (1 + κ‖x‖²)``."""
     k = _k(k, x)
@@ -823,7 +793,7 @@ def parallel_transport0back(x: Tensor, v: Tensor, *, k: Curvature, dim: int = -1
 # --------------------------------------------------------------------------------------
 
 
-@_float32_island
+@float32_island
 def antipode(x: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
     r"""Antipode: ``−x/(κ‖x‖²)`` for κ > 0 (the point at distance ``π/√κ``), ``−x`` for κ ≤ 0.
 
@@ -837,7 +807,7 @@ def antipode(x: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
     return torch.where(k > 0, -x * inv, -x)
 
 
-@_float32_island
+@float32_island
 def weighted_midpoint(
     xs: Tensor,
     weights: Tensor | None = None,
@@ -900,7 +870,7 @@ def weighted_midpoint(
     return a_mean
 
 
-@_float32_island
+@float32_island
 def sproj(x: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
     r"""Stereographic projection from the ambient ``R^{n+1}`` (geoopt convention: the
     *last* coordinate is the time/height axis): ``x_{:n} / (1 + √|κ| x_n)``. κ ≠ 0.
@@ -915,7 +885,7 @@ def sproj(x: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
     return x.narrow(dim, 0, n - 1) / clamp_abs(1.0 + sk * x.narrow(dim, n - 1, 1), g.min_denom)
 
 
-@_float32_island
+@float32_island
 def inv_sproj(x: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
     r"""Inverse of :func:`sproj`: ``(λ_x x, (1 − κ‖x‖²)/(√|κ|(1 + κ‖x‖²)))``, time last. κ ≠ 0."""
     k = _k(k, x)

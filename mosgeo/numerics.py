@@ -5,6 +5,10 @@ the guard of their dtype. Half precision (``float16``/``bfloat16``) is computed 
 (:func:`compute_dtype`) and cast back; its *storage* precision still sets the boundary
 margin, so a projected point stays inside the ball after the cast back.
 
+Also here, because :mod:`mosgeo.math` and :mod:`mosgeo.charts` both need them: the
+:func:`float32_island` decorator that applies the half-precision rule to an op, and
+:func:`as_curvature`, the coercion of a ``k`` argument to the points' dtype and device.
+
 =================  ===============================  ==========================================
 guard              rule                             why
 =================  ===============================  ==========================================
@@ -29,9 +33,12 @@ guard              rule                             why
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import Any, Union
 
 import torch
 
@@ -40,6 +47,9 @@ __all__ = [
     "guards",
     "compute_dtype",
     "HALF_DTYPES",
+    "Curvature",
+    "float32_island",
+    "as_curvature",
     "default_eps",
     "sqnorm",
     "safe_norm",
@@ -50,6 +60,9 @@ __all__ = [
 
 #: The half-precision dtypes, computed in float32 and cast back.
 HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+#: A curvature argument: a tensor that broadcasts against the points, or a Python float.
+Curvature = Union[torch.Tensor, float]
 
 
 @dataclass(frozen=True)
@@ -191,3 +204,39 @@ def series_coefficients(name: str, terms: int) -> list[float]:
     else:
         raise ValueError(f"unknown series {name!r}")
     return [float(v) for v in c]
+
+
+# --------------------------------------------------------------------------------------
+# the float32 island and curvature coercion, shared by every op of math and charts
+# --------------------------------------------------------------------------------------
+
+
+def float32_island(fn: Callable) -> Callable:
+    """Run ``fn`` in float32 when any tensor argument is float16/bfloat16; cast back."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        half = None
+        for a in (*args, *kwargs.values()):
+            if isinstance(a, torch.Tensor) and a.dtype in HALF_DTYPES:
+                half = a.dtype
+                break
+        if half is None:
+            return fn(*args, **kwargs)
+
+        def up(a: Any) -> Any:
+            return a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a
+
+        out = fn(*map(up, args), **{n: up(v) for n, v in kwargs.items()})
+        if isinstance(out, torch.Tensor):
+            return out.to(half)
+        return out
+
+    return wrapper
+
+
+def as_curvature(k: Curvature, like: torch.Tensor) -> torch.Tensor:
+    """``k`` as a tensor of ``like``'s dtype and device (a Python float is accepted)."""
+    if isinstance(k, torch.Tensor):
+        return k if k.dtype == like.dtype else k.to(like.dtype)
+    return torch.as_tensor(k, dtype=like.dtype, device=like.device)
