@@ -13,14 +13,13 @@ back to back in alternating order; the table reports medians and the ratio mosge
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import statistics
+import functools
 import time
 from pathlib import Path
 
 import geoopt.manifolds.stereographic.math as gmath
 import torch
+from _report import command_line, interleaved, machine, markdown_table, median_ms, write_results
 
 import mosgeo.math as mmath
 
@@ -80,16 +79,12 @@ def bench(rows: int, n: int, reps: int, warmup: int, seed: int) -> list[dict]:
         grad_out: dict = {}
         for op in OPS:
             for backward in (False, True):
-                libs = {"geoopt": gmath, "mosgeo": mmath}
-                times = {name: [] for name in libs}
-                for _ in range(warmup):
-                    for lib in libs.values():
-                        timed(lib, op, inp, backward, grad_out)
-                for r in range(reps):
-                    order = list(libs) if r % 2 == 0 else list(reversed(list(libs)))
-                    for name in order:
-                        times[name].append(timed(libs[name], op, inp, backward, grad_out))
-                med = {name: statistics.median(ts) * 1e3 for name, ts in times.items()}
+                runs = {
+                    name: functools.partial(timed, lib, op, inp, backward, grad_out)
+                    for name, lib in (("geoopt", gmath), ("mosgeo", mmath))
+                }
+                times = interleaved(runs, reps, warmup)
+                med = {name: median_ms(ts) for name, ts in times.items()}
                 results.append(
                     {
                         "k": kname,
@@ -119,14 +114,22 @@ def to_markdown(results: list[dict], meta: dict) -> str:
         "ratio = mosgeo / geoopt (below 1: mosgeo faster). fwd+bwd: gradients w.r.t. the "
         "data inputs.",
         "",
-        "| κ | op | pass | geoopt ms | mosgeo ms | ratio |",
-        "|---|---|---|---:|---:|---:|",
+        markdown_table(
+            ["κ", "op", "pass", "geoopt ms", "mosgeo ms", "ratio"],
+            (
+                [
+                    r["k"],
+                    r["op"],
+                    r["pass"],
+                    f"{r['geoopt_ms']:.2f}",
+                    f"{r['mosgeo_ms']:.2f}",
+                    f"{r['ratio']:.2f}",
+                ]
+                for r in results
+            ),
+            align="lllrrr",
+        ),
     ]
-    for r in results:
-        lines.append(
-            f"| {r['k']} | {r['op']} | {r['pass']} | {r['geoopt_ms']:.2f} | "
-            f"{r['mosgeo_ms']:.2f} | {r['ratio']:.2f} |"
-        )
     worst = max((r for r in results if r["pass"] == "fwd+bwd"), key=lambda r: r["ratio"])
     lines += [
         "",
@@ -148,24 +151,19 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     import geoopt
 
+    defaults = {"rows": 100_000, "reps": 15, "threads": 1}
     meta = {
-        "command": "python benchmarks/bench_core.py"
-        + ("" if args.rows == 100_000 else f" --rows {args.rows}")
-        + ("" if args.reps == 15 else f" --reps {args.reps}")
-        + ("" if args.threads == 1 else f" --threads {args.threads}"),
+        "command": command_line("bench_core.py", {k: getattr(args, k) for k in defaults}, defaults),
         "rows": args.rows,
         "n": args.dim,
         "reps": args.reps,
         "threads": args.threads,
         "torch": torch.__version__,
         "geoopt": geoopt.__version__,
-        "machine": f"{platform.machine()} CPU ({platform.processor() or 'unknown'})",
+        "machine": machine(),
     }
     results = bench(args.rows, args.dim, args.reps, args.warmup, args.seed)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "core.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
-    (args.out / "core.md").write_text(to_markdown(results, meta))
-    print(f"wrote {args.out / 'core.md'}")
+    write_results(args.out, "core", {"meta": meta, "results": results}, to_markdown(results, meta))
 
 
 if __name__ == "__main__":

@@ -43,22 +43,32 @@ the allocation before the step. Also reported: the bytes autograd saves for back
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
+import functools
 import gc
 import json
 import math
 import multiprocessing as mp
 import os
-import platform
 import queue
 import re
-import statistics
 import time
 from pathlib import Path
 
 import peft
 import torch
 import transformers
+from _report import (
+    command_line,
+    fmt,
+    interleaved,
+    machine,
+    median_ms,
+    paired_quartiles,
+    sync,
+    write_results,
+)
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import LlamaConfig
@@ -193,8 +203,11 @@ def build(variant: str, size: str, weights: dict, seed: int, device: str) -> dic
         model = mlp
     model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
-    layers = [m for m in model.modules() if isinstance(m, mosgeo_lora.MoSELoraLayer)]
-    return {"model": model, "params": params, "moselora_layers": layers}
+    v = {"model": model, "params": params, "call": None, "hooks": contextlib.ExitStack()}
+    if any(isinstance(m, mosgeo_lora.MoSELoraLayer) for m in model.modules()):
+        # the layers hand their balance losses to this state on every forward (hooks stay on)
+        v["call"] = v["hooks"].enter_context(mosgeo_lora.moselora_call(model))
+    return v
 
 
 def make_inputs(size: str, batch: int, seq: int, seed: int, device: str, input_grad: bool):
@@ -217,11 +230,6 @@ def malloc_reuse() -> bool:
         return False
 
 
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 def step(v: dict, x: torch.Tensor, g: torch.Tensor, backward: bool) -> torch.Tensor:
     """One forward (+ backward) of ``v``; returns the loss (or the output's sum)."""
     model = v["model"]
@@ -231,21 +239,15 @@ def step(v: dict, x: torch.Tensor, g: torch.Tensor, backward: bool) -> torch.Ten
     for p in v["params"]:
         p.grad = None
     x.grad = None
+    call = v["call"]
+    if call is not None:
+        call.aux_losses.clear()
     y = model(x)
     loss = (y * g).sum()
-    if v["moselora_layers"]:
-        aux = [a for m in v["moselora_layers"] for a in m.aux_losses.values()]
-        loss = loss + AUX_COEF * torch.stack(aux).mean()
+    if call is not None:
+        loss = loss + AUX_COEF * torch.stack(call.aux_losses).mean()
     loss.backward()
     return loss.detach()
-
-
-def timed(v: dict, x, g, backward: bool, device: str) -> float:
-    sync(device)
-    t0 = time.perf_counter()
-    step(v, x, g, backward)
-    sync(device)
-    return time.perf_counter() - t0
 
 
 def counted_step(v: dict, x, g) -> tuple[torch.Tensor, int, int]:
@@ -334,6 +336,14 @@ def peak_memory_cuda(v: dict, x, g) -> dict:
 
 
 # ----------------------------------------------------------------------------- driver
+def _timed_step(v: dict, x, g, backward: bool, device: str) -> float:
+    sync(device)
+    t0 = time.perf_counter()
+    step(v, x, g, backward)
+    sync(device)
+    return time.perf_counter() - t0
+
+
 def bench_size(size: str, batch: int, seq: int, args) -> list[dict]:
     dev = args.device
     w = base_weights(size, args.seed, dev)
@@ -354,16 +364,13 @@ def bench_size(size: str, batch: int, seq: int, args) -> list[dict]:
         rows[name]["params_m"] = sum(p.numel() for p in v["params"]) / 1e6
     for backward in (False, True):
         key = "step" if backward else "fwd"
-        times: dict[str, list[float]] = {name: [] for name in variants}
-        order = list(variants)
-        for r in range(-args.warmup, args.reps):
-            for name in order:
-                t = timed(variants[name], x, g, backward, dev)
-                if r >= 0:
-                    times[name].append(t)
-            order = order[1:] + order[:1]  # rotate: every variant runs in every position
+        runs = {
+            name: functools.partial(_timed_step, v, x, g, backward, dev)
+            for name, v in variants.items()
+        }
+        times = interleaved(runs, args.reps, args.warmup)
         for name in variants:
-            rows[name][f"{key}_ms"] = statistics.median(times[name]) * 1e3
+            rows[name][f"{key}_ms"] = median_ms(times[name])
             rows[name][f"{key}_times"] = [t * 1e3 for t in times[name]]
         print(
             f"[{size}] {key}: "
@@ -412,18 +419,9 @@ def adapter_flops(d_in: int, d_out: int, t: int) -> dict:
 
 
 # ----------------------------------------------------------------------------- report
-def fmt(v, nd=2) -> str:
-    return "–" if v is None else f"{v:.{nd}f}"
-
-
 def paired(a: dict, b: dict, key: str = "step") -> list[float] | None:
-    """Quartiles of the per-repetition ratios ``a/b`` (both ran in the same repetition, so
-    a slow spell of the machine hits both)."""
-    ta, tb = a.get(f"{key}_times"), b.get(f"{key}_times")
-    if not ta or not tb or len(ta) < 2:
-        return None
-    q = statistics.quantiles([x / y for x, y in zip(ta, tb, strict=True)], n=4, method="inclusive")
-    return [q[1], q[0], q[2]]
+    """Quartiles of the per-repetition ratios ``a/b`` (both ran in the same repetition)."""
+    return paired_quartiles(a.get(f"{key}_times") or [], b.get(f"{key}_times") or [])
 
 
 def targets(results: list[dict], sizes: list[str]) -> list[dict]:
@@ -649,27 +647,29 @@ def main() -> None:
         results += bench_size(size, *tokens[size], args)
     runtime = time.perf_counter() - t_start
 
-    argv = []
-    if args.sizes != "smol,1.5b":
-        argv.append(f"--sizes {args.sizes}")
-    if args.tokens:
-        argv.append(f"--tokens {args.tokens}")
-    if args.variants != VARIANTS:
-        argv.append(f"--variants {','.join(args.variants)}")
-    for flag, default in (("reps", 7), ("warmup", 1), ("threads", 1), ("seed", 0)):
-        if getattr(args, flag) != default:
-            argv.append(f"--{flag} {getattr(args, flag)}")
-    if args.device != "cpu":
-        argv.append(f"--device {args.device}")
-    if not args.input_grad:
-        argv.append("--no-input-grad")
-    if args.no_memory:
-        argv.append("--no-memory")
-    if args.malloc_default:
-        argv.append("--malloc-default")
-    dev_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else cpu_name()
+    defaults = {
+        "sizes": "smol,1.5b",
+        "tokens": "",
+        "variants": ",".join(VARIANTS),
+        "reps": 7,
+        "warmup": 1,
+        "threads": 1,
+        "seed": 0,
+        "device": "cpu",
+        "no-input-grad": False,
+        "no-memory": False,
+        "malloc-default": False,
+    }
+    values = {
+        **{k: getattr(args, k) for k in ("sizes", "tokens", "reps", "warmup", "threads", "seed")},
+        "variants": ",".join(args.variants),
+        "device": args.device,
+        "no-input-grad": not args.input_grad,
+        "no-memory": args.no_memory,
+        "malloc-default": args.malloc_default,
+    }
     meta = {
-        "command": " ".join(["python benchmarks/bench_layer.py", *argv]),
+        "command": command_line("bench_layer.py", values, defaults),
         "sizes": sizes,
         "tokens": {s: tokens[s] for s in sizes},
         "reps": args.reps,
@@ -681,7 +681,7 @@ def main() -> None:
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "peft": peft.__version__,
-        "machine": f"{dev_name}, {os.cpu_count()} CPU(s) ({platform.machine()})",
+        "machine": machine(args.device),
         "runtime_s": runtime,
     }
     write(meta, results, args)
@@ -692,19 +692,8 @@ def write(meta: dict, results: list[dict], args) -> None:
     analysis = auto_analysis(results, meta)
     if args.analysis.exists():
         analysis += "\n\n" + args.analysis.read_text()
-    args.out.mkdir(parents=True, exist_ok=True)
     payload = {"meta": meta, "results": results, "targets": targets(results, meta["sizes"])}
-    (args.out / "layer.json").write_text(json.dumps(payload, indent=1))
-    (args.out / "layer.md").write_text(to_markdown(results, meta, analysis))
-    print(f"wrote {args.out / 'layer.md'}")
-
-
-def cpu_name() -> str:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        return re.search(r"model name\s*:\s*(.+)", text).group(1).strip()
-    except (OSError, AttributeError):
-        return platform.processor() or "unknown CPU"
+    write_results(args.out, "layer", payload, to_markdown(results, meta, analysis))
 
 
 if __name__ == "__main__":

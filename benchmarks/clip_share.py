@@ -17,9 +17,9 @@ import statistics
 import torch
 
 import mosgeo.math as pmath
-from mosgeo_lora import data as mdata
-from mosgeo_lora.layer import MoSELoraLayer
-from mosgeo_lora.models import load
+from mosgeo_lora import MoSELoraLayer
+from mosgeo_lora.finetune import data as mdata
+from mosgeo_lora.finetune.base_models import load
 
 
 def measure(model, tokenizer, prompts: list[str]) -> dict[str, tuple[float, float]]:

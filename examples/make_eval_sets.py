@@ -1,7 +1,7 @@
-"""Write the frozen evaluation sets shipped in ``mosgeo_lora/eval_sets/``.
+"""Write the frozen evaluation sets shipped in ``mosgeo_lora/finetune/data/eval_sets/``.
 
 Deterministic: running it again reproduces the files byte for byte (eval problems come from
-seed ``mosgeo_lora.data.EVAL_SEED``, a seed training never uses).
+seed ``mosgeo_lora.finetune.data.EVAL_SEED``, a seed training never uses).
 
     python examples/make_eval_sets.py              # all sets, 100 problems each
     python examples/make_eval_sets.py --n 50 --out /tmp/sets numbers__place_value
@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from mosgeo_lora.data import EVAL_DIR, EVAL_SET_SIZE, EVAL_SETS, make_eval_set, to_jsonl
+from mosgeo_lora.finetune.data import EVAL_DIR, EVAL_SET_SIZE, EVAL_SETS, make_eval_set, to_jsonl
 
 
 def render_eval_set(name: str, n: int = EVAL_SET_SIZE) -> str:

@@ -16,9 +16,10 @@ from __future__ import annotations
 import argparse
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments
+from transformers import Trainer, TrainingArguments
 
 import mosgeo_lora
+from mosgeo_lora.finetune.base_models import tiny_llama
 
 
 def main() -> None:
@@ -30,20 +31,7 @@ def main() -> None:
 
     torch.manual_seed(0)
     vocab = 64
-    base = LlamaForCausalLM(
-        LlamaConfig(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            vocab_size=vocab,
-            max_position_embeddings=64,
-            pad_token_id=0,
-            bos_token_id=1,
-            eos_token_id=2,
-        )
-    )
+    base = tiny_llama(vocab)  # a random 2-layer Llama from the global generator
     model = mosgeo_lora.wrap(base, r=4, num_experts=4, num_hyperbolic=1, num_spherical=2, top_k=2)
 
     # a learnable pattern (each sequence repeats a random 4-token motif) rather than pure noise

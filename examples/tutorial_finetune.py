@@ -31,30 +31,12 @@ run_dir = args.run_dir or Path(tempfile.mkdtemp(prefix="moselora-tutorial-"))
 torch.set_num_threads(1)
 
 # [doc:wrap]
-from transformers import LlamaConfig, LlamaForCausalLM
-
 import mosgeo_lora  # registers the MOSELORA adapter type with PEFT
+from mosgeo_lora.finetune.base_models import tiny_llama
 
-
-def tiny_llama() -> LlamaForCausalLM:
-    """A two-layer random Llama built from a config (offline, instant). With a real model:
-    ``AutoModelForCausalLM.from_pretrained("HuggingFaceTB/SmolLM2-135M-Instruct")``."""
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=64,
-        max_position_embeddings=64,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
-    return LlamaForCausalLM(config)
-
-
+# A two-layer random Llama built from a config (offline, instant). With a real model:
+# AutoModelForCausalLM.from_pretrained("HuggingFaceTB/SmolLM2-135M-Instruct")
+torch.manual_seed(0)
 model = mosgeo_lora.wrap(tiny_llama())  # adapts gate_proj, up_proj, down_proj of each layer
 model.print_trainable_parameters()
 config = model.peft_config["default"]
@@ -146,6 +128,7 @@ model.save_pretrained(adapter_dir)
 print("save:", sorted(p.name for p in adapter_dir.iterdir()))
 
 # in a new process: `import mosgeo_lora` first, or PEFT does not know the type MOSELORA
+torch.manual_seed(0)  # the same random base model
 loaded = PeftModel.from_pretrained(tiny_llama(), adapter_dir).eval()
 with torch.no_grad():
     gap = (loaded(input_ids=ids).logits - model(input_ids=ids).logits).abs().max().item()

@@ -32,7 +32,8 @@ from typing import Any
 from torch import nn
 from transformers import TrainerCallback
 
-from .layer import MoSELoraLayer
+from .constants import space_of
+from .layer import MoSELoraLayer, moselora_layers
 from .stats import curvatures, reset_routing_stats, routing_stats
 
 __all__ = ["CurvatureCallback"]
@@ -44,14 +45,6 @@ def _has_matplotlib() -> bool:
     except ImportError:
         return False
     return True
-
-
-def _layers(model: nn.Module) -> list[MoSELoraLayer]:
-    return [m for m in model.modules() if isinstance(m, MoSELoraLayer)]
-
-
-def _space(kappa: float) -> str:
-    return "hyperbolic" if kappa < 0 else "spherical" if kappa > 0 else "euclidean"
 
 
 class CurvatureCallback(TrainerCallback):
@@ -134,7 +127,7 @@ class CurvatureCallback(TrainerCallback):
 
     def _resolve(self, model: nn.Module | None) -> bool:
         model = self.model if self.model is not None else model
-        layers = _layers(model) if isinstance(model, nn.Module) else []
+        layers = [m for _, m in moselora_layers(model)] if isinstance(model, nn.Module) else []
         if not layers:
             warnings.warn(
                 "CurvatureCallback: the model has no MoSELoRA layers; nothing is recorded "
@@ -180,9 +173,9 @@ class CurvatureCallback(TrainerCallback):
         spaces = {}
         for name, ks in kappa.items():
             if config is not None and config.num_experts == len(ks):
-                spaces[name] = [_space(k) for k in config.initial_curvatures()]
+                spaces[name] = [space_of(k) for k in config.initial_curvatures()]
             else:
-                spaces[name] = [_space(k) for k in ks]
+                spaces[name] = [space_of(k) for k in ks]
         return spaces
 
     # ------------------------------------------------------------------ recording
@@ -218,7 +211,7 @@ class CurvatureCallback(TrainerCallback):
         groups: dict[str, list[float]] = {"hyperbolic": [], "spherical": []}
         flipped = 0
         for name, ks in entry["kappa"].items():
-            spaces = self.spaces.get(name) or [_space(k) for k in ks]
+            spaces = self.spaces.get(name) or [space_of(k) for k in ks]
             for k, space in zip(ks, spaces, strict=False):
                 if space in groups:
                     groups[space].append(k)

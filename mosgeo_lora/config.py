@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Union
+from typing import Union
 
 from peft.config import PeftConfig
 
-from .experts import INPUT_MAPS
+from .constants import INPUT_MAPS, PRESETS, preset_mix
+from .registry import MOSELORA
 
-#: The expert mixes of ``MoSELoraConfig(preset=...)``.
-PRESETS = ("moselora", "moselora-h", "moselora-s", "moselora-e", "hydralora")
-
-__all__ = ["MoSELoraConfig", "PRESETS"]
+__all__ = ["MoSELoraConfig"]
 
 
 @dataclass
 class MoSELoraConfig(PeftConfig):
-    """Configuration of a MoSELoRA adapter (paper §4, DESIGN §2).
+    """Configuration of a MoSELoRA adapter (paper §4, ``docs/design.md`` §2).
 
     Each adapted linear layer gets a shared down-projection ``A`` (``r × d_in``),
     ``num_experts`` up-projections ``B_i`` (``d_out × r``), one curvature ``κ_i`` per expert
@@ -52,12 +50,10 @@ class MoSELoraConfig(PeftConfig):
         target_modules: as in every PEFT tuner, and so are ``exclude_modules``,
             ``layers_to_transform``, ``layers_pattern`` and ``modules_to_save``.
             ``target_modules=None`` picks the FFN projections of the model's
-            architecture (:mod:`mosgeo_lora.model`).
+            architecture (:data:`mosgeo_lora.constants.FFN_TARGET_MODULES`).
     """
 
-    preset: Literal["moselora", "moselora-h", "moselora-s", "moselora-e", "hydralora"] = field(
-        default="moselora", metadata={"help": f"expert mix, one of {PRESETS}"}
-    )
+    preset: str = field(default="moselora", metadata={"help": f"expert mix, one of {PRESETS}"})
     r: int = field(default=8, metadata={"help": "rank of the shared down-projection A"})
     num_experts: int = field(default=8, metadata={"help": "number of experts N"})
     top_k: int | None = field(default=None, metadata={"help": "experts per token"})
@@ -71,9 +67,7 @@ class MoSELoraConfig(PeftConfig):
     )
     alpha: float = field(default=16.0, metadata={"help": "output scaling is alpha / r"})
     dropout: float = field(default=0.0, metadata={"help": "dropout on the adapter input"})
-    input_map: Literal["stereographic", "lift"] = field(
-        default="stereographic", metadata={"help": f"one of {INPUT_MAPS}"}
-    )
+    input_map: str = field(default="stereographic", metadata={"help": f"one of {INPUT_MAPS}"})
     aux_loss_coef: float = field(default=0.01, metadata={"help": "load-balancing coefficient"})
     fused: bool = field(default=True, metadata={"help": "fused radial path (else reference)"})
     init_weights: bool = field(default=True, metadata={"help": "zero B: identity at init"})
@@ -98,8 +92,6 @@ class MoSELoraConfig(PeftConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        from .peft import MOSELORA  # the registered PeftType member
-
         self.peft_type = MOSELORA
         if isinstance(self.target_modules, list):
             self.target_modules = set(self.target_modules)
@@ -113,13 +105,7 @@ class MoSELoraConfig(PeftConfig):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive int, got {getattr(self, name)!r}")
         n = self.num_experts
-        defaults = {
-            "moselora": (min(3, n), min(3, max(n - 3, 0)), min(4, n)),
-            "moselora-h": (n, 0, min(4, n)),
-            "moselora-s": (0, n, min(4, n)),
-            "moselora-e": (0, 0, min(4, n)),
-            "hydralora": (0, 0, n),
-        }[self.preset]
+        defaults = preset_mix(self.preset, n)
         if self.num_hyperbolic is None:
             self.num_hyperbolic = defaults[0]
         if self.num_spherical is None:

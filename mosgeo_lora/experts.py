@@ -1,7 +1,7 @@
 r"""The mixture-of-space experts of one adapted layer: literal reference and fused path.
 
 For the low-rank code ``z = A x`` (``r``-dim) and expert ``i`` with curvature ``κ_i`` and
-up-projection ``B_i`` (``d_out × r``), DESIGN §2.1 / paper eq. 5–8:
+up-projection ``B_i`` (``d_out × r``), paper eq. 5–8 (``docs/design.md`` §2.1):
 
 .. code-block:: text
 
@@ -10,7 +10,7 @@ up-projection ``B_i`` (``d_out × r``), DESIGN §2.1 / paper eq. 5–8:
     o_i = from_spacelike(u_i, κ_i)
     out = Σ_i g_i o_i
 
-Every map is radial (a vector times a scalar of its norm), so (DESIGN §2.2)
+Every map is radial (a vector times a scalar of its norm), so (``docs/design.md`` §2.2)
 ``o_i = c_i a_i B_i z`` with ``a_i = a(κ_i, ‖z‖²)`` and ``c_i = c(κ_i, a_i² zᵀ(B_iᵀB_i)z)``:
 the norm of ``B_i s_i`` comes from the ``r × r`` Gram matrix, and
 
@@ -36,12 +36,11 @@ from mosgeo import charts
 from mosgeo import math as pmath
 from mosgeo.numerics import safe_sqrt, sqnorm
 
+from .constants import INPUT_MAPS
+
 Tensor = torch.Tensor
 
-#: The input maps of an expert, paper eq. 5 (with the ball projection) or ``z`` itself.
-INPUT_MAPS = ("stereographic", "lift")
-
-__all__ = ["INPUT_MAPS", "experts_reference", "experts_fused", "input_factor"]
+__all__ = ["experts_reference", "experts_fused", "input_factor"]
 
 
 def _check(z: Tensor, b_cat: Tensor, k: Tensor, input_map: str) -> int:

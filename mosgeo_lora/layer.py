@@ -15,25 +15,36 @@ with the experts ``o_i`` of :mod:`mosgeo_lora.experts` and the gates of
 
 The adapter runs in a float32 island: under bf16/fp16 autocast its inputs are cast to the
 adapter dtype and autocast is disabled inside, so the geometry never runs in half precision.
+
+Per-call data (the token mask of the batch, and the list that collects the layers'
+load-balancing losses) reaches a layer as the keyword argument ``moselora_call`` (a
+:class:`CallState`), which :func:`mosgeo_lora.model.moselora_call` injects with forward
+pre-hooks for the duration of one forward pass; nothing per-call is written into a layer.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from peft.tuners._buffer_dict import BufferDict
-from peft.tuners.tuners_utils import BaseTunerLayer, _get_in_out_features
+from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
+from ._compat import BufferDict, in_backward, in_out_features
 from .config import MoSELoraConfig
 from .experts import experts_fused, experts_reference
 from .router import load_balancing_loss, route
 
-__all__ = ["MoSELoraLayer", "MoSELoraLinear"]
+__all__ = ["MoSELoraLayer", "MoSELoraLinear", "CallState", "CALL_KWARG", "moselora_layers"]
 
-_MERGE_ERROR = (
+#: The forward keyword argument that carries a :class:`CallState` into a layer.
+CALL_KWARG = "moselora_call"
+
+#: Why `merge` raises: the adapter is input-dependent and nonlinear.
+MERGE_ERROR = (
     "MoSELoRA cannot be merged into the base weight: each expert maps its input through a "
     "curvature-dependent nonlinear chart (project → to_spacelike → clip → from_spacelike) and "
     "the router's gates depend on the input, so the adapter is not a fixed matrix ΔW. Use "
@@ -41,10 +52,29 @@ _MERGE_ERROR = (
 )
 
 
-def _in_backward() -> bool:
-    """Whether autograd is running a backward pass (gradient-checkpoint recomputation)."""
-    task_id = getattr(torch._C, "_current_graph_task_id", None)
-    return task_id is not None and task_id() != -1
+@dataclass
+class CallState:
+    """What one forward pass shares with every MoSELoRA layer it runs through.
+
+    Attributes:
+        token_mask: the batch's attention mask (1 = real token), or ``None``: padding is
+            left out of the balance loss and the routing statistics.
+        aux_losses: the load-balancing loss of every adapted layer and active adapter, in
+            the order the layers ran.
+        without_grad: set when a layer ran under ``no_grad`` while it had a balance loss to
+            compute (reentrant checkpointing does that).
+    """
+
+    token_mask: torch.Tensor | None = None
+    aux_losses: list[torch.Tensor] = field(default_factory=list)
+    without_grad: bool = False
+
+
+def moselora_layers(model: nn.Module) -> Iterator[tuple[str, MoSELoraLayer]]:
+    """Every MoSELoRA layer of ``model`` with its qualified name, in module order."""
+    for name, module in model.named_modules():
+        if isinstance(module, MoSELoraLayer):
+            yield name, module
 
 
 class MoSELoraLayer(BaseTunerLayer):
@@ -67,14 +97,10 @@ class MoSELoraLayer(BaseTunerLayer):
         self._disable_adapters = False
         self.merged_adapters: list[str] = []
         self.kwargs = kwargs
-        # set by MoSELoraModel.forward for the duration of one forward pass
-        self._token_mask: torch.Tensor | None = None
-        self.aux_losses: dict[str, torch.Tensor] = {}
-        # set when the adapter ran under no_grad (e.g. reentrant checkpointing) in this pass
-        self._aux_without_grad = False
+        # routing statistics since the last reset (mosgeo_lora.stats)
         self.route_counts: dict[str, torch.Tensor] = {}
         self.route_tokens: dict[str, int] = {}
-        in_features, out_features = _get_in_out_features(self.get_base_layer())
+        in_features, out_features = in_out_features(self.get_base_layer())
         if in_features is None:
             raise TypeError(f"MoSELoRA cannot adapt {type(self.get_base_layer()).__name__}")
         self.in_features, self.out_features = in_features, out_features
@@ -131,17 +157,22 @@ class MoSELoraLayer(BaseTunerLayer):
 
     # ------------------------------------------------------------------ merging
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
-        raise NotImplementedError(_MERGE_ERROR)
+        raise NotImplementedError(MERGE_ERROR)
 
     def unmerge(self) -> None:
-        raise NotImplementedError(_MERGE_ERROR)
+        raise NotImplementedError(MERGE_ERROR)
 
     def get_delta_weight(self, adapter_name: str) -> torch.Tensor:
-        raise NotImplementedError(_MERGE_ERROR)
+        raise NotImplementedError(MERGE_ERROR)
 
     # ------------------------------------------------------------------ forward
-    def adapter_delta(self, x: torch.Tensor, adapter_name: str) -> torch.Tensor:
-        """``(α/r) Σ_i g_i o_i`` for input ``x`` (the adapter's additive output)."""
+    def adapter_delta(
+        self, x: torch.Tensor, adapter_name: str, call: CallState | None = None
+    ) -> torch.Tensor:
+        """``(α/r) Σ_i g_i o_i`` for input ``x`` (the adapter's additive output).
+
+        ``call`` receives the balance loss; without it (a layer used outside
+        :func:`mosgeo_lora.model.moselora_call`) the loss is computed and dropped."""
         cfg = self.settings[adapter_name]
         a_lin = self.moselora_A[adapter_name]
         dtype = a_lin.weight.dtype
@@ -157,18 +188,23 @@ class MoSELoraLayer(BaseTunerLayer):
             else:
                 per_expert = experts_reference(z, b_cat, k, input_map=cfg["input_map"])
                 out = (per_expert * gates.unsqueeze(-1)).sum(-2)
-            self._record_routing(adapter_name, probs, mask, x)
+            self._record_routing(adapter_name, probs, mask, x, call)
         return out * self.scaling[adapter_name]
 
     def _record_routing(
-        self, adapter_name: str, probs: torch.Tensor, mask: torch.Tensor, x: torch.Tensor
+        self,
+        adapter_name: str,
+        probs: torch.Tensor,
+        mask: torch.Tensor,
+        x: torch.Tensor,
+        call: CallState | None,
     ) -> None:
         cfg = self.settings[adapter_name]
         # activation-checkpoint recomputation (runs inside backward): the pass was recorded in
-        # forward already; a loss stored now would never be used and would pin its graph to
-        # the module (copy.deepcopy fails), and the routing counts would be counted twice
-        recompute = not torch.compiler.is_compiling() and _in_backward()
-        token_mask = self._token_mask
+        # forward already; a loss kept now would never be used, and the routing counts would
+        # be counted twice
+        recompute = not torch.compiler.is_compiling() and in_backward()
+        token_mask = call.token_mask if call is not None else None
         if token_mask is not None and tuple(token_mask.shape) != tuple(x.shape[:-1]):
             token_mask = None  # e.g. cached generation: one new token, the mask covers all
         if cfg["aux_loss_coef"] > 0:
@@ -176,10 +212,10 @@ class MoSELoraLayer(BaseTunerLayer):
                 # computed in recomputation too: non-reentrant checkpointing checks that the
                 # recomputation saves the same tensors as the forward
                 loss = load_balancing_loss(probs, mask, cfg["top_k"], token_mask)
-                if not recompute:
-                    self.aux_losses[adapter_name] = loss
-            else:
-                self._aux_without_grad = True
+                if call is not None and not recompute:
+                    call.aux_losses.append(loss)
+            elif call is not None:
+                call.without_grad = True
         if torch.compiler.is_compiling() or recompute:
             return
         with torch.no_grad():
@@ -207,12 +243,14 @@ class MoSELoraLinear(nn.Module, MoSELoraLayer):
         self.update_layer(adapter_name, config)
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """The base layer's output plus every active adapter's :meth:`adapter_delta`."""
+        call = kwargs.pop(CALL_KWARG, None)
         result = self.base_layer(x, *args, **kwargs)
         if self.disable_adapters or self.merged:
             return result
         for name in self.active_adapters:
             if name in self.moselora_A.keys():
-                result = result + self.adapter_delta(x, name).to(result.dtype)
+                result = result + self.adapter_delta(x, name, call).to(result.dtype)
         return result
 
     def __repr__(self) -> str:

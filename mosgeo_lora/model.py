@@ -1,18 +1,23 @@
-"""``MoSELoraModel`` (the PEFT tuner), the FFN targets per architecture, and ``wrap``.
+"""``MoSELoraModel`` (the PEFT tuner), ``wrap``, and the per-call plumbing of the balance loss.
 
 The auxiliary load-balancing loss reaches the training loss without a Trainer subclass:
-``MoSELoraModel.forward`` (which ``PeftModel.forward`` calls) averages the per-layer Switch
-losses of the pass, adds ``aux_loss_coef ·`` it to ``outputs["loss"]`` and exposes it as
-``outputs["aux_loss"]``. When the HF ``Trainer`` passes ``num_items_in_batch`` (it then
-does *not* divide the loss by the gradient-accumulation steps), the aux term is weighted by
-this micro-batch's share of the label tokens, so an accumulation window adds it up once
-instead of once per micro-batch. Under *reentrant* gradient checkpointing the layer forward
+``MoSELoraModel.forward`` (which ``PeftModel.forward`` calls) runs the model inside
+:func:`moselora_call`, averages the per-layer Switch losses the pass collected, adds
+``aux_loss_coef ·`` it to ``outputs["loss"]`` and exposes it as ``outputs["aux_loss"]``.
+When the HF ``Trainer`` passes ``num_items_in_batch`` (it then does *not* divide the loss
+by the gradient-accumulation steps), the aux term is weighted by this micro-batch's share
+of the label tokens, so an accumulation window adds it up once instead of once per
+micro-batch. Under *reentrant* gradient checkpointing the layer forward
 runs under ``no_grad`` and the aux loss has no graph: training then stops with an error
 that says so instead of silently dropping the router's balance gradient.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import functools
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -21,51 +26,17 @@ from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
 from torch import nn
 
 from .config import MoSELoraConfig
-from .layer import _MERGE_ERROR, MoSELoraLayer, MoSELoraLinear
+from .constants import FFN_TARGET_MODULES, PREFIX, ffn_targets
+from .layer import (
+    CALL_KWARG,
+    MERGE_ERROR,
+    CallState,
+    MoSELoraLayer,
+    MoSELoraLinear,
+    moselora_layers,
+)
 
-__all__ = ["MoSELoraModel", "FFN_TARGET_MODULES", "wrap", "aux_loss_layers"]
-
-_GATED = ["gate_proj", "up_proj", "down_proj"]
-
-#: The feed-forward projections adapted by default, per transformers ``model_type``.
-FFN_TARGET_MODULES: dict[str, list[str] | str] = {
-    **{
-        t: _GATED
-        for t in (
-            "llama",
-            "mistral",
-            "mixtral",
-            "qwen2",
-            "qwen2_moe",
-            "qwen3",
-            "qwen3_moe",
-            "gemma",
-            "gemma2",
-            "gemma3_text",
-            "olmo",
-            "olmo2",
-            "granite",
-            "smollm3",
-            "cohere",
-            "deepseek_v3",
-            "stablelm",
-            "exaone",
-        )
-    },
-    "phi3": ["gate_up_proj", "down_proj"],
-    "phi": ["fc1", "fc2"],
-    "opt": ["fc1", "fc2"],
-    "gpt2": r".*\.mlp\.(c_fc|c_proj)$",  # transformers Conv1D; attn.c_proj is not an FFN
-    "gpt_bigcode": r".*\.mlp\.(c_fc|c_proj)$",
-    "gptj": ["fc_in", "fc_out"],
-    "gpt_neo": r".*\.mlp\.(c_fc|c_proj)$",
-    "gpt_neox": ["dense_h_to_4h", "dense_4h_to_h"],
-    "falcon": ["dense_h_to_4h", "dense_4h_to_h"],
-    "bloom": ["dense_h_to_4h", "dense_4h_to_h"],
-    "bert": r".*\.layer\.\d+\.(intermediate|output)\.dense$",
-    "roberta": r".*\.layer\.\d+\.(intermediate|output)\.dense$",
-    "t5": r".*DenseReluDense\.(wi|wi_0|wi_1|wo)$",
-}
+__all__ = ["MoSELoraModel", "wrap", "moselora_call"]
 
 
 def _is_conv1d(module: nn.Module) -> bool:
@@ -79,20 +50,13 @@ def _is_conv1d(module: nn.Module) -> bool:
 class MoSELoraModel(BaseTuner):
     """PEFT tuner that replaces the target linear layers by :class:`MoSELoraLinear`."""
 
-    prefix: str = "moselora_"
+    prefix: str = PREFIX
     tuner_layer_cls = MoSELoraLayer
     target_module_mapping = FFN_TARGET_MODULES
 
     def _prepare_adapter_config(self, peft_config: MoSELoraConfig, model_config: dict):
         if peft_config.target_modules is None:
-            model_type = model_config.get("model_type")
-            targets = self.target_module_mapping.get(model_type)
-            if targets is None:
-                raise ValueError(
-                    f"MoSELoRA does not know the feed-forward layers of model_type={model_type!r}; "
-                    f"pass target_modules=[...] (names or a regex of the linear layers to adapt). "
-                    f"Known architectures: {sorted(self.target_module_mapping)}"
-                )
+            targets = ffn_targets(model_config.get("model_type"))
             peft_config.target_modules = targets if isinstance(targets, str) else set(targets)
         return peft_config
 
@@ -126,34 +90,22 @@ class MoSELoraModel(BaseTuner):
 
     # ------------------------------------------------------------------ merging
     def _check_merge_allowed(self) -> None:
-        raise NotImplementedError(_MERGE_ERROR)
+        raise NotImplementedError(MERGE_ERROR)
 
     def merge_adapter(self, *args: Any, **kwargs: Any) -> None:
-        raise NotImplementedError(_MERGE_ERROR)
+        raise NotImplementedError(MERGE_ERROR)
 
     # ------------------------------------------------------------------ forward + aux
     def forward(self, *args: Any, **kwargs: Any):
-        layers = aux_loss_layers(self.model)
-        attention_mask = kwargs.get("attention_mask")
-        for layer in layers:
-            layer._token_mask = attention_mask
-            layer._aux_without_grad = False
-            layer.aux_losses.clear()
-        try:
+        """The wrapped model's forward, with the balance loss added to ``outputs["loss"]``."""
+        with moselora_call(self.model, kwargs.get("attention_mask")) as call:
             outputs = self.model.forward(*args, **kwargs)
-        finally:
-            for layer in layers:
-                layer._token_mask = None
-        return self._add_aux_loss(outputs, layers, kwargs)
+        return self._add_aux_loss(outputs, call, kwargs)
 
-    def _add_aux_loss(self, outputs: Any, layers: list[MoSELoraLayer], kwargs: dict) -> Any:
+    def _add_aux_loss(self, outputs: Any, call: CallState, kwargs: dict) -> Any:
         active = [a for a in self.active_adapters if a in self.peft_config]
         coef = max((self.peft_config[a].aux_loss_coef for a in active), default=0.0)
-        losses = [loss for layer in layers for loss in layer.aux_losses.values()]
-        without_grad = any(layer._aux_without_grad for layer in layers)
-        for layer in layers:
-            layer.aux_losses.clear()
-            layer._aux_without_grad = False
+        losses, without_grad = call.aux_losses, call.without_grad
         as_dict = isinstance(outputs, dict)
         # return_dict=False: with labels the loss is the first element of the tuple
         as_tuple = (
@@ -203,9 +155,37 @@ def _micro_batch_share(kwargs: dict, loss: torch.Tensor) -> torch.Tensor | float
     return count / total.clamp_min(1)
 
 
-def aux_loss_layers(model: nn.Module) -> list[MoSELoraLayer]:
-    """Every MoSELoRA layer of ``model``."""
-    return [m for m in model.modules() if isinstance(m, MoSELoraLayer)]
+@contextlib.contextmanager
+def moselora_call(model: nn.Module, token_mask: torch.Tensor | None = None) -> Iterator[CallState]:
+    """Share one :class:`~mosgeo_lora.layer.CallState` with every MoSELoRA layer of ``model``
+    for the forward passes run inside the ``with`` block.
+
+    A forward pre-hook on each layer adds the state as the keyword argument
+    ``moselora_call``; the hooks are removed on exit. ``MoSELoraModel.forward`` uses it;
+    code that calls the wrapped model directly (a custom loop, a benchmark) can collect the
+    layers' balance losses the same way::
+
+        with moselora_call(model, attention_mask) as call:
+            out = model(input_ids, attention_mask=attention_mask)
+        aux = torch.stack(call.aux_losses).mean()
+    """
+    state = CallState(token_mask=token_mask)
+    hook = functools.partial(_inject_call, state=state)
+    handles = [
+        layer.register_forward_pre_hook(hook, with_kwargs=True)
+        for _, layer in moselora_layers(model)
+    ]
+    try:
+        yield state
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _inject_call(
+    module: nn.Module, args: tuple, kwargs: dict, *, state: CallState
+) -> tuple[tuple, dict]:
+    return args, {**kwargs, CALL_KWARG: state}
 
 
 def wrap(model: nn.Module, config: MoSELoraConfig | None = None, **overrides: Any) -> PeftModel:
@@ -213,23 +193,18 @@ def wrap(model: nn.Module, config: MoSELoraConfig | None = None, **overrides: An
 
     ``config`` defaults to ``MoSELoraConfig()``; ``overrides`` replace its fields (e.g.
     ``wrap(model, preset="moselora-h", r=16)``). ``target_modules`` defaults to the FFN
-    projections of the model's architecture (:data:`FFN_TARGET_MODULES`); the inverse is
-    PEFT's ``unload()``.
+    projections of the model's architecture
+    (:data:`~mosgeo_lora.constants.FFN_TARGET_MODULES`); the inverse is PEFT's ``unload()``.
     """
     if config is None:
         config = MoSELoraConfig(**overrides)
     elif overrides:
         fields = {**config.to_dict(), **overrides}
         fields.pop("peft_type", None)
-        config = MoSELoraConfig(**{k: v for k, v in fields.items() if k in _config_fields()})
+        names = {f.name for f in dataclasses.fields(MoSELoraConfig)}
+        config = MoSELoraConfig(**{k: v for k, v in fields.items() if k in names})
     if config.task_type is None and getattr(getattr(model, "config", None), "is_decoder", True):
         # PeftModelForCausalLM handles generate() and the inputs_embeds plumbing
         if hasattr(model, "generate") and hasattr(model, "lm_head"):
             config.task_type = "CAUSAL_LM"
     return get_peft_model(model, config)
-
-
-def _config_fields() -> set[str]:
-    import dataclasses
-
-    return {f.name for f in dataclasses.fields(MoSELoraConfig)}

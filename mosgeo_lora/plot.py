@@ -16,6 +16,8 @@ import os
 from pathlib import Path
 from typing import Sequence, Union
 
+from .constants import space_of
+
 __all__ = ["plot_curvature_dynamics", "plot_expert_load", "SPACE_COLORS"]
 
 #: Line colour per space, chosen by the sign of an expert's initial κ.
@@ -62,15 +64,11 @@ def _entries(history: History) -> tuple[list[dict], dict[str, list[str]] | None]
     return entries, spaces
 
 
-def _space(kappa: float) -> str:
-    return "hyperbolic" if kappa < 0 else "spherical" if kappa > 0 else "euclidean"
-
-
 def _spaces_of(name: str, entries: list[dict], spaces: dict | None) -> list[str]:
     if spaces and name in spaces:
         return list(spaces[name])
     first = next(e["kappa"][name] for e in entries if name in e.get("kappa", {}))
-    return [_space(k) for k in first]
+    return [space_of(k) for k in first]
 
 
 def _names(entries: list[dict], key: str) -> list[str]:

@@ -4,20 +4,16 @@ from __future__ import annotations
 
 from torch import nn
 
-from .layer import MoSELoraLayer
+from .layer import moselora_layers
 
 __all__ = ["curvatures", "routing_stats", "reset_routing_stats"]
-
-
-def _layers(model: nn.Module) -> list[tuple[str, MoSELoraLayer]]:
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, MoSELoraLayer)]
 
 
 def curvatures(model: nn.Module, adapter_name: str = "default") -> dict[str, list[float]]:
     """κ of every expert, per adapted layer: ``{layer name: [κ_1, …, κ_N]}``."""
     return {
         name: layer.curvatures(adapter_name).detach().float().cpu().tolist()
-        for name, layer in _layers(model)
+        for name, layer in moselora_layers(model)
         if adapter_name in layer.moselora_A
     }
 
@@ -26,7 +22,7 @@ def routing_stats(model: nn.Module, adapter_name: str = "default") -> dict[str, 
     """Expert load since the last reset: per layer, the number of (non-padding) tokens seen
     and the fraction of routing slots each expert received (sums to 1)."""
     out = {}
-    for name, layer in _layers(model):
+    for name, layer in moselora_layers(model):
         counts = layer.route_counts.get(adapter_name)
         if counts is None:
             continue
@@ -40,6 +36,6 @@ def routing_stats(model: nn.Module, adapter_name: str = "default") -> dict[str, 
 
 def reset_routing_stats(model: nn.Module) -> None:
     """Forget the routing counts of every layer."""
-    for _, layer in _layers(model):
+    for _, layer in moselora_layers(model):
         layer.route_counts.clear()
         layer.route_tokens.clear()

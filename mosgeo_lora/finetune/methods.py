@@ -9,8 +9,8 @@ Every row of the paper's Table 1/3 that we can run is one name away:
 * ``dora``: PEFT DoRA (weight-decomposed LoRA); ``dora-r32`` etc.;
 * ``adalora``: PEFT AdaLoRA, rank budget from ``init_r = 1.5 r`` down to ``r``.
 
-All methods adapt the feed-forward projections (:data:`mosgeo_lora.FFN_TARGET_MODULES`) and
-use ``alpha = 2 r``.
+All methods adapt the feed-forward projections
+(:data:`mosgeo_lora.constants.FFN_TARGET_MODULES`) and use ``alpha = 2 r``.
 """
 
 from __future__ import annotations
@@ -20,10 +20,18 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from .config import PRESETS
-from .model import FFN_TARGET_MODULES
+from mosgeo_lora.constants import PRESETS
+from mosgeo_lora.constants import ffn_targets as _ffn_targets
 
-__all__ = ["METHODS", "MethodError", "Method", "parse_method", "peft_config", "ffn_targets"]
+__all__ = [
+    "METHODS",
+    "MethodError",
+    "Method",
+    "parse_method",
+    "peft_config",
+    "ffn_targets",
+    "activated_parameters",
+]
 
 METHODS = (*PRESETS, "lora", "dora", "adalora")
 _RANKED = re.compile(r"^(lora|dora)-r(\d+)$")
@@ -35,6 +43,8 @@ class MethodError(ValueError):
 
 @dataclass(frozen=True)
 class Method:
+    """A parsed method name: its family and rank."""
+
     name: str  # as given, e.g. "lora-r32"
     family: str  # "moselora" (any preset), "lora", "dora" or "adalora"
     rank: int
@@ -60,14 +70,13 @@ def parse_method(name: str, rank: int = 8) -> Method:
 
 
 def ffn_targets(model: nn.Module) -> list[str] | str:
-    """The feed-forward projections of ``model``'s architecture."""
+    """The feed-forward projections of ``model``'s architecture (raises :class:`MethodError`
+    for an architecture the table does not know)."""
     model_type = getattr(getattr(model, "config", None), "model_type", None)
-    if model_type not in FFN_TARGET_MODULES:
-        raise MethodError(
-            f"no default feed-forward targets for model_type {model_type!r}; known: "
-            f"{', '.join(sorted(FFN_TARGET_MODULES))}"
-        )
-    return FFN_TARGET_MODULES[model_type]
+    try:
+        return _ffn_targets(model_type)
+    except ValueError as e:
+        raise MethodError(str(e)) from None
 
 
 def peft_config(method: Method, model: nn.Module, total_steps: int, **moselora_overrides):
@@ -75,7 +84,7 @@ def peft_config(method: Method, model: nn.Module, total_steps: int, **moselora_o
     targets = ffn_targets(model)
     alpha = 2 * method.rank
     if method.is_moselora:
-        from .config import MoSELoraConfig
+        from mosgeo_lora import MoSELoraConfig
 
         return MoSELoraConfig(
             preset=method.name,
@@ -100,7 +109,7 @@ def peft_config(method: Method, model: nn.Module, total_steps: int, **moselora_o
             task_type="CAUSAL_LM",
         )
     # AdaLoRA prunes from init_r to target_r between tinit and total_step - tfinal; it needs
-    # update_and_allocate() after every optimizer step (see train.AdaLoraCallback)
+    # update_and_allocate() after every optimizer step (callbacks.AdaLoraAllocator)
     tinit, tfinal = max(1, total_steps // 10), max(1, total_steps // 5)
     if total_steps <= tinit + tfinal:
         raise MethodError(f"adalora needs more than {tinit + tfinal} steps, got {total_steps}")
@@ -115,3 +124,22 @@ def peft_config(method: Method, model: nn.Module, total_steps: int, **moselora_o
         deltaT=max(1, total_steps // 20),
         task_type="CAUSAL_LM",
     )
+
+
+def activated_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, activated per token) adapter parameters.
+
+    For MoSELoRA only ``top_k`` of the ``N`` up-projections act on a token, so activated =
+    A + router + κ + (top_k / N)·B; for LoRA-family adapters every trainable weight acts.
+    """
+    from mosgeo_lora import MoSELoraLayer
+
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    activated = trainable
+    for module in model.modules():
+        if isinstance(module, MoSELoraLayer):
+            for name, b in module.moselora_B.items():
+                n, k = module.settings[name]["num_experts"], module.settings[name]["top_k"]
+                if b.weight.requires_grad:
+                    activated -= round(b.weight.numel() * (1 - k / n))
+    return trainable, activated

@@ -1,6 +1,6 @@
 """``mosgeo-lora compare``: methods × learning rates × seeds, one Markdown table.
 
-Every run is a full :func:`mosgeo_lora.train.finetune` in its own folder
+Every run is a full :func:`mosgeo_lora.finetune.train.finetune` in its own folder
 ``<out>/<method>/lr<lr>/seed<seed>``; a run whose ``metrics.json`` exists is reused, so an
 interrupted grid continues where it stopped. The learning rate of each method is chosen on a
 *validation* set (fresh problems from the training modules, generated with a seed the training
@@ -14,50 +14,37 @@ import copy
 import json
 import statistics
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 from . import data as mdata
+from .base_models import load
+from .config import CompareConfig
 from .methods import parse_method
-from .models import load
-from .train import FinetuneConfig, finetune
+from .train import finetune
 
-__all__ = ["CompareConfig", "compare", "summarize", "markdown_table"]
+__all__ = ["compare", "summarize", "markdown_table"]
 
+#: The name of the validation set in each run's scores.
 VALIDATION = "validation"
-_VALIDATION_SEED = 2**33  # training draws seeds below 2**32, the test sets 2**32 + 2024 + …
-
-
-@dataclass
-class CompareConfig:
-    methods: tuple[str, ...] = ("moselora", "hydralora", "lora", "lora-r22")
-    lrs: tuple[float, ...] = (5e-4, 1e-3, 2e-3)
-    seeds: tuple[int, ...] = (0, 1, 2)
-    validation_per_module: int = 20
-    base: FinetuneConfig = field(default_factory=FinetuneConfig)
-
-
-def _validation_set(per_module: int) -> list[mdata.Example]:
-    out: list[mdata.Example] = []
-    for i, module in enumerate(mdata.TRAIN_MODULES):
-        out += mdata.generate(module, per_module, seed=_VALIDATION_SEED + i)
-    return out
 
 
 def _run_dir(out: Path, method: str, lr: float, seed: int) -> Path:
     return out / method / f"lr{lr:g}" / f"seed{seed}"
 
 
-def compare(cfg: CompareConfig, output_dir: str) -> dict[str, Any]:
-    """Run (or reuse) every cell of the grid; write ``compare.json`` and ``compare.md``."""
+def compare(cfg: CompareConfig, output_dir: str | None = None) -> dict[str, Any]:
+    """Run (or reuse) every cell of the grid; write ``compare.json`` and ``compare.md`` into
+    ``output_dir`` (default ``cfg.output_dir``)."""
+    output_dir = cfg.output_dir if output_dir is None else output_dir
     for m in cfg.methods:
         parse_method(m, cfg.base.rank)  # unknown names fail before anything runs
     if not cfg.lrs or not cfg.seeds or not cfg.methods:
         raise ValueError("compare needs at least one method, learning rate and seed")
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    validation = {VALIDATION: _validation_set(cfg.validation_per_module)}
+    validation = {VALIDATION: mdata.validation_examples(cfg.validation_per_module)}
     base_model = None
     runs: list[dict[str, Any]] = []
     for seed in cfg.seeds:  # seed-major: a partial grid already has every method

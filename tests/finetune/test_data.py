@@ -1,4 +1,4 @@
-"""Tests for mosgeo_lora.data: generator shims and reproducibility, frozen eval sets, JSONL
+"""Tests for mosgeo_lora.finetune.data: generator shims and reproducibility, frozen eval sets, JSONL
 loading, answer scoring, tokenization and collation."""
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 import torch
 
-from mosgeo_lora import data
-from mosgeo_lora.data import DataError, Example
+from mosgeo_lora.finetune import data
+from mosgeo_lora.finetune.data import DataError, Example, generator, seeds, shims
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA_PY = ROOT / "mosgeo_lora" / "data.py"
+ROOT = Path(__file__).resolve().parents[2]
+DATA_DIR = ROOT / "mosgeo_lora" / "finetune" / "data"
 SCRIPT = ROOT / "examples" / "make_eval_sets.py"
 
 needs_generator = pytest.mark.skipif(
@@ -29,12 +29,15 @@ needs_generator = pytest.mark.skipif(
     reason="mathematics_dataset is not installed (pip install mosgeo[lora])",
 )
 
-# Loads data.py by path: importing the mosgeo_lora package (PEFT, transformers) takes seconds.
+# Loads the data package by path: importing the mosgeo_lora package (PEFT, transformers) takes
+# seconds, and the data package needs none of it (it only imports its own modules).
 _SUBPROCESS_PRELUDE = f"""
 import importlib.util, json, sys
 import torch
 torch.set_num_threads(1)
-spec = importlib.util.spec_from_file_location("mdata", {str(DATA_PY)!r})
+spec = importlib.util.spec_from_file_location(
+    "mdata", {str(DATA_DIR / "__init__.py")!r}, submodule_search_locations=[{str(DATA_DIR)!r}]
+)
 m = importlib.util.module_from_spec(spec)
 sys.modules["mdata"] = m
 spec.loader.exec_module(m)
@@ -75,8 +78,8 @@ m.install_shims()
 assert (poly.np, numbers.random) == first, "second install wrapped again"
 assert "object" not in vars(np), "global numpy must stay untouched"
 from mathematics_dataset.modules import modules  # noqa: F401
-table = m._module_table()
-with m._seeded(0), warnings.catch_warnings():
+table = m.generator._module_table()
+with m.seeds.seeded(0), warnings.catch_warnings():
     warnings.simplefilter("error", DeprecationWarning)  # float randint: error on 3.12+
     for name in ("polynomials__expand", "polynomials__add", "algebra__polynomial_roots_composed",
                  "numbers__round_number"):
@@ -88,17 +91,17 @@ print("ok")
 
 
 def test_itemset_shim_matches_old_numpy_semantics():
-    a = np.zeros((2, 3), dtype=np.int64).view(data._ItemsetArray)
+    a = np.zeros((2, 3), dtype=np.int64).view(shims._ItemsetArray)
     a.itemset((1, 2), 7)
     a.itemset(1, 5)  # flat index
     assert a.tolist() == [[0, 5, 0], [0, 0, 7]]
-    objects = np.empty((2,), dtype=object).view(data._ItemsetArray)
+    objects = np.empty((2,), dtype=object).view(shims._ItemsetArray)
     objects.itemset((0,), [1, 2])  # a list is stored as one element
     assert objects[0] == [1, 2] and objects[1] is None
 
 
 def test_randint_shim_accepts_integral_floats_only():
-    compat = data._RandomCompat()
+    compat = shims._RandomCompat()
     random.seed(3)
     expected = [random.randint(-50, 49) for _ in range(5)]
     random.seed(3)
@@ -145,9 +148,9 @@ def test_is_prime_needs_sympys_own_generator_seeded():
         sympy_random.seed(state)
         outputs.append(data.generate("numbers__is_prime", 40, 0))
     assert outputs[0] == outputs[1]
-    with data._seeded(0):
+    with seeds.seeded(0):
         sympy_random.seed(5)  # same python/numpy seeds, other sympy state
-        table = data._module_table()["numbers__is_prime"]
+        table = generator._module_table()["numbers__is_prime"]
         other = [str(table().question) for _ in range(40)]
     assert other != [ex.question for ex in outputs[0]][: len(other)]
 
@@ -169,7 +172,7 @@ print(json.dumps(out))
 
 @needs_generator
 def test_every_listed_module_exists_in_the_generator():
-    assert set(data.MODULES) <= set(data._module_table())
+    assert set(data.MODULES) <= set(generator._module_table())
 
 
 def test_unknown_or_unsupported_module_is_rejected():
@@ -217,7 +220,7 @@ def test_training_never_contains_eval_questions():
 def test_training_skips_questions_listed_as_eval(monkeypatch):
     plain = data.training_examples(30, seed=1, modules=["numbers__place_value"])
     banned = {plain[0].question, plain[5].question}
-    monkeypatch.setattr(data, "_eval_questions", lambda: frozenset(banned))
+    monkeypatch.setattr(data.training, "eval_questions", lambda: frozenset(banned))
     filtered = data.training_examples(30, seed=1, modules=["numbers__place_value"])
     assert len(filtered) == 30
     assert not banned & {ex.question for ex in filtered}

@@ -19,10 +19,11 @@ pytest.importorskip("peft")
 from safetensors.torch import load_file  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 
-from mosgeo_lora import cli  # noqa: E402
-from mosgeo_lora.train import FinetuneConfig, finetune, last_checkpoint  # noqa: E402
+from mosgeo_lora.finetune import cli  # noqa: E402
+from mosgeo_lora.finetune.config import FinetuneConfig  # noqa: E402
+from mosgeo_lora.finetune.train import finetune, last_checkpoint  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 QA = [
     ("What is 2 + 3?", "5"),
@@ -358,7 +359,7 @@ def test_torchrun_two_processes_match_one_process(tmp_path):
     the aux term's token share forced to 1, the weights differ by 4e-2 here."""
     data = write_jsonl(tmp_path / "same.jsonl", [{"question": "What is 2 + 3?", "answer": "5"}])
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    worker = str(ROOT / "tests" / "ddp_worker.py")
+    worker = str(Path(__file__).with_name("ddp_worker.py"))
     ddp, single = tmp_path / "ddp", tmp_path / "single"
     subprocess.run(
         [

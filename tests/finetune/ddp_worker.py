@@ -1,4 +1,4 @@
-"""Run by tests/test_train.py under ``torchrun`` (or plainly, as the 1-process reference).
+"""Run by tests/finetune/test_train.py under ``torchrun`` (or plainly, as the 1-process reference).
 
 usage: ddp_worker.py OUT_DIR DATA_JSONL BATCH GRAD_ACCUM
 
@@ -14,7 +14,8 @@ import torch
 
 torch.set_num_threads(1)
 
-from mosgeo_lora.train import FinetuneConfig, finetune  # noqa: E402
+from mosgeo_lora.finetune.config import FinetuneConfig  # noqa: E402
+from mosgeo_lora.finetune.train import finetune  # noqa: E402
 
 
 def main() -> None:

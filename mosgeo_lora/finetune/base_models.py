@@ -21,7 +21,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["DEFAULT_MODEL", "TINY_MODEL", "ModelError", "LoadedModel", "load", "embedded_gguf"]
+__all__ = [
+    "DEFAULT_MODEL",
+    "TINY_MODEL",
+    "ModelError",
+    "LoadedModel",
+    "load",
+    "embedded_gguf",
+    "tiny_tokenizer",
+    "tiny_llama",
+]
 
 DEFAULT_MODEL = "smollm2"
 TINY_MODEL = "tiny-llama"
@@ -36,6 +45,8 @@ class ModelError(ValueError):
 
 @dataclass
 class LoadedModel:
+    """A loaded base model, its tokenizer, the name it was asked for and where it came from."""
+
     model: nn.Module
     tokenizer: object
     name: str  # what the user asked for
@@ -117,8 +128,21 @@ def tiny_tokenizer():
     )
 
 
-def tiny_llama(tokenizer, seed: int = 0, hidden: int = 32, layers: int = 2) -> nn.Module:
-    """A random Llama sized for tests (≈ 40 k parameters), deterministic in ``seed``."""
+def tiny_llama(
+    vocab_size: int = 64,
+    *,
+    seed: int | None = None,
+    hidden: int = 32,
+    layers: int = 2,
+    max_position_embeddings: int = 512,
+    tie_word_embeddings: bool = False,
+) -> nn.Module:
+    """A random Llama sized for tests (hidden 32, 2 layers, 4 heads, 2 KV heads; ids 0–2 are
+    pad, bos, eos as in :func:`tiny_tokenizer`).
+
+    ``seed``: draw the weights from ``torch.manual_seed(seed)`` without touching the global
+    generator; ``None``: draw them from the global generator (the caller seeds).
+    """
     from transformers import LlamaConfig, LlamaForCausalLM
 
     cfg = LlamaConfig(
@@ -127,13 +151,15 @@ def tiny_llama(tokenizer, seed: int = 0, hidden: int = 32, layers: int = 2) -> n
         num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=2,
-        vocab_size=len(tokenizer),
-        max_position_embeddings=512,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=True,
+        vocab_size=vocab_size,
+        max_position_embeddings=max_position_embeddings,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        tie_word_embeddings=tie_word_embeddings,
     )
+    if seed is None:
+        return LlamaForCausalLM(cfg)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return LlamaForCausalLM(cfg)
@@ -143,7 +169,8 @@ def load(spec: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32) -> Loade
     """Load model and tokenizer for ``spec`` (see the module docstring); raises ``ModelError``."""
     if spec == TINY_MODEL:
         tok = tiny_tokenizer()
-        return LoadedModel(tiny_llama(tok), tok, spec, "built from a config")
+        model = tiny_llama(len(tok), seed=0, tie_word_embeddings=True)
+        return LoadedModel(model, tok, spec, "built from a config")
     if spec == DEFAULT_MODEL:
         path = embedded_gguf()
         model, tok = _from_gguf(path, dtype)

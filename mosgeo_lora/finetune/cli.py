@@ -9,8 +9,10 @@ Examples::
     mosgeo-lora eval --base                                     # score the base model
     mosgeo-lora compare --methods moselora,hydralora,lora --lrs 1e-3,2e-3 --seeds 0,1,2
 
-Every input is checked before the model is loaded; a bad one ends the command with exit
-status 2 and one line that names the problem.
+Every default comes from :class:`~mosgeo_lora.finetune.config.FinetuneConfig` and
+:class:`~mosgeo_lora.finetune.config.CompareConfig`. Every input is checked before the
+model is loaded; a bad one ends the command with exit status 2 and one line that names
+the problem.
 """
 
 from __future__ import annotations
@@ -19,21 +21,25 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
-from dataclasses import fields
+from collections.abc import Callable, Sequence
+from dataclasses import fields, replace
+from pathlib import Path
 
+from mosgeo_lora.constants import INPUT_MAPS
+
+from .base_models import DEFAULT_MODEL, TINY_MODEL, ModelError
+from .config import CompareConfig, ConfigError, FinetuneConfig
 from .data import EVAL_SETS, DataError
 from .methods import METHODS, MethodError
-from .models import DEFAULT_MODEL, TINY_MODEL, ModelError
-from .train import ConfigError, FinetuneConfig
 
 __all__ = ["main", "build_parser"]
 
-_DEFAULTS = {f.name: f.default for f in fields(FinetuneConfig)}
+_RUN = {f.name: f.default for f in fields(FinetuneConfig)}
+_GRID = {f.name: f.default for f in fields(CompareConfig) if f.name != "base"}
 
 
-def _csv(kind):
-    def parse(text: str):
+def _csv(kind: Callable[[str], object]) -> Callable[[str], tuple]:
+    def parse(text: str) -> tuple:
         try:
             return tuple(kind(x) for x in text.split(",") if x.strip())
         except ValueError as e:
@@ -42,85 +48,60 @@ def _csv(kind):
     return parse
 
 
-def _add_run_options(p: argparse.ArgumentParser, with_method: bool = True) -> None:
-    d = _DEFAULTS
-    p.add_argument(
+def _joined(values: tuple) -> str:
+    return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
+
+
+# (flag, FinetuneConfig field, type, help); the default is the field's. Flags that only
+# `finetune` has (a single run's method, lr and seed) are marked True in the last column.
+_RUN_OPTIONS: list[tuple[str, str, Callable, str, bool]] = [
+    (
         "--model",
-        default=d["model"],
-        help=f"{DEFAULT_MODEL!r} (embedded SmolLM2-135M-Instruct), {TINY_MODEL!r}, "
-        "a model folder, a .gguf file or a hub id (default: %(default)s)",
-    )
-    p.add_argument(
-        "--data",
-        default=d["data"],
-        help="'math' (generated training mix) or a JSONL file with question/answer "
-        "fields (default: %(default)s)",
-    )
-    if with_method:
-        p.add_argument(
-            "--method",
-            default=d["method"],
-            help=f"one of {', '.join(METHODS)}, or lora-rN / dora-rN (default: %(default)s)",
-        )
-    p.add_argument("--rank", type=int, default=d["rank"], help="adapter rank r (default: 8)")
-    p.add_argument("--steps", type=int, default=d["steps"], help="optimizer steps (default: 100)")
-    p.add_argument(
-        "--batch-size",
-        type=int,
-        default=d["batch_size"],
-        help="per-process batch size (default: %(default)s)",
-    )
-    p.add_argument(
-        "--grad-accum",
-        type=int,
-        default=d["grad_accum"],
-        help="gradient accumulation steps (default: %(default)s)",
-    )
-    if with_method:
-        p.add_argument("--lr", type=float, default=d["lr"], help="learning rate (default: 1e-3)")
-        p.add_argument("--seed", type=int, default=d["seed"], help="random seed (default: 0)")
-    p.add_argument(
-        "--curvature-lr",
-        type=float,
-        default=d["curvature_lr"],
-        help="learning rate of the curvatures κ (MoSELoRA; default: %(default)s)",
-    )
-    p.add_argument("--weight-decay", type=float, default=d["weight_decay"])
-    p.add_argument("--warmup-steps", type=int, default=d["warmup_steps"])
-    p.add_argument(
+        "model",
+        str,
+        f"{DEFAULT_MODEL!r} (embedded SmolLM2-135M-Instruct), {TINY_MODEL!r}, a model folder, "
+        "a .gguf file or a hub id",
+        False,
+    ),
+    ("--data", "data", str, "'math' (generated training mix) or a question/answer JSONL", False),
+    ("--method", "method", str, f"one of {', '.join(METHODS)}, or lora-rN / dora-rN", True),
+    ("--rank", "rank", int, "adapter rank r", False),
+    ("--steps", "steps", int, "optimizer steps", False),
+    ("--batch-size", "batch_size", int, "per-process batch size", False),
+    ("--grad-accum", "grad_accum", int, "gradient accumulation steps", False),
+    ("--lr", "lr", float, "learning rate", True),
+    ("--seed", "seed", int, "random seed", True),
+    ("--curvature-lr", "curvature_lr", float, "learning rate of the curvatures κ", False),
+    ("--weight-decay", "weight_decay", float, "AdamW weight decay (not on κ)", False),
+    ("--warmup-steps", "warmup_steps", int, "linear warmup steps", False),
+    (
         "--max-length",
-        type=int,
-        default=d["max_length"],
-        help="longest prompt+answer in tokens; longer examples are an error",
-    )
-    p.add_argument(
-        "--train-examples",
-        type=int,
-        default=d["train_examples"],
-        help="training problems to generate (default: steps × batch, one epoch)",
-    )
+        "max_length",
+        int,
+        "longest prompt+answer in tokens; longer is an error",
+        False,
+    ),
+    ("--train-examples", "train_examples", int, "training problems (0: steps × batch)", False),
+    ("--eval-limit", "eval_limit", int, "problems per test set (0: all)", False),
+    ("--save-steps", "save_steps", int, "checkpoint every N steps (0: steps // 2)", False),
+    ("--logging-steps", "logging_steps", int, "log every N steps", False),
+]
+
+
+def _add_run_options(p: argparse.ArgumentParser, single_run: bool) -> None:
+    for flag, name, kind, help_, only_single in _RUN_OPTIONS:
+        if only_single and not single_run:
+            continue
+        p.add_argument(flag, type=kind, default=_RUN[name], help=f"{help_} (default: %(default)s)")
     p.add_argument(
         "--eval-sets",
         type=_csv(str),
-        default=d["eval_sets"],
+        default=_RUN["eval_sets"],
         help=f"comma-separated, from {', '.join(EVAL_SETS)}; 'none' to skip (default: all)",
     )
     p.add_argument(
-        "--eval-limit",
-        type=int,
-        default=d["eval_limit"],
-        help="problems per eval set (default: all)",
-    )
-    p.add_argument(
-        "--save-steps",
-        type=int,
-        default=d["save_steps"],
-        help="checkpoint every N steps (default: steps // 2)",
-    )
-    p.add_argument("--logging-steps", type=int, default=d["logging_steps"])
-    p.add_argument(
         "--input-map",
-        choices=("stereographic", "lift"),
+        choices=INPUT_MAPS,
         default=None,
         help="MoSELoRA input map (default: the config's)",
     )
@@ -128,23 +109,28 @@ def _add_run_options(p: argparse.ArgumentParser, with_method: bool = True) -> No
         "--aux-loss-coef",
         type=float,
         default=None,
-        help="MoSELoRA load-balancing coefficient (default: 0.01)",
+        help="MoSELoRA load-balancing coefficient (default: the config's, 0.01)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_threads(p)
+
+
+def _add_threads(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)"
+        "--threads", type=int, default=None, help="torch intra-op threads (default: torch's)"
     )
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``mosgeo-lora`` argument parser (also rendered on the documentation site)."""
     parser = argparse.ArgumentParser(
         prog="mosgeo-lora", description="Fine-tune LLMs with MoSELoRA and compare with LoRA."
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
     ft = sub.add_parser("finetune", help="fine-tune one adapter")
-    _add_run_options(ft)
-    ft.add_argument("--output-dir", default=_DEFAULTS["output_dir"])
+    _add_run_options(ft, single_run=True)
+    ft.add_argument("--output-dir", default=_RUN["output_dir"], help="(default: %(default)s)")
     ft.add_argument(
         "--resume", action="store_true", help="continue from the last checkpoint in --output-dir"
     )
@@ -158,37 +144,43 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument(
         "--model", default=None, help="base model (default: the one the adapter was trained on)"
     )
-    ev.add_argument("--eval-sets", type=_csv(str), default=())
-    ev.add_argument("--eval-limit", type=int, default=0)
-    ev.add_argument("--batch-size", type=int, default=32)
+    ev.add_argument("--eval-sets", type=_csv(str), default=_RUN["eval_sets"])
+    ev.add_argument("--eval-limit", type=int, default=_RUN["eval_limit"])
+    ev.add_argument("--batch-size", type=int, default=_RUN["eval_batch_size"])
     ev.add_argument("--output", default=None, help="write the scores as JSON here")
-    ev.add_argument("--threads", type=int, default=None)
+    _add_threads(ev)
 
     cp = sub.add_parser("compare", help="methods × learning rates × seeds → Markdown table")
-    _add_run_options(cp, with_method=False)
+    _add_run_options(cp, single_run=False)
+    for flag, name, kind in (
+        ("--methods", "methods", str),
+        ("--lrs", "lrs", float),
+        ("--seeds", "seeds", int),
+    ):
+        cp.add_argument(
+            flag, type=_csv(kind), default=_GRID[name], help=f"(default: {_joined(_GRID[name])})"
+        )
     cp.add_argument(
-        "--methods", type=_csv(str), default=("moselora", "hydralora", "lora", "lora-r22")
+        "--validation-per-module",
+        type=int,
+        default=_GRID["validation_per_module"],
+        help="validation problems per training module (default: %(default)s)",
     )
-    cp.add_argument("--lrs", type=_csv(float), default=(5e-4, 1e-3, 2e-3))
-    cp.add_argument("--seeds", type=_csv(int), default=(0, 1, 2))
-    cp.add_argument("--validation-per-module", type=int, default=20)
-    cp.add_argument("--output-dir", default="runs/compare")
+    cp.add_argument("--output-dir", default=_GRID["output_dir"], help="(default: %(default)s)")
     return parser
 
 
-def _run_config(ns: argparse.Namespace, **extra) -> FinetuneConfig:
+def _run_config(ns: argparse.Namespace) -> FinetuneConfig:
     names = {f.name for f in fields(FinetuneConfig)}
     kwargs = {k: v for k, v in vars(ns).items() if k in names and v is not None}
     kwargs["disable_tqdm"] = ns.no_progress
-    kwargs.update(extra)
     return FinetuneConfig(**kwargs)
 
 
 def _finetune(ns: argparse.Namespace) -> int:
     from .train import finetune
 
-    cfg = _run_config(ns)
-    metrics = finetune(cfg)
+    metrics = finetune(_run_config(ns))
     if int(os.environ.get("RANK", 0)) == 0:
         _report(metrics)
     return 0
@@ -212,7 +204,7 @@ def _report(m: dict) -> None:
 
 
 def _eval(ns: argparse.Namespace) -> int:
-    from .train import evaluate_adapter
+    from .evaluate import evaluate_adapter
 
     if ns.adapter is None and not ns.base:
         raise ConfigError("give an adapter folder, or --base to score the base model")
@@ -235,7 +227,7 @@ def _eval(ns: argparse.Namespace) -> int:
 
 
 def _compare(ns: argparse.Namespace) -> int:
-    from .compare import CompareConfig, compare
+    from .compare import compare
 
     base = _run_config(ns)
     cfg = CompareConfig(
@@ -243,16 +235,18 @@ def _compare(ns: argparse.Namespace) -> int:
         lrs=ns.lrs,
         seeds=ns.seeds,
         validation_per_module=ns.validation_per_module,
+        output_dir=ns.output_dir,
         base=base,
     )
     for m in cfg.methods:  # validate names and the base settings before any run
-        FinetuneConfig(**{**vars(base), "method": m}).validate()
-    compare(cfg, ns.output_dir)
-    print((__import__("pathlib").Path(ns.output_dir) / "compare.md").read_text())
+        replace(base, method=m).validate()
+    compare(cfg)
+    print((Path(cfg.output_dir) / "compare.md").read_text())
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``mosgeo-lora`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
     parser = build_parser()
     ns = parser.parse_args(argv)
     if getattr(ns, "threads", None):

@@ -1,0 +1,131 @@
+"""What every benchmark here shares: interleaved timing, the machine line, the command line
+that reproduces a run, Markdown tables and the JSON + Markdown result files.
+
+Timing rule (the house rule of ``benchmarks/``): every contender runs once per repetition,
+in a rotated order, in the same process, so that a slow spell of the machine hits all of
+them; tables report medians and ratios of medians.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import statistics
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = [
+    "interleaved",
+    "timed",
+    "median_ms",
+    "paired_quartiles",
+    "fmt",
+    "markdown_table",
+    "machine",
+    "command_line",
+    "write_results",
+    "sync",
+]
+
+
+def sync(device: str) -> None:
+    """Wait for the device's queued kernels (a no-op on the CPU)."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def interleaved(
+    runs: Mapping[str, Callable[[], float]], reps: int, warmup: int = 1
+) -> dict[str, list[float]]:
+    """Call every ``runs[name]()`` (which returns its own elapsed seconds) once per
+    repetition, rotating the order each repetition; ``warmup`` repetitions are run first
+    and dropped. Returns the kept times per name."""
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    order = list(runs)
+    for r in range(-warmup, reps):
+        for name in order:
+            t = runs[name]()
+            if r >= 0:
+                times[name].append(t)
+        order = order[1:] + order[:1]  # every contender runs in every position
+    return times
+
+
+def timed(fn: Callable[[], Any], device: str = "cpu") -> float:
+    """Seconds ``fn()`` takes, the device synchronised before and after."""
+    sync(device)
+    t0 = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - t0
+
+
+def median_ms(times: Sequence[float]) -> float:
+    """The median of ``times`` (seconds) in milliseconds."""
+    return statistics.median(times) * 1e3
+
+
+def paired_quartiles(a: Sequence[float], b: Sequence[float]) -> list[float] | None:
+    """Median and quartiles ``[median, q1, q3]`` of the per-repetition ratios ``a/b`` (both
+    ran in the same repetition); ``None`` with fewer than two repetitions."""
+    if not a or not b or len(a) < 2:
+        return None
+    q = statistics.quantiles([x / y for x, y in zip(a, b, strict=True)], n=4, method="inclusive")
+    return [q[1], q[0], q[2]]
+
+
+def fmt(value: float | None, digits: int = 2) -> str:
+    """``value`` with ``digits`` decimals, or an en dash for a missing value."""
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]], align: str = "") -> str:
+    """A Markdown table; ``align`` has one letter per column, ``l`` or ``r`` (default: the
+    first column left, the others right)."""
+    header = list(header)
+    align = align or "l" + "r" * (len(header) - 1)
+    rule = ["---" if a == "l" else "---:" for a in align]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(rule) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _cpu_name() -> str:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        return re.search(r"model name\s*:\s*(.+)", text).group(1).strip()
+    except (OSError, AttributeError):
+        return platform.processor() or "unknown CPU"
+
+
+def machine(device: str = "cpu") -> str:
+    """One line naming the hardware a run used."""
+    name = torch.cuda.get_device_name() if device.startswith("cuda") else _cpu_name()
+    return f"{name}, {os.cpu_count()} CPU(s) ({platform.machine()})"
+
+
+def command_line(script: str, values: Mapping[str, Any], defaults: Mapping[str, Any]) -> str:
+    """``python benchmarks/<script>`` plus the flags whose value differs from its default
+    (a ``True`` boolean is written as the bare flag)."""
+    argv = [f"python benchmarks/{script}"]
+    for flag, value in values.items():
+        if value == defaults.get(flag):
+            continue
+        argv.append(f"--{flag}" if value is True else f"--{flag} {value}")
+    return " ".join(argv)
+
+
+def write_results(out: Path, stem: str, payload: dict, markdown: str) -> Path:
+    """Write ``<out>/<stem>.json`` (the numbers) and ``<out>/<stem>.md`` (the report)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(payload, indent=1))
+    path = out / f"{stem}.md"
+    path.write_text(markdown)
+    print(f"wrote {path}")
+    return path

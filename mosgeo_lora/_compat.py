@@ -1,0 +1,64 @@
+"""The one home of every private torch / PEFT / ``enum`` API the tuner relies on.
+
+Each name here is an implementation detail of a dependency that has no public equivalent
+(yet). Keeping them in one module makes an upgrade a one-file review, and
+``tests/mosgeo_lora/test_compat.py`` fails as soon as one of them disappears or changes
+shape, instead of a user meeting an ``AttributeError`` deep inside a training run.
+
+=======================================  ==========================================
+private API                              used for
+=======================================  ==========================================
+``peft.tuners._buffer_dict.BufferDict``  the persistent κ buffers of fixed experts,
+                                         saved and loaded with the adapter
+``peft.tuners.tuners_utils.``            the in/out features of ``nn.Linear``,
+``_get_in_out_features``                 transformers ``Conv1D`` and quantised layers
+``Enum._member_map_`` and friends        adding ``MOSELORA`` to PEFT's closed
+                                         ``PeftType`` enum
+``torch._C._current_graph_task_id``      telling activation-checkpoint recomputation
+                                         (inside backward) from the forward pass
+=======================================  ==========================================
+"""
+
+from __future__ import annotations
+
+import enum
+
+import torch
+from peft.tuners._buffer_dict import BufferDict
+from peft.tuners.tuners_utils import _get_in_out_features
+
+__all__ = ["BufferDict", "extend_str_enum", "in_backward", "in_out_features"]
+
+
+def in_out_features(layer: torch.nn.Module) -> tuple[int | None, int | None]:
+    """``(in_features, out_features)`` of a base layer as PEFT's own tuners read them
+    (``nn.Linear``, transformers ``Conv1D``, bitsandbytes/GPTQ layers); ``None`` if unknown."""
+    return _get_in_out_features(layer)
+
+
+def extend_str_enum(enum_cls: type[enum.Enum], name: str, value: str) -> enum.Enum:
+    """Add the member ``name = value`` to a ``(str, Enum)`` class, or return the existing one.
+
+    PEFT's ``PeftType`` is a closed ``str`` enum and ``register_peft_method`` only accepts
+    names that are already members. This uses only the member tables (``_member_map_``,
+    ``_value2member_map_``, ``_member_names_``) that ``Enum`` keeps on every CPython from
+    3.8 to 3.13.
+    """
+    if name in enum_cls.__members__:
+        return enum_cls[name]
+    member = str.__new__(enum_cls, value)
+    member._name_ = name
+    member._value_ = value
+    # EnumType.__setattr__ refuses to (re)bind member names; the class dict is ours to set
+    type.__setattr__(enum_cls, name, member)
+    enum_cls._member_map_[name] = member
+    enum_cls._value2member_map_[value] = member
+    enum_cls._member_names_.append(name)
+    return member
+
+
+def in_backward() -> bool:
+    """Whether autograd is running a backward pass right now (an activation-checkpoint
+    recomputation runs the forward inside it). ``False`` where torch lacks the API."""
+    task_id = getattr(torch._C, "_current_graph_task_id", None)
+    return task_id is not None and task_id() != -1

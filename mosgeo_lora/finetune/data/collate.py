@@ -1,0 +1,114 @@
+"""Tokenisation and batching of ``question``/``answer`` pairs (generated, or a user's JSONL):
+the prompt is masked out of the labels, the answer and EOS are trained on, nothing is
+truncated silently.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from .examples import DataError, Example
+from .prompts import build_prompt, target_text
+
+__all__ = ["tokenize_example", "prompt_ids", "check_fits", "CausalLMCollator"]
+
+
+def _encode(tokenizer: Any, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _leading_bos(tokenizer: Any) -> list[int]:
+    """[bos] if the tokenizer itself starts sequences with BOS (Llama-style), else []."""
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        return []
+    adds_bos = tokenizer("0")["input_ids"][:1] == [bos] and _encode(tokenizer, "0")[:1] != [bos]
+    return [bos] if adds_bos else []
+
+
+def _describe(ex: Example) -> str:
+    question = ex.question if len(ex.question) <= 60 else ex.question[:57] + "..."
+    source = f" from {ex.module}" if ex.module else ""
+    return f"example{source} {question!r} -> {ex.answer!r}"
+
+
+def tokenize_example(tokenizer: Any, ex: Example, max_length: int) -> dict[str, list[int]]:
+    """input_ids / attention_mask / labels for one example: prompt tokens (and BOS) are
+    labelled -100, answer tokens and the appended EOS are trained on. Prompt and answer are
+    tokenized separately so the label boundary is exact. Never truncates: raises DataError."""
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise DataError("the tokenizer has no eos_token_id; set tokenizer.eos_token")
+    prompt = _leading_bos(tokenizer) + _encode(tokenizer, build_prompt(ex.question))
+    target = _encode(tokenizer, target_text(ex.answer)) + [eos]
+    length = len(prompt) + len(target)
+    if length > max_length:
+        raise DataError(
+            f"{_describe(ex)} is {length} tokens (prompt {len(prompt)} + answer {len(target)}),"
+            f" over max_length={max_length}"
+        )
+    return {
+        "input_ids": prompt + target,
+        "attention_mask": [1] * length,
+        "labels": [-100] * len(prompt) + target,
+    }
+
+
+def prompt_ids(tokenizer: Any, question: str) -> list[int]:
+    """The token ids a model is prompted with at evaluation: exactly the prompt part of
+    :func:`tokenize_example` (BOS where the tokenizer adds one, then :func:`build_prompt`)."""
+    return _leading_bos(tokenizer) + _encode(tokenizer, build_prompt(question))
+
+
+def check_fits(tokenizer: Any, examples: Sequence[Example], max_length: int) -> None:
+    """Raise DataError, before any training, if any example exceeds `max_length` tokens."""
+    if not examples:
+        raise DataError("no examples to check")
+    errors: list[str] = []
+    for ex in examples:
+        try:
+            tokenize_example(tokenizer, ex, max_length)
+        except DataError as e:
+            errors.append(str(e))
+    if errors:
+        raise DataError(
+            f"{len(errors)} of {len(examples)} examples do not fit in max_length={max_length};"
+            f" first: {errors[0]}"
+        )
+
+
+class CausalLMCollator:
+    """Right-pads tokenized examples into a batch of LongTensors: input_ids with the pad id
+    (the tokenizer's pad, else its EOS), attention_mask with 0 and labels with -100."""
+
+    def __init__(self, tokenizer: Any, pad_to_multiple_of: int | None = None) -> None:
+        pad = tokenizer.pad_token_id
+        pad = tokenizer.eos_token_id if pad is None else pad
+        if pad is None:
+            raise DataError("the tokenizer has neither pad_token_id nor eos_token_id")
+        if pad_to_multiple_of is not None and pad_to_multiple_of < 1:
+            raise DataError(f"pad_to_multiple_of must be >= 1, got {pad_to_multiple_of}")
+        self.pad_id = int(pad)
+        self.pad_to_multiple_of = pad_to_multiple_of
+
+    def _width(self, longest: int) -> int:
+        m = self.pad_to_multiple_of
+        return longest if m is None else -(-longest // m) * m
+
+    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        if not features:
+            raise DataError("cannot collate an empty batch")
+        width = self._width(max(len(f["input_ids"]) for f in features))
+        batch: dict[str, list[list[int]]] = {"input_ids": [], "attention_mask": [], "labels": []}
+        for f in features:
+            ids = list(f["input_ids"])
+            pad = width - len(ids)
+            mask = list(f.get("attention_mask", [1] * len(ids)))
+            labels = list(f.get("labels", ids))  # no labels given: plain language modelling
+            batch["input_ids"].append(ids + [self.pad_id] * pad)
+            batch["attention_mask"].append(mask + [0] * pad)
+            batch["labels"].append(labels + [-100] * pad)
+        return {key: torch.tensor(rows, dtype=torch.long) for key, rows in batch.items()}

@@ -1,0 +1,241 @@
+"""Fine-tune a causal LM with MoSELoRA or a PEFT baseline, with the HF ``Trainer`` (no subclass).
+
+``finetune(FinetuneConfig(...))`` does everything the ``mosgeo-lora finetune`` command does:
+validate every input before the model is loaded, build the data, wrap the model, train
+(resumable from the last checkpoint; DDP under ``torchrun``), save the adapter and write
+``metrics.json``, ``train_log.jsonl``, ``routing_stats.json`` and the curvature plots.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mosgeo_lora import CurvatureCallback, curvatures, param_groups
+
+from . import data as mdata
+from .base_models import LoadedModel, load
+from .callbacks import AdaLoraAllocator, CheckpointCurvatures, JsonlLog, StepStats, peak_rss_mb
+from .config import MATH_DATA, ConfigError, FinetuneConfig
+from .evaluate import accuracies, eval_examples, evaluate
+from .methods import activated_parameters, peft_config
+
+__all__ = ["finetune", "last_checkpoint"]
+
+
+def _world() -> tuple[int, int]:
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def last_checkpoint(output_dir: str | os.PathLike) -> Path | None:
+    """The newest ``checkpoint-N`` folder in ``output_dir`` (by N), or None."""
+    out = Path(output_dir)
+    if not out.is_dir():
+        return None
+    found = [
+        (int(p.name.split("-")[1]), p)
+        for p in out.glob("checkpoint-*")
+        if p.is_dir() and p.name.split("-")[1].isdigit()
+    ]
+    return max(found)[1] if found else None
+
+
+def _examples(cfg: FinetuneConfig, n: int) -> list[mdata.Example]:
+    if cfg.data == MATH_DATA:
+        return mdata.training_examples(n, seed=cfg.seed)
+    examples = mdata.load_jsonl(cfg.data)
+    if len(examples) < n:  # cycle a small user file to fill the requested steps
+        examples = [examples[i % len(examples)] for i in range(n)]
+    return examples
+
+
+def _routing_summary(history: list[dict]) -> dict[str, dict[str, Any]]:
+    """Token-weighted mean expert load per layer over the run, and the last window's."""
+    out: dict[str, dict[str, Any]] = {}
+    for entry in history:
+        for layer, share in entry.get("load", {}).items():
+            n = entry["tokens"][layer]
+            acc = out.setdefault(layer, {"tokens": 0, "sum": [0.0] * len(share)})
+            acc["tokens"] += n
+            acc["sum"] = [a + n * x for a, x in zip(acc["sum"], share, strict=True)]
+            acc["load_last"] = share
+            acc["kappa_last"] = entry["kappa"].get(layer)
+    for acc in out.values():
+        acc["load_mean"] = [x / acc["tokens"] for x in acc.pop("sum")]
+    return out
+
+
+def _training_args(cfg: FinetuneConfig, out: Path):
+    from transformers import TrainingArguments
+
+    save_steps = cfg.save_steps or max(1, cfg.steps // 2)
+    cuda = torch.cuda.is_available()
+    return TrainingArguments(
+        output_dir=str(out),
+        max_steps=cfg.steps,
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        warmup_steps=cfg.warmup_steps,
+        lr_scheduler_type="linear",
+        logging_steps=min(cfg.logging_steps, cfg.steps),
+        save_strategy="steps",
+        save_steps=save_steps,
+        save_total_limit=2,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        report_to=[],
+        use_cpu=not cuda,
+        ddp_backend="gloo" if not cuda and _world()[1] > 1 else None,
+        ddp_find_unused_parameters=False,
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+        disable_tqdm=cfg.disable_tqdm,
+    )
+
+
+def _say(msg: str) -> None:
+    if _world()[0] == 0:
+        print(f"[mosgeo-lora] {msg}", flush=True)
+
+
+def finetune(
+    cfg: FinetuneConfig,
+    callbacks: Sequence[Any] = (),
+    loaded: LoadedModel | None = None,
+    extra_eval: dict[str, list[mdata.Example]] | None = None,
+) -> dict[str, Any]:
+    """Run one fine-tuning job; returns the metrics also written to ``metrics.json``.
+
+    ``loaded``: an already loaded base model (``models.load(cfg.model)``) to use instead of
+    loading it again; it is modified (wrapped) in place. ``extra_eval``: more sets to score
+    after training (``mosgeo-lora compare`` passes its validation set).
+    """
+    from transformers import Trainer, set_seed
+
+    method = cfg.validate()
+    rank, world = _world()
+    out = Path(cfg.output_dir)
+    resume_from = last_checkpoint(out) if cfg.resume else None
+    if cfg.resume and resume_from is None:
+        raise ConfigError(f"--resume: no checkpoint-* folder in {out} to resume from")
+    n_train = cfg.train_examples or cfg.steps * cfg.batch_size * cfg.grad_accum * world
+    examples = _examples(cfg, n_train)  # DataError on a bad JSONL, before loading the model
+    eval_sets = eval_examples(cfg)
+    after_sets = {**eval_sets, **(extra_eval or {})}
+
+    if loaded is None:
+        loaded = load(cfg.model)
+    tok = loaded.tokenizer
+    mdata.check_fits(tok, examples, cfg.max_length)  # DataError names the too-long example
+    train_set = [mdata.tokenize_example(tok, ex, cfg.max_length) for ex in examples]
+
+    if rank == 0:
+        if not cfg.resume and out.is_dir():  # a fresh run does not resume stale checkpoints
+            for old in out.glob("checkpoint-*"):
+                shutil.rmtree(old)
+            for stale in ("train_log.jsonl", "metrics.json"):
+                (out / stale).unlink(missing_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "run_config.json").write_text(json.dumps(asdict(cfg), indent=1))
+
+    set_seed(cfg.seed)  # adapter initialisation
+    from peft import get_peft_model
+
+    config = peft_config(method, loaded.model, cfg.steps, **cfg.moselora_overrides())
+    model = get_peft_model(loaded.model, config)
+    trainable, activated = activated_parameters(model)
+    _say(
+        f"{cfg.method} on {loaded.name} ({loaded.source}): {trainable:,} trainable, "
+        f"{activated:,} activated per token; {len(train_set)} training examples"
+    )
+
+    before = None
+    if cfg.eval_before and eval_sets and rank == 0:
+        before = evaluate(model, tok, eval_sets, batch_size=cfg.eval_batch_size)
+        _say(f"before: {_fmt(before)}")
+
+    groups = param_groups(model, cfg.lr, cfg.curvature_lr, cfg.weight_decay)
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
+    stats = StepStats()
+    cbs: list[Any] = [stats, JsonlLog(out / "train_log.jsonl"), *callbacks]
+    curv = None
+    if method.is_moselora:
+        curv = CurvatureCallback(plot=True)
+        if resume_from is not None and (resume_from / "curvatures.json").is_file():
+            saved = json.loads((resume_from / "curvatures.json").read_text())
+            curv.history, curv.spaces = saved["history"], saved["spaces"]
+        cbs += [curv, CheckpointCurvatures(curv)]
+    if method.family == "adalora":
+        cbs.append(AdaLoraAllocator())
+
+    trainer = Trainer(
+        model=model,
+        args=_training_args(cfg, out),
+        train_dataset=train_set,
+        data_collator=mdata.CausalLMCollator(tok),
+        optimizers=(optimizer, None),
+        callbacks=cbs,
+    )
+    if curv is not None:
+        curv.attach(trainer)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*use_reentrant.*")
+        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+
+    metrics: dict[str, Any] = {
+        "method": cfg.method,
+        "model": loaded.name,
+        "config": asdict(cfg),
+        "world_size": world,
+        "trainable_parameters": trainable,
+        "activated_parameters": activated,
+        "train_loss": result.training_loss,
+        "final_loss": _last_loss(trainer.state.log_history, result.training_loss),
+        "steps": trainer.state.global_step,
+        "resumed_from": str(resume_from) if resume_from else None,
+        "step_time_s": statistics.median(stats.times[1:] or stats.times) if stats.times else None,
+        "peak_rss_mb": peak_rss_mb(),
+    }
+    if rank != 0:
+        return metrics
+    trainer.save_model(str(out / "adapter"))
+    (out / "adapter" / "run_config.json").write_text(json.dumps(asdict(cfg), indent=1))
+    files = {"adapter": str(out / "adapter"), "log": str(out / "train_log.jsonl")}
+    if curv is not None:
+        metrics["curvatures"] = curvatures(model)
+        routing = _routing_summary(curv.history)
+        (out / "routing_stats.json").write_text(json.dumps(routing, indent=1))
+        files["routing_stats"] = str(out / "routing_stats.json")
+        files.update({p.stem: str(p) for p in curv.files})
+    if after_sets:
+        after = evaluate(model, tok, after_sets, batch_size=cfg.eval_batch_size)
+        metrics["eval"] = after
+        metrics["accuracy"] = accuracies(after)
+        _say(f"after:  {_fmt(after)}")
+        if before is not None:
+            metrics["eval_before"] = before
+            metrics["accuracy_before"] = accuracies(before)
+    metrics["files"] = files
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    return metrics
+
+
+def _fmt(results: dict[str, dict[str, Any]]) -> str:
+    return "  ".join(f"{k} {100 * v['accuracy']:.0f}%" for k, v in results.items())
+
+
+def _last_loss(history: list[dict], default: float) -> float:
+    """The last logged training loss (the run's mean loss if none was logged)."""
+    losses = [h["loss"] for h in history if "loss" in h]
+    return losses[-1] if losses else default
