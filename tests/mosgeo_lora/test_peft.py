@@ -1,9 +1,6 @@
-"""MoSELoRA as a PEFT tuner on tiny random transformers models (Llama, Qwen2, GPT-2 Conv1D).
-
-Every model here is built from a config (hidden 32, 2 layers, vocab 64): no hub access, a
-fraction of a second each. The adapter is small too (r = 4, N = 4 experts: 1 hyperbolic,
-2 spherical, 1 Euclidean, top-2), so one expert of every space is always present.
-"""
+"""MoSELoRA as a PEFT tuner on tiny random transformers models (Llama, Qwen2, GPT-2 Conv1D):
+PEFT's behaviours (save/load, disable, unload, generate, checkpointing, Trainer, bf16) and
+the balance loss. The models and the adapter come from ``wrapped_models``."""
 
 from __future__ import annotations
 
@@ -13,80 +10,34 @@ import math
 
 import pytest
 import torch
-from torch import nn
 
 pytest.importorskip("peft")  # the `lora` extra
 pytest.importorskip("transformers")
 
 from peft import AutoPeftModelForCausalLM, PeftModel  # noqa: E402
-from tiny_models import tiny_gpt2, tiny_llama, tiny_qwen2  # noqa: E402
 from transformers import (  # noqa: E402
     LlamaForCausalLM,
     Trainer,
     TrainingArguments,
 )
+from wrapped_models import (  # noqa: E402
+    ARCHS,
+    EXPECTED_TARGETS,
+    N,
+    R,
+    adapted_layers,
+    base_model,
+    logits_of,
+    sequential,
+    small_config,
+    strip_prefix,
+    tokens,
+    wrapped,
+)
 
 import mosgeo_lora  # noqa: E402
 from mosgeo_lora import MoSELoraConfig, MoSELoraLayer  # noqa: E402
 from mosgeo_lora import layer as layer_module  # noqa: E402
-
-VOCAB = 64
-N, R = 4, 4
-SPECIAL = {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}
-
-
-_llama, _qwen2, _gpt2 = tiny_llama, tiny_qwen2, tiny_gpt2
-
-
-BUILDERS = {"llama": _llama, "qwen2": _qwen2, "gpt2": _gpt2}
-ARCHS = list(BUILDERS)
-
-#: the adapted module names (relative to the transformers model) per architecture
-EXPECTED_TARGETS = {
-    "llama": {
-        f"model.layers.{i}.mlp.{p}" for i in range(2) for p in ("gate_proj", "up_proj", "down_proj")
-    },
-    "qwen2": {
-        f"model.layers.{i}.mlp.{p}" for i in range(2) for p in ("gate_proj", "up_proj", "down_proj")
-    },
-    "gpt2": {f"transformer.h.{i}.mlp.{p}" for i in range(2) for p in ("c_fc", "c_proj")},
-}
-
-
-def base_model(arch: str = "llama", seed: int = 0) -> nn.Module:
-    """A fresh tiny random model; the same ``seed`` gives bitwise the same weights."""
-    torch.manual_seed(seed)
-    return BUILDERS[arch]().eval()
-
-
-def small_config(**overrides) -> MoSELoraConfig:
-    kwargs = dict(r=R, num_experts=N, top_k=2, num_hyperbolic=1, num_spherical=2)
-    kwargs.update(overrides)
-    return MoSELoraConfig(**kwargs)
-
-
-def wrapped(arch: str = "llama", seed: int = 0, adapter_seed: int = 1, **overrides):
-    model = base_model(arch, seed)
-    torch.manual_seed(adapter_seed)
-    return mosgeo_lora.wrap(model, small_config(**overrides))
-
-
-def tokens(batch: int = 2, length: int = 8, seed: int = 123) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(3, VOCAB, (batch, length), generator=g)
-
-
-def adapted_layers(model: nn.Module) -> dict[str, MoSELoraLayer]:
-    return {n: m for n, m in model.named_modules() if isinstance(m, MoSELoraLayer)}
-
-
-def logits_of(model: nn.Module, ids: torch.Tensor, **kwargs) -> torch.Tensor:
-    with torch.no_grad():
-        return model(input_ids=ids, **kwargs).logits
-
-
-def strip_prefix(name: str) -> str:
-    return name.removeprefix("base_model.model.")
 
 
 # --------------------------------------------------------------------------- init / targets
@@ -503,56 +454,6 @@ def test_bf16_autocast_and_bf16_base_model():
 
 
 # --------------------------------------------------------------------------- presets / config
-def _sequential() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 8))
-
-
-@pytest.mark.parametrize(
-    ("preset", "signs", "top_k"),
-    [
-        ("moselora", [-1] * 3 + [1] * 3 + [0] * 2, 4),
-        ("moselora-h", [-1] * 8, 4),
-        ("moselora-s", [1] * 8, 4),
-        ("moselora-e", [0] * 8, 4),
-        ("hydralora", [0] * 8, 8),
-    ],
-)
-def test_presets(preset, signs, top_k):
-    cfg = MoSELoraConfig(preset=preset, target_modules=["0", "2"])
-    assert cfg.top_k == top_k and cfg.num_experts == 8
-    model = mosgeo_lora.wrap(_sequential(), cfg)
-    for layer in adapted_layers(model).values():
-        k = layer.curvatures("default")
-        assert torch.sign(k).tolist() == signs
-        assert layer.settings["default"]["top_k"] == top_k
-        assert ("default" in layer.moselora_k) == any(signs)  # flat presets learn no κ
-    with torch.no_grad():
-        model(torch.randn(5, 8))
-    for stats in mosgeo_lora.routing_stats(model).values():
-        if preset == "hydralora":  # dense routing: every expert gets every token
-            assert stats["load"] == [1 / 8] * 8
-        else:
-            assert sum(x > 0 for x in stats["load"]) >= top_k
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "message"),
-    [
-        ({"preset": "moselora-x"}, "preset must be one of"),
-        ({"num_experts": 4, "top_k": 5}, r"top_k must be in \[1, num_experts=4\]"),
-        ({"top_k": 0}, "top_k must be in"),
-        ({"num_experts": 4, "num_hyperbolic": 3, "num_spherical": 2}, "must be between 0 and"),
-        ({"num_hyperbolic": -1}, "must be between 0 and"),
-        ({"input_map": "exp"}, "input_map must be one of"),
-        ({"preset": "hydralora", "num_spherical": 1}, "Euclidean experts only"),
-        ({"r": 0}, "r must be a positive int"),
-        ({"curvature_bounds": (1.0, -1.0)}, "low < high"),
-    ],
-)
-def test_config_validation(kwargs, message):
-    with pytest.raises(ValueError, match=message):
-        MoSELoraConfig(**kwargs)
 
 
 # --------------------------------------------------------------------------- fused vs reference
@@ -596,9 +497,9 @@ def _first_b(model) -> str:
 # --------------------------------------------------------------------------- wrap on any module
 def test_wrap_plain_module_needs_target_modules():
     with pytest.raises(ValueError, match="target_modules"):
-        mosgeo_lora.wrap(_sequential())
+        mosgeo_lora.wrap(sequential())
     x = torch.randn(3, 8)
-    seq = _sequential()
+    seq = sequential()
     base = seq(x).detach()
     model = mosgeo_lora.wrap(seq, target_modules=["0", "2"], r=2, num_experts=4, top_k=1)
     assert set(adapted_layers(model)) == {"base_model.model.0", "base_model.model.2"}
@@ -614,57 +515,6 @@ def test_wrap_plain_module_needs_target_modules():
 
 
 # --------------------------------------------------------------------------- optimizer groups
-def test_param_groups_sep_uni_and_trainer(tmp_path):
-    model = wrapped()
-    trainable = {id(p) for p in model.parameters() if p.requires_grad}
-    kappas = {id(p) for n, p in model.named_parameters() if ".moselora_k." in n}
-    assert len(kappas) == 6
-
-    sep = mosgeo_lora.param_groups(model, 1e-3, curvature_lr=5e-2, weight_decay=0.1)
-    assert len(sep) == 2
-    rest, curv = sep
-    assert {id(p) for p in curv["params"]} == kappas
-    assert (curv["lr"], curv["weight_decay"]) == (5e-2, 0.0)
-    assert (rest["lr"], rest["weight_decay"]) == (1e-3, 0.1)
-    assert {id(p) for p in rest["params"]} == trainable - kappas
-
-    uni = mosgeo_lora.param_groups(model, 1e-3, weight_decay=0.1, separate=False)
-    assert len(uni) == 1 and {id(p) for p in uni[0]["params"]} == trainable
-
-    args = TrainingArguments(
-        output_dir=str(tmp_path), report_to="none", use_cpu=True, learning_rate=1e-4
-    )
-    trainer = Trainer(
-        model=model,
-        args=args,
-        optimizer_cls_and_kwargs=(torch.optim.AdamW, {"params": sep}),
-    )
-    opt = trainer.create_optimizer()
-    assert isinstance(opt, torch.optim.AdamW)
-    lrs = sorted((g["lr"], g["weight_decay"]) for g in opt.param_groups)
-    assert lrs == [(1e-3, 0.1), (5e-2, 0.0)]
-    assert {id(p) for g in opt.param_groups for p in g["params"]} == trainable
 
 
 # --------------------------------------------------------------------------- statistics
-def test_curvature_and_routing_statistics():
-    ids = tokens()
-    model = wrapped().eval()
-    kappas = mosgeo_lora.curvatures(model)
-    assert set(kappas) == {"base_model.model." + n for n in EXPECTED_TARGETS["llama"]}
-    assert all(k == [-1.0, 1.0, 1.0, 0.0] for k in kappas.values())
-
-    mask = torch.ones_like(ids)
-    mask[0, 5:] = 0  # 13 real tokens
-    mosgeo_lora.reset_routing_stats(model)
-    logits_of(model, ids, attention_mask=mask)
-    logits_of(model, ids, attention_mask=mask)
-    stats = mosgeo_lora.routing_stats(model)
-    assert set(stats) == set(kappas)
-    for s in stats.values():
-        assert s["tokens"] == 26
-        assert len(s["load"]) == N
-        assert sum(s["load"]) == pytest.approx(1.0)
-        assert all(0.0 <= x <= 1.0 for x in s["load"])
-    mosgeo_lora.reset_routing_stats(model)
-    assert mosgeo_lora.routing_stats(model) == {}

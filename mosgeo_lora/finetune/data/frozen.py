@@ -35,9 +35,11 @@ UNSEEN_EVAL_SETS: tuple[str, ...] = (
     "comparison__closest",
     "arithmetic__add_sub_multiple",
 )
+#: Every shipped test set, seen then unseen.
 EVAL_SETS: tuple[str, ...] = SEEN_EVAL_SETS + UNSEEN_EVAL_SETS
-EVAL_SET_SIZE = 100  # problems per shipped eval set
-
+#: Problems per shipped test set.
+EVAL_SET_SIZE = 100
+#: Where the JSONL files are.
 EVAL_DIR = Path(__file__).parent / "eval_sets"
 
 

@@ -29,8 +29,8 @@ __all__ = [
 ]
 
 
-# Generator modules whose output depends only on the seed (checked across processes with
-# different PYTHONHASHSEED values in tests/test_data.py).
+#: Generator modules whose output depends only on the seed (checked across processes with
+#: different PYTHONHASHSEED values in tests/finetune/test_data.py).
 MODULES: tuple[str, ...] = (
     "arithmetic__add_or_sub",
     "arithmetic__add_or_sub_in_base",
@@ -61,7 +61,8 @@ MODULES: tuple[str, ...] = (
 )
 
 
-# Short exact answers a 135M model can partly learn in a few hundred steps.
+#: The training mix: short exact answers a 135M model can partly learn in a few hundred
+#: steps.
 TRAIN_MODULES: tuple[str, ...] = (
     "arithmetic__add_or_sub",
     "comparison__pair",
@@ -73,10 +74,10 @@ TRAIN_MODULES: tuple[str, ...] = (
 
 # "train-easy" of the original release: the lowest third of each module's entropy range.
 _LEVEL, _NUM_LEVELS = 0, 3
-# Stricter than the generator's own 160/30 limits so that prompts stay well inside ~96 tokens.
+#: Longest question kept: stricter than the generator's own 160 so that prompts stay well
+#: inside ~96 tokens.
 MAX_QUESTION_CHARS = 100
-
-
+#: Longest answer kept (the generator's own limit is 30).
 MAX_ANSWER_CHARS = 16
 
 _UNSTABLE_GROUPS = ("algebra", "calculus", "polynomials")

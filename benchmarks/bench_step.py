@@ -1,0 +1,272 @@
+"""MoSELoRA vs PEFT LoRA r = 8 where the fixed cost per call decides: short-sequence training
+steps, token-by-token decoding, kernel-level op counts and host synchronisations.
+
+The model is a SmolLM2-135M-shaped Llama (hidden 576, intermediate 1536, 30 layers, 9 heads,
+3 KV heads, vocabulary 49152) with random weights, so the run needs no download; both
+variants adapt the same feed-forward projections (90 layers). Measured per variant, in the
+same process, interleaved (``_report.interleaved``), medians over repetitions:
+
+* ``train B×T``: one optimizer step (forward with labels, backward, AdamW) on a batch of
+  B sequences of T tokens; tokens/s = B·T / time;
+* ``decode``: greedy generation of ``--new-tokens`` tokens after a 16-token prompt, batch 1,
+  with the KV cache: the per-token latency of inference;
+* ``ops/layer``: aten ops that reach a kernel (counted by a ``TorchDispatchMode``) in one
+  adapted ``gate_proj`` forward+backward on 8 tokens, minus nothing (the base matmul is in
+  both);
+* ``syncs/step``: ``aten::_local_scalar_dense`` (``.item()``, ``int(tensor)``, …) in a
+  profiled training step of the whole model, batch 2 with padding; on CUDA also the
+  warnings of ``torch.cuda.set_sync_debug_mode("warn")``.
+
+    python benchmarks/bench_step.py --layers 4 --reps 3                 # CPU, a quick look
+    python benchmarks/bench_step.py --device cuda --dtype bfloat16      # the GPU table
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import time
+import warnings
+from pathlib import Path
+
+import peft
+import torch
+import transformers
+from _report import command_line, interleaved, machine, markdown_table, median_ms, sync
+from _report import write_results as _write
+from torch.utils._python_dispatch import TorchDispatchMode
+from transformers import LlamaConfig, LlamaForCausalLM
+
+import mosgeo_lora
+
+VARIANTS = ("lora", "moselora")
+TARGETS = ["gate_proj", "up_proj", "down_proj"]
+
+
+def smollm2_config(layers: int) -> LlamaConfig:
+    """SmolLM2-135M's shape (its config.json), ``layers`` deep."""
+    return LlamaConfig(
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=layers,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        vocab_size=49152,
+        max_position_embeddings=2048,
+        rope_theta=100000.0,
+        tie_word_embeddings=True,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+
+
+def build(variant: str, layers: int, device: str, dtype: torch.dtype, seed: int):
+    torch.manual_seed(seed)
+    base = LlamaForCausalLM(smollm2_config(layers))
+    torch.manual_seed(seed + 1)
+    if variant == "lora":
+        cfg = peft.LoraConfig(r=8, lora_alpha=16, target_modules=TARGETS, task_type="CAUSAL_LM")
+        model = peft.get_peft_model(base, cfg)
+    else:
+        model = mosgeo_lora.wrap(base)  # the paper's defaults: r 8, 8 experts, top-4
+    for name, p in model.named_parameters():  # non-zero B: the adapter does work
+        if p.requires_grad and (".lora_B." in name or ".moselora_B." in name):
+            torch.nn.init.normal_(p, std=0.02)
+    model.to(device=device, dtype=dtype)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4)
+    return model, opt
+
+
+def train_step(model, opt, ids: torch.Tensor, mask: torch.Tensor | None = None) -> None:
+    out = model(input_ids=ids, attention_mask=mask, labels=ids)
+    out.loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
+@torch.no_grad()
+def decode(model, prompt: torch.Tensor, new_tokens: int) -> None:
+    model.generate(
+        input_ids=prompt,
+        attention_mask=torch.ones_like(prompt),
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        do_sample=False,
+        pad_token_id=0,
+    )
+
+
+def _timed(fn, device: str) -> float:
+    sync(device)
+    t0 = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - t0
+
+
+class _OpCounter(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def ops_per_layer(model, device: str, dtype: torch.dtype) -> int:
+    """Kernel-level aten ops of one adapted gate_proj, forward + backward, 8 tokens."""
+    layer = model.get_base_model().model.layers[0].mlp.gate_proj
+    x = torch.randn(1, 8, 576, device=device, dtype=dtype, requires_grad=True)
+    layer(x).sum().backward()  # warm-up (lazy init)
+    with _OpCounter() as counter:
+        layer(x).sum().backward()
+    return counter.count
+
+
+def syncs_per_step(model, opt, device: str) -> dict[str, int]:
+    """Host synchronisations of one training step of the whole model, batch 2 with padding."""
+    ids = torch.randint(3, 49152, (2, 24), device=device)
+    mask = torch.ones_like(ids)
+    mask[1, 16:] = 0
+    train_step(model, opt, ids, mask)
+    acts = [torch.profiler.ProfilerActivity.CPU]
+    with torch.profiler.profile(activities=acts) as prof:
+        train_step(model, opt, ids, mask)
+    names = [e.name for e in prof.events()]
+    out = {"local_scalar_dense": names.count("aten::_local_scalar_dense")}
+    if device.startswith("cuda"):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                train_step(model, opt, ids, mask)
+                sync(device)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        out["cuda_sync_warnings"] = sum("synchroniz" in str(w.message) for w in caught)
+    return out
+
+
+def run(args) -> dict:
+    dtype = getattr(torch, args.dtype)
+    shapes = [tuple(int(v) for v in s.split("x")) for s in args.train_shapes.split(",")]
+    models = {v: build(v, args.layers, args.device, dtype, args.seed) for v in VARIANTS}
+    rows = {v: {"variant": v} for v in VARIANTS}
+    for v, (model, opt) in models.items():
+        rows[v]["ops_per_layer"] = ops_per_layer(model, args.device, dtype)
+        rows[v].update(syncs_per_step(model, opt, args.device))
+        rows[v]["trainable"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    gen = torch.Generator().manual_seed(args.seed)
+    for b, t in shapes:
+        ids = torch.randint(3, 49152, (b, t), generator=gen).to(args.device)
+        runs = {
+            v: functools.partial(_timed, functools.partial(train_step, m, o, ids), args.device)
+            for v, (m, o) in models.items()
+        }
+        times = interleaved(runs, args.reps, args.warmup)
+        for v in VARIANTS:
+            ms = median_ms(times[v])
+            rows[v][f"train_{b}x{t}_ms"] = ms
+            rows[v][f"train_{b}x{t}_tok_s"] = b * t / (ms / 1e3)
+        print(
+            f"train {b}x{t}: "
+            + "  ".join(f"{v} {rows[v][f'train_{b}x{t}_ms']:.1f} ms" for v in VARIANTS),
+            flush=True,
+        )
+    prompt = torch.randint(3, 49152, (1, 16), generator=gen).to(args.device)
+    for m, _ in models.values():
+        m.eval()
+    runs = {
+        v: functools.partial(
+            _timed, functools.partial(decode, m, prompt, args.new_tokens), args.device
+        )
+        for v, (m, _) in models.items()
+    }
+    times = interleaved(runs, args.reps, args.warmup)
+    for v in VARIANTS:
+        rows[v]["decode_ms"] = median_ms(times[v])
+        rows[v]["decode_ms_per_token"] = rows[v]["decode_ms"] / args.new_tokens
+    print(
+        "decode: " + "  ".join(f"{v} {rows[v]['decode_ms']:.1f} ms" for v in VARIANTS), flush=True
+    )
+    return {"shapes": shapes, "rows": list(rows.values())}
+
+
+def to_markdown(result: dict, meta: dict) -> str:
+    rows = {r["variant"]: r for r in result["rows"]}
+    lo, mo = rows["lora"], rows["moselora"]
+    keys = [f"train_{b}x{t}" for b, t in result["shapes"]]
+    table = [
+        *[
+            [f"train step {k.removeprefix('train_').replace('x', ' × ')} (ms)",
+             f"{lo[k + '_ms']:.1f}", f"{mo[k + '_ms']:.1f}", f"{mo[k + '_ms'] / lo[k + '_ms']:.2f}"]
+            for k in keys
+        ],
+        *[
+            [f"tokens/s {k.removeprefix('train_').replace('x', ' × ')}",
+             f"{lo[k + '_tok_s']:,.0f}", f"{mo[k + '_tok_s']:,.0f}",
+             f"{mo[k + '_tok_s'] / lo[k + '_tok_s']:.2f}"]
+            for k in keys
+        ],
+        [f"decode {meta['new_tokens']} tokens (ms)", f"{lo['decode_ms']:.1f}",
+         f"{mo['decode_ms']:.1f}", f"{mo['decode_ms'] / lo['decode_ms']:.2f}"],
+        ["kernel-level ops, one gate_proj fwd+bwd", lo["ops_per_layer"], mo["ops_per_layer"],
+         f"{mo['ops_per_layer'] / lo['ops_per_layer']:.1f}"],
+        ["`_local_scalar_dense` per training step", lo["local_scalar_dense"],
+         mo["local_scalar_dense"], "–"],
+    ]  # fmt: skip
+    if "cuda_sync_warnings" in lo:
+        table.append(
+            ["CUDA sync warnings per training step", lo["cuda_sync_warnings"],
+             mo["cuda_sync_warnings"], "–"]
+        )  # fmt: skip
+    table.append(["trainable parameters", f"{lo['trainable']:,}", f"{mo['trainable']:,}", "–"])
+    return (
+        "# MoSELoRA vs LoRA: short steps, decoding, ops and syncs\n\n"
+        f"`{meta['command']}` — device {meta['device']}, {meta['dtype']}, "
+        f"{meta['layers']} layers of SmolLM2-135M's shape (random weights), median of "
+        f"{meta['reps']} interleaved repetitions after {meta['warmup']} warm-up; torch "
+        f"{meta['torch']}, transformers {meta['transformers']}, peft {meta['peft']}; "
+        f"{meta['machine']}.\n\n"
+        + markdown_table(["measure", "LoRA r=8", "MoSELoRA", "MoSELoRA / LoRA"], table)
+        + "\n"
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    ap.add_argument("--layers", type=int, default=30)
+    ap.add_argument("--train-shapes", default="8x64,8x512")
+    ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    defaults = {
+        "device": "cpu", "dtype": "float32", "layers": 30, "train-shapes": "8x64,8x512",
+        "new-tokens": 32, "reps": 10, "warmup": 2, "threads": 1, "seed": 0,
+    }  # fmt: skip
+    values = {k: getattr(args, k.replace("-", "_")) for k in defaults}
+    result = run(args)
+    meta = {
+        "command": command_line("bench_step.py", values, defaults),
+        **{k.replace("-", "_"): v for k, v in values.items()},
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "machine": machine(args.device),
+    }
+    stem = "step_" + ("cuda" if args.device.startswith("cuda") else "cpu")
+    _write(args.out, stem, {"meta": meta, **result}, to_markdown(result, meta))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""Every private torch / PEFT / enum API the tuner uses (``mosgeo_lora._compat``) still
+exists and behaves as the tuner assumes: an upgrade that breaks one fails here, by name."""
+
+from __future__ import annotations
+
+import enum
+
+import pytest
+import torch
+from torch import nn
+
+pytest.importorskip("peft")
+pytest.importorskip("transformers")
+
+from mosgeo_lora import _compat  # noqa: E402
+
+
+def test_buffer_dict_keeps_persistent_buffers_in_the_state_dict():
+    holder = nn.Module()
+    holder.k = _compat.BufferDict({}, persistent=True)
+    holder.k["default"] = torch.tensor([0.5, 0.0])
+    assert torch.equal(holder.state_dict()["k.default"], torch.tensor([0.5, 0.0]))
+    holder.to(torch.float64)
+    assert holder.k["default"].dtype == torch.float64
+
+
+def test_in_out_features_of_linear_and_conv1d():
+    from transformers.pytorch_utils import Conv1D
+
+    assert _compat.in_out_features(nn.Linear(3, 5)) == (3, 5)
+    assert _compat.in_out_features(Conv1D(7, 4)) == (4, 7)  # Conv1D(nf=out, nx=in)
+
+
+def test_extend_str_enum_adds_a_member_once():
+    class Kind(str, enum.Enum):
+        A = "A"
+
+    b = _compat.extend_str_enum(Kind, "B", "B")
+    assert Kind["B"] is b and Kind("B") is b and Kind.B is b
+    assert isinstance(b, Kind) and b == "B" and b.value == "B" and b.name == "B"
+    assert list(Kind) == [Kind.A, b]
+    assert _compat.extend_str_enum(Kind, "B", "B") is b  # idempotent
+    assert list(Kind) == [Kind.A, b]
+
+
+def test_in_backward_is_true_only_inside_backward():
+    seen: list[bool] = []
+
+    class Probe(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            seen.append(_compat.in_backward())
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, g):
+            seen.append(_compat.in_backward())
+            return g
+
+    x = torch.ones(2, requires_grad=True)
+    Probe.apply(x).sum().backward()
+    assert seen == [False, True]
+    assert hasattr(torch._C, "_current_graph_task_id")  # the API in_backward relies on
