@@ -8,6 +8,7 @@ them; tables report medians and ratios of medians.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -20,6 +21,9 @@ from typing import Any
 
 import torch
 
+#: The default output folder of every benchmark.
+RESULTS = Path(__file__).parent / "results"
+
 __all__ = [
     "interleaved",
     "timed",
@@ -28,6 +32,7 @@ __all__ = [
     "fmt",
     "markdown_table",
     "machine",
+    "add_common_options",
     "command_line",
     "write_results",
     "sync",
@@ -110,14 +115,35 @@ def machine(device: str = "cpu") -> str:
     return f"{name}, {os.cpu_count()} CPU(s) ({platform.machine()})"
 
 
-def command_line(script: str, values: Mapping[str, Any], defaults: Mapping[str, Any]) -> str:
-    """``python benchmarks/<script>`` plus the flags whose value differs from its default
-    (a ``True`` boolean is written as the bare flag)."""
+def add_common_options(ap: argparse.ArgumentParser, reps: int, warmup: int) -> None:
+    """The options every benchmark has: repetitions, warm-up, threads, seed, output folder."""
+    ap.add_argument("--reps", type=int, default=reps, help="timed repetitions")
+    ap.add_argument("--warmup", type=int, default=warmup, help="untimed repetitions first")
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=RESULTS, help="where the results go")
+
+
+def command_line(
+    script: str,
+    ap: argparse.ArgumentParser,
+    args: argparse.Namespace,
+    skip: Iterable[str] = ("out",),
+    flags: Mapping[str, str] | None = None,
+) -> str:
+    """``python benchmarks/<script>`` plus every option whose value differs from the
+    parser's default; ``flags`` names the flag of a ``dest`` whose flag is not ``--dest``
+    (e.g. ``{"input_grad": "--no-input-grad"}``), and a changed boolean is written bare."""
+    defaults = vars(ap.parse_args([]))
+    flags = flags or {}
     argv = [f"python benchmarks/{script}"]
-    for flag, value in values.items():
-        if value == defaults.get(flag):
+    for dest, value in vars(args).items():
+        if isinstance(value, (list, tuple)):  # a comma list the script has split already
+            value = ",".join(map(str, value))
+        if dest in skip or value == defaults.get(dest):
             continue
-        argv.append(f"--{flag}" if value is True else f"--{flag} {value}")
+        flag = flags.get(dest, "--" + dest.replace("_", "-"))
+        argv.append(flag if isinstance(value, bool) else f"{flag} {value}")
     return " ".join(argv)
 
 

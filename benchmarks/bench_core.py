@@ -15,11 +15,18 @@ from __future__ import annotations
 import argparse
 import functools
 import time
-from pathlib import Path
 
 import geoopt.manifolds.stereographic.math as gmath
 import torch
-from _report import command_line, interleaved, machine, markdown_table, median_ms, write_results
+from _report import (
+    add_common_options,
+    command_line,
+    interleaved,
+    machine,
+    markdown_table,
+    median_ms,
+    write_results,
+)
 
 import mosgeo.math as mmath
 
@@ -142,18 +149,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=100_000)
     ap.add_argument("--dim", type=int, default=64)
-    ap.add_argument("--reps", type=int, default=15)
-    ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    add_common_options(ap, reps=15, warmup=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     import geoopt
 
-    defaults = {"rows": 100_000, "reps": 15, "threads": 1}
     meta = {
-        "command": command_line("bench_core.py", {k: getattr(args, k) for k in defaults}, defaults),
+        "command": command_line("bench_core.py", ap, args),
         "rows": args.rows,
         "n": args.dim,
         "reps": args.reps,

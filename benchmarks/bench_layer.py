@@ -60,6 +60,7 @@ import peft
 import torch
 import transformers
 from _report import (
+    add_common_options,
     command_line,
     fmt,
     interleaved,
@@ -606,11 +607,8 @@ def main() -> None:
         default=",".join(VARIANTS),
         help=f"comma list of {VARIANTS} and the opt-in {COMPILED}",
     )
-    ap.add_argument("--reps", type=int, default=7)
-    ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--threads", type=int, default=1)
+    add_common_options(ap, reps=7, warmup=1)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-input-grad", dest="input_grad", action="store_false")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
     ap.add_argument(
@@ -619,7 +617,6 @@ def main() -> None:
         help="keep glibc's default malloc settings in the timing process (default: heap reuse)",
     )
     ap.add_argument("--analysis", type=Path, default=Path(__file__).parent / "layer_analysis.md")
-    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     ap.add_argument(
         "--render",
         action="store_true",
@@ -647,29 +644,14 @@ def main() -> None:
         results += bench_size(size, *tokens[size], args)
     runtime = time.perf_counter() - t_start
 
-    defaults = {
-        "sizes": "smol,1.5b",
-        "tokens": "",
-        "variants": ",".join(VARIANTS),
-        "reps": 7,
-        "warmup": 1,
-        "threads": 1,
-        "seed": 0,
-        "device": "cpu",
-        "no-input-grad": False,
-        "no-memory": False,
-        "malloc-default": False,
-    }
-    values = {
-        **{k: getattr(args, k) for k in ("sizes", "tokens", "reps", "warmup", "threads", "seed")},
-        "variants": ",".join(args.variants),
-        "device": args.device,
-        "no-input-grad": not args.input_grad,
-        "no-memory": args.no_memory,
-        "malloc-default": args.malloc_default,
-    }
     meta = {
-        "command": command_line("bench_layer.py", values, defaults),
+        "command": command_line(
+            "bench_layer.py",
+            ap,
+            args,
+            skip=("out", "analysis", "render"),
+            flags={"input_grad": "--no-input-grad"},
+        ),
         "sizes": sizes,
         "tokens": {s: tokens[s] for s in sizes},
         "reps": args.reps,

@@ -27,12 +27,19 @@ import argparse
 import functools
 import time
 import warnings
-from pathlib import Path
 
 import peft
 import torch
 import transformers
-from _report import command_line, interleaved, machine, markdown_table, median_ms, sync
+from _report import (
+    add_common_options,
+    command_line,
+    interleaved,
+    machine,
+    markdown_table,
+    median_ms,
+    sync,
+)
 from _report import write_results as _write
 from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -243,22 +250,13 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=30)
     ap.add_argument("--train-shapes", default="8x64,8x512")
     ap.add_argument("--new-tokens", type=int, default=32)
-    ap.add_argument("--reps", type=int, default=10)
-    ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    add_common_options(ap, reps=10, warmup=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    defaults = {
-        "device": "cpu", "dtype": "float32", "layers": 30, "train-shapes": "8x64,8x512",
-        "new-tokens": 32, "reps": 10, "warmup": 2, "threads": 1, "seed": 0,
-    }  # fmt: skip
-    values = {k: getattr(args, k.replace("-", "_")) for k in defaults}
     result = run(args)
     meta = {
-        "command": command_line("bench_step.py", values, defaults),
-        **{k.replace("-", "_"): v for k, v in values.items()},
+        "command": command_line("bench_step.py", ap, args),
+        **{k: v for k, v in vars(args).items() if k != "out"},
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "peft": peft.__version__,
