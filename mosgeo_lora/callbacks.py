@@ -235,6 +235,7 @@ class CurvatureCallback(TrainerCallback):
 
     # ------------------------------------------------------------------ Trainer events
     def on_train_begin(self, args, state, control, model=None, **kwargs):
+        """Find the layers, record κ at the start, forget routing counts from before training."""
         if not self._resolve(model):
             return
         every = self.every_n_steps or getattr(state, "logging_steps", 0) or args.logging_steps
@@ -247,6 +248,7 @@ class CurvatureCallback(TrainerCallback):
             self.spaces = self._expert_spaces(self.history[-1]["kappa"])
 
     def on_step_end(self, args, state, control, **kwargs):
+        """Collect the window's routing counts; record κ and load at record steps."""
         if not self._active:
             return
         record = self._is_record_step(state)
@@ -256,16 +258,19 @@ class CurvatureCallback(TrainerCallback):
             self._pending = self.summary(self._record(state))
 
     def on_epoch_end(self, args, state, control, **kwargs):
+        """Collect the training counts before an end-of-epoch evaluation runs."""
         if self._active and control.should_evaluate:
             self._harvest()
 
     def on_evaluate(self, args, state, control, **kwargs):
+        """Drop the routing counts of the evaluation's forward passes."""
         if self._active:
             reset_routing_stats(self._model)  # the evaluation's forward passes
 
     on_predict = on_evaluate
 
     def on_log(self, args, state, control, logs=None, **kwargs):
+        """Add the pending summary scalars to the Trainer's log entry."""
         if not self._active or not self._pending or logs is None:
             return
         if any(k.startswith(("eval_", "test_")) for k in logs):
@@ -278,6 +283,7 @@ class CurvatureCallback(TrainerCallback):
         self._pending = None
 
     def on_train_end(self, args, state, control, **kwargs):
+        """Record the last step and write ``curvatures.json`` and the plots."""
         if not self._active:
             return
         if not self.history or self.history[-1]["step"] != state.global_step:

@@ -141,6 +141,7 @@ class MoSELoraConfig(PeftConfig):
 
     @property
     def scaling(self) -> float:
+        """The output scale ``alpha / r``."""
         return self.alpha / self.r
 
     def initial_curvatures(self) -> list[float]:

@@ -132,6 +132,8 @@ class MoSELoraLayer(BaseTunerLayer):
         self.set_adapter(self.active_adapters, inference_mode=config.inference_mode)
 
     def reset_parameters(self, adapter_name: str, init_weights: bool = True) -> None:
+        """Kaiming-uniform ``A`` and router; zero ``B`` (the identity at init), or random ``B``
+        with ``init_weights=False``."""
         if adapter_name not in self.moselora_A:
             return
         nn.init.kaiming_uniform_(self.moselora_A[adapter_name].weight, a=math.sqrt(5))
@@ -154,12 +156,15 @@ class MoSELoraLayer(BaseTunerLayer):
 
     # ------------------------------------------------------------------ merging
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
+        """Raises: a MoSELoRA adapter is not a matrix (:data:`MERGE_ERROR`)."""
         raise NotImplementedError(MERGE_ERROR)
 
     def unmerge(self) -> None:
+        """Raises: nothing is ever merged (:data:`MERGE_ERROR`)."""
         raise NotImplementedError(MERGE_ERROR)
 
     def get_delta_weight(self, adapter_name: str) -> torch.Tensor:
+        """Raises: there is no ΔW (:data:`MERGE_ERROR`)."""
         raise NotImplementedError(MERGE_ERROR)
 
     # ------------------------------------------------------------------ forward

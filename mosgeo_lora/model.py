@@ -93,6 +93,7 @@ class MoSELoraModel(BaseTuner):
         raise NotImplementedError(MERGE_ERROR)
 
     def merge_adapter(self, *args: Any, **kwargs: Any) -> None:
+        """Raises: a MoSELoRA adapter cannot be merged (:data:`~mosgeo_lora.layer.MERGE_ERROR`)."""
         raise NotImplementedError(MERGE_ERROR)
 
     # ------------------------------------------------------------------ forward + aux

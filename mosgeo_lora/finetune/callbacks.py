@@ -27,12 +27,15 @@ class StepStats(TrainerCallback):
         self._t0 = 0.0
 
     def on_train_begin(self, args, state, control, **kwargs):
+        """Start a new peak-memory window."""
         reset_peak_rss()
 
     def on_step_begin(self, args, state, control, **kwargs):
+        """Start the step's clock."""
         self._t0 = time.perf_counter()
 
     def on_step_end(self, args, state, control, **kwargs):
+        """Record the step's wall time."""
         self.times.append(time.perf_counter() - self._t0)
 
 
@@ -43,6 +46,7 @@ class JsonlLog(TrainerCallback):
         self.path = path
 
     def on_log(self, args, state, control, logs=None, **kwargs):
+        """Append the log entry (main process only)."""
         if logs is not None and state.is_world_process_zero:
             with open(self.path, "a", encoding="utf-8") as f:
                 f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
@@ -52,6 +56,7 @@ class AdaLoraAllocator(TrainerCallback):
     """AdaLoRA's rank allocation, after each optimizer step (gradients still present)."""
 
     def on_optimizer_step(self, args, state, control, model=None, **kwargs):
+        """Reallocate AdaLoRA's ranks for this step."""
         base = model.base_model if hasattr(model, "base_model") else model
         base.update_and_allocate(state.global_step)
 
@@ -63,6 +68,7 @@ class CheckpointCurvatures(TrainerCallback):
         self.cb = curvature_cb
 
     def on_save(self, args, state, control, **kwargs):
+        """Write the κ/load history (no plots) into the new checkpoint folder."""
         if not state.is_world_process_zero or not self.cb.history:
             return
         ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"

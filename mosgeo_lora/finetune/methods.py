@@ -52,6 +52,7 @@ class Method:
 
     @property
     def is_moselora(self) -> bool:
+        """Whether the method is one of the MoSELoRA presets."""
         return self.family == "moselora"
 
 

@@ -20,6 +20,7 @@ class _ItemsetArray(np.ndarray):
     """ndarray with ``itemset`` back (removed in NumPy 2.0), for mathematics_dataset only."""
 
     def itemset(self, *args: Any) -> None:
+        """``a.itemset(index, value)`` as NumPy 1 had it (flat or full index)."""
         *index, value = args
         key = index[0] if len(index) == 1 else tuple(index)
         if isinstance(key, (int, np.integer)):
@@ -40,10 +41,12 @@ class _NumpyCompat:
 
     @staticmethod
     def zeros(*args: Any, **kwargs: Any) -> np.ndarray:
+        """``np.zeros`` as an array with ``itemset``."""
         return np.zeros(*args, **kwargs).view(_ItemsetArray)
 
     @staticmethod
     def empty(*args: Any, **kwargs: Any) -> np.ndarray:
+        """``np.empty`` as an array with ``itemset``."""
         return np.empty(*args, **kwargs).view(_ItemsetArray)
 
 
@@ -59,6 +62,7 @@ class _RandomCompat:
     @staticmethod
     def randint(a: float, b: float) -> int:
         # int() of an integral float draws exactly what Python <= 3.11 drew for the float
+        """``random.randint`` that accepts integral floats, as Python ≤ 3.11 did."""
         return random.randint(
             *(int(x) if isinstance(x, float) and x.is_integer() else x for x in (a, b))
         )
