@@ -1,4 +1,4 @@
-"""How many tokens does the hyperbolic input map put on the ball's boundary? (DESIGN §2.1)
+"""How many tokens does the hyperbolic input map put on the ball's boundary? (docs/design.md §2.1)
 
 For every MoSELoRA layer of SmolLM2-135M and every hyperbolic expert (κ < 0), the share of
 tokens whose low-rank code ``z = A x`` lies outside the ball of radius ``1/√|κ|`` (so that

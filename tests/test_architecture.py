@@ -221,6 +221,9 @@ def test_design_references_resolve_in_the_repository():
     sections = _design_sections()
     assert {"1", "2", "2.1", "2.2"} <= sections
     sources = [*MODULES.values(), *ROOT.glob("docs/*.md"), ROOT / "README.md"]
+    for folder in ("tests", "benchmarks", "examples"):
+        sources += [p for p in (ROOT / folder).rglob("*") if p.suffix in (".py", ".md")]
+    sources = [p for p in sources if p.resolve() != Path(__file__).resolve()]
     bad = []
     for path in sources:
         text = path.read_text(encoding="utf-8")
@@ -255,3 +258,15 @@ def test_every_module_has_a_docstring(module):
     tree = ast.parse(MODULES[module].read_text(encoding="utf-8"))
     doc = ast.get_docstring(tree)
     assert doc and doc.strip().splitlines()[0], module
+
+
+def test_design_names_only_files_that_exist():
+    text = (ROOT / "docs" / "design.md").read_text(encoding="utf-8")
+    named = set(re.findall(r"\b([a-z_][a-z0-9_/]*\.py)\b", text))
+    every = {str(p.relative_to(ROOT)) for p in ROOT.rglob("*.py") if ".venv" not in p.parts}
+    missing = [n for n in named if not any(e == n or e.endswith("/" + n) for e in every)]
+    assert not missing, missing
+    tuner = {p.name for p in (ROOT / "mosgeo_lora").glob("*.py")} - {"__init__.py"}
+    assert all(f"`{name}`" in text for name in tuner), sorted(
+        n for n in tuner if f"`{n}`" not in text
+    )

@@ -328,7 +328,7 @@ def test_gradcheck_random(name, seed, k):
 
 
 # --------------------------------------------------------------------------------------
-# κ-gradients stay finite for tiny |κ| (no NaN "for any finite κ", DESIGN §1.3)
+# κ-gradients stay finite for tiny |κ| (no NaN "for any finite κ", docs/design.md §3.3)
 # --------------------------------------------------------------------------------------
 
 TINY_KS = [

@@ -1,4 +1,4 @@
-"""The ``Stereographic`` manifold class and friends (DESIGN.md §1.4).
+"""The ``Stereographic`` manifold class and friends (docs/design.md §3.1).
 
 * structure: a geoopt ``Manifold`` and an ``nn.Module``; κ a buffer or an ``nn.Parameter``;
   ``(m, 1)`` curvature batches; the fixed-sign subclasses; ``state_dict``.
