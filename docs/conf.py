@@ -1,7 +1,8 @@
 """Sphinx configuration of the mosgeo documentation.
 
 Build: ``make docs`` (= ``python -m sphinx -W --keep-going -b html docs docs/_build/html``).
-The build needs no network: no intersphinx, MathJax is loaded by the reader's browser.
+The build needs no network (no intersphinx) and neither does the built site: MathJax comes
+with it (``sphinx-mathjax-offline`` copies MathJax 3 into ``_static/mathjax``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.napoleon",
     "sphinx.ext.mathjax",
+    "sphinx-mathjax-offline",  # sets mathjax_path to the bundled copy, copies it after the build
     "sphinx.ext.viewcode",
 ]
 source_suffix = {".md": "markdown", ".rst": "restructuredtext"}
