@@ -15,6 +15,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the packages, also without `pip install -e .`
+sys.path.insert(0, str(ROOT / "docs" / "_ext"))  # docchecks: the checks of this site
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # autodoc imports torch
 
 project = "mosgeo"
@@ -29,6 +30,7 @@ extensions = [
     "sphinx.ext.mathjax",
     "sphinx-mathjax-offline",  # sets mathjax_path to the bundled copy, copies it after the build
     "sphinx.ext.viewcode",
+    "docchecks",  # docstring check (below) and the check of the built HTML (docs/_ext)
 ]
 source_suffix = {".md": "markdown", ".rst": "restructuredtext"}
 root_doc = "index"
@@ -48,8 +50,15 @@ autodoc_default_options = {
 autodoc_typehints = "signature"
 autodoc_preserve_defaults = True
 napoleon_google_docstring = True
-napoleon_numpy_docstring = True
+napoleon_numpy_docstring = False  # Google style only, project-wide
 napoleon_use_rtype = False
+
+# viewcode: [source] links only for objects documented in the module that defines them. With
+# the default (True) a re-export (e.g. mosgeo.math.clamp_abs, defined in mosgeo.numerics)
+# sets the anchor prefix of its defining module's source page, and that page's [docs]
+# back-links then point to ids that do not exist (#mosgeo.math.Guards). The object's own
+# entry (mosgeo.numerics.clamp_abs) keeps its [source] link.
+viewcode_follow_imported_members = False
 
 html_theme = "furo"
 html_title = "mosgeo"
@@ -82,7 +91,107 @@ API_MODULES = [
 ]
 
 
+# ---- TEMPORARY ALLOW-LIST of the docstring check -------------------------------------------
+# Documented names of mosgeo_lora without a docstring of their own (empty, or only inherited
+# from PEFT/transformers), flagged by the check below and waiting for mosgeo_lora's
+# docstrings (that package is being restructured). Each entry that gets a docstring (or
+# moves) must leave this set: a stale entry is a warning too. Empty it; then delete it.
+# `make docstrings` lists every flagged name, ignoring this set (MOSGEO_DOCS_STRICT=1).
+docstring_allowlist = {
+    "mosgeo_lora.callbacks.CurvatureCallback.on_epoch_end",
+    "mosgeo_lora.callbacks.CurvatureCallback.on_evaluate",
+    "mosgeo_lora.callbacks.CurvatureCallback.on_log",
+    "mosgeo_lora.callbacks.CurvatureCallback.on_predict",
+    "mosgeo_lora.callbacks.CurvatureCallback.on_step_end",
+    "mosgeo_lora.callbacks.CurvatureCallback.on_train_begin",
+    "mosgeo_lora.callbacks.CurvatureCallback.on_train_end",
+    "mosgeo_lora.cli.build_parser",
+    "mosgeo_lora.cli.main",
+    "mosgeo_lora.compare.CompareConfig",
+    "mosgeo_lora.compare.CompareConfig.base",
+    "mosgeo_lora.compare.CompareConfig.lrs",
+    "mosgeo_lora.compare.CompareConfig.methods",
+    "mosgeo_lora.compare.CompareConfig.seeds",
+    "mosgeo_lora.compare.CompareConfig.validation_per_module",
+    "mosgeo_lora.config.MoSELoraConfig.alpha",
+    "mosgeo_lora.config.MoSELoraConfig.aux_loss_coef",
+    "mosgeo_lora.config.MoSELoraConfig.curvature_bounds",
+    "mosgeo_lora.config.MoSELoraConfig.dropout",
+    "mosgeo_lora.config.MoSELoraConfig.exclude_modules",
+    "mosgeo_lora.config.MoSELoraConfig.fan_in_fan_out",
+    "mosgeo_lora.config.MoSELoraConfig.fused",
+    "mosgeo_lora.config.MoSELoraConfig.hyperbolic_init",
+    "mosgeo_lora.config.MoSELoraConfig.init_weights",
+    "mosgeo_lora.config.MoSELoraConfig.input_map",
+    "mosgeo_lora.config.MoSELoraConfig.layers_pattern",
+    "mosgeo_lora.config.MoSELoraConfig.layers_to_transform",
+    "mosgeo_lora.config.MoSELoraConfig.learn_curvature",
+    "mosgeo_lora.config.MoSELoraConfig.modules_to_save",
+    "mosgeo_lora.config.MoSELoraConfig.num_experts",
+    "mosgeo_lora.config.MoSELoraConfig.num_hyperbolic",
+    "mosgeo_lora.config.MoSELoraConfig.num_spherical",
+    "mosgeo_lora.config.MoSELoraConfig.preset",
+    "mosgeo_lora.config.MoSELoraConfig.r",
+    "mosgeo_lora.config.MoSELoraConfig.scaling",
+    "mosgeo_lora.config.MoSELoraConfig.spherical_init",
+    "mosgeo_lora.config.MoSELoraConfig.target_modules",
+    "mosgeo_lora.config.MoSELoraConfig.top_k",
+    "mosgeo_lora.data.Example.answer",
+    "mosgeo_lora.data.Example.module",
+    "mosgeo_lora.data.Example.question",
+    "mosgeo_lora.layer.MoSELoraLayer.adapter_layer_names",
+    "mosgeo_lora.layer.MoSELoraLayer.get_delta_weight",
+    "mosgeo_lora.layer.MoSELoraLayer.merge",
+    "mosgeo_lora.layer.MoSELoraLayer.other_param_names",
+    "mosgeo_lora.layer.MoSELoraLayer.reset_parameters",
+    "mosgeo_lora.layer.MoSELoraLayer.unmerge",
+    "mosgeo_lora.layer.MoSELoraLinear.forward",
+    "mosgeo_lora.methods.Method",
+    "mosgeo_lora.methods.Method.family",
+    "mosgeo_lora.methods.Method.is_moselora",
+    "mosgeo_lora.methods.Method.name",
+    "mosgeo_lora.methods.Method.rank",
+    "mosgeo_lora.model.MoSELoraModel.forward",
+    "mosgeo_lora.model.MoSELoraModel.merge_adapter",
+    "mosgeo_lora.model.MoSELoraModel.prefix",
+    "mosgeo_lora.models.LoadedModel",
+    "mosgeo_lora.models.LoadedModel.model",
+    "mosgeo_lora.models.LoadedModel.name",
+    "mosgeo_lora.models.LoadedModel.source",
+    "mosgeo_lora.models.LoadedModel.tokenizer",
+    "mosgeo_lora.train.FinetuneConfig.aux_loss_coef",
+    "mosgeo_lora.train.FinetuneConfig.batch_size",
+    "mosgeo_lora.train.FinetuneConfig.curvature_lr",
+    "mosgeo_lora.train.FinetuneConfig.data",
+    "mosgeo_lora.train.FinetuneConfig.disable_tqdm",
+    "mosgeo_lora.train.FinetuneConfig.eval_batch_size",
+    "mosgeo_lora.train.FinetuneConfig.eval_before",
+    "mosgeo_lora.train.FinetuneConfig.eval_limit",
+    "mosgeo_lora.train.FinetuneConfig.eval_sets",
+    "mosgeo_lora.train.FinetuneConfig.extra",
+    "mosgeo_lora.train.FinetuneConfig.grad_accum",
+    "mosgeo_lora.train.FinetuneConfig.input_map",
+    "mosgeo_lora.train.FinetuneConfig.logging_steps",
+    "mosgeo_lora.train.FinetuneConfig.lr",
+    "mosgeo_lora.train.FinetuneConfig.max_length",
+    "mosgeo_lora.train.FinetuneConfig.method",
+    "mosgeo_lora.train.FinetuneConfig.model",
+    "mosgeo_lora.train.FinetuneConfig.moselora_overrides",
+    "mosgeo_lora.train.FinetuneConfig.output_dir",
+    "mosgeo_lora.train.FinetuneConfig.rank",
+    "mosgeo_lora.train.FinetuneConfig.resume",
+    "mosgeo_lora.train.FinetuneConfig.save_steps",
+    "mosgeo_lora.train.FinetuneConfig.seed",
+    "mosgeo_lora.train.FinetuneConfig.steps",
+    "mosgeo_lora.train.FinetuneConfig.train_examples",
+    "mosgeo_lora.train.FinetuneConfig.validate",
+    "mosgeo_lora.train.FinetuneConfig.warmup_steps",
+    "mosgeo_lora.train.FinetuneConfig.weight_decay",
+}
+
+
 def _check_api_coverage(app, env) -> None:
+    import docchecks
     from sphinx.util import logging
 
     log = logging.getLogger("mosgeo.api")
@@ -102,6 +211,9 @@ def _check_api_coverage(app, env) -> None:
             homes = [f"{m}.{attr}" for m, mod in modules.items() if getattr(mod, attr, None) is obj]
             if not documented.intersection(homes):
                 log.warning("API reference: %s.%s is not documented", name, attr)
+    # ...and every documented object (module, class, function, method, property, data) has a
+    # docstring of its own: not empty, not only inherited (e.g. from geoopt)
+    docchecks.check_docstrings(app, env)
 
 
 def _resolve_reexports(app, env, node, contnode):
