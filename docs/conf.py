@@ -31,6 +31,7 @@ extensions = [
     "sphinx-mathjax-offline",  # sets mathjax_path to the bundled copy, copies it after the build
     "sphinx.ext.viewcode",
     "docchecks",  # docstring check (below) and the check of the built HTML (docs/_ext)
+    "sphinxarg.ext",  # sphinx-argparse: the command-line reference from the parser
 ]
 source_suffix = {".md": "markdown", ".rst": "restructuredtext"}
 root_doc = "index"
@@ -39,6 +40,10 @@ exclude_patterns = ["_build", "Thumbs.db", ".DS_Store"]
 # Markdown: $…$ and $$…$$ math, ::: fences, heading anchors for links between pages
 myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence", "deflist"]
 myst_heading_anchors = 3
+
+# The command-line reference (docs/cli.md, directive `mosgeo-cli`) is generated from this
+# argparse parser, "module:function" returning an ArgumentParser.
+CLI_PARSER = "mosgeo_lora.cli:build_parser"
 
 # API reference from the docstrings
 autodoc_default_options = {
@@ -243,7 +248,29 @@ def _skip_member(app, what, name, obj, skip, options):
     return True if name == "target_module_mapping" else None
 
 
+def _cli_reference_directive():
+    """sphinx-argparse's ``argparse`` directive with the parser of CLI_PARSER and prog
+    ``mosgeo-lora`` filled in, so the page does not repeat the module path."""
+    from docutils import nodes
+    from sphinxarg.ext import ArgParseDirective
+
+    class CLIReference(ArgParseDirective):
+        def run(self):
+            module, func = CLI_PARSER.split(":")
+            self.options.setdefault("module", module)
+            self.options.setdefault("func", func)
+            self.options.setdefault("prog", "mosgeo-lora")
+            out = super().run()
+            for node in out:  # the usage lines are not Python: no syntax colours
+                for block in node.findall(nodes.literal_block):
+                    block["language"] = "text"
+            return out
+
+    return CLIReference
+
+
 def setup(app):
+    app.add_directive("mosgeo-cli", _cli_reference_directive())
     app.connect("autodoc-skip-member", _skip_member)
     app.connect("env-check-consistency", _check_api_coverage)
     app.connect("missing-reference", _resolve_reexports)
