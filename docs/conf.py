@@ -32,6 +32,7 @@ extensions = [
     "sphinx.ext.viewcode",
     "docchecks",  # docstring check (below) and the check of the built HTML (docs/_ext)
     "sphinxarg.ext",  # sphinx-argparse: the command-line reference from the parser
+    "sphinx_copybutton",
 ]
 source_suffix = {".md": "markdown", ".rst": "restructuredtext"}
 root_doc = "index"
@@ -64,6 +65,13 @@ napoleon_use_rtype = False
 # back-links then point to ids that do not exist (#mosgeo.math.Guards). The object's own
 # entry (mosgeo.numerics.clamp_abs) keeps its [source] link.
 viewcode_follow_imported_members = False
+
+# Copy buttons on code blocks; the copied text drops the prompts ">>> ", "... " and "$ ", and
+# in a block with prompts only the prompt lines are copied (not the printed output).
+copybutton_prompt_text = r">>> |\.\.\. |\$ "
+copybutton_prompt_is_regexp = True
+copybutton_only_copy_prompt_lines = True
+copybutton_line_continuation_character = "\\"
 
 html_theme = "furo"
 html_title = "mosgeo"
