@@ -13,10 +13,23 @@ import os
 import sys
 from pathlib import Path
 
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: Sphinx depends on tomli there
+    import tomli as tomllib
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the packages, also without `pip install -e .`
 sys.path.insert(0, str(ROOT / "docs" / "_ext"))  # docchecks: the checks of this site
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # autodoc imports torch
+
+# Links for newcomers, from [project.urls] in pyproject.toml, the one place to set them.
+# The repository has no public address yet: with none set, the pages simply do not link one.
+with open(ROOT / "pyproject.toml", "rb") as _f:
+    PROJECT_URLS = tomllib.load(_f)["project"].get("urls", {})
+REPOSITORY_URL = PROJECT_URLS.get("Repository", "")
+PAPER_URL = PROJECT_URLS.get("Paper", "https://arxiv.org/abs/2602.14490")
+PAPER_TITLE = "Parameter-Efficient Fine-Tuning of LLMs with Mixture of Space Experts"
 
 project = "mosgeo"
 author = "the mosgeo authors"
@@ -39,8 +52,13 @@ root_doc = "index"
 exclude_patterns = ["_build", "Thumbs.db", ".DS_Store"]
 
 # Markdown: $…$ and $$…$$ math, ::: fences, heading anchors for links between pages
-myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence", "deflist"]
+myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence", "deflist", "substitution"]
 myst_heading_anchors = 3
+# {{ paper }} and {{ repository }} on the pages (the latter empty while no address is set)
+myst_substitutions = {
+    "paper": f"*{PAPER_TITLE}* ([arXiv:{PAPER_URL.rsplit('/', 1)[-1]}]({PAPER_URL}))",
+    "repository": f"The source code is at <{REPOSITORY_URL}>." if REPOSITORY_URL else "",
+}
 
 # The command-line reference (docs/cli.md, directive `mosgeo-cli`) is generated from this
 # argparse parser, "module:function" returning an ArgumentParser.
@@ -75,6 +93,14 @@ copybutton_line_continuation_character = "\\"
 
 html_theme = "furo"
 html_title = "mosgeo"
+html_theme_options = {
+    "footer_icons": [{"name": "Paper", "url": PAPER_URL, "html": "paper (arXiv)", "class": ""}]
+    + (
+        [{"name": "Repository", "url": REPOSITORY_URL, "html": "source", "class": ""}]
+        if REPOSITORY_URL
+        else []
+    ),
+}
 html_static_path = ["_static"]
 pygments_style = "sphinx"
 pygments_dark_style = "monokai"
