@@ -102,6 +102,7 @@ html_theme_options = {
     ),
 }
 html_static_path = ["_static"]
+html_css_files = ["mosgeo.css"]  # wide tables and long code lines stay inside the column
 pygments_style = "sphinx"
 pygments_dark_style = "monokai"
 
