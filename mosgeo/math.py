@@ -505,10 +505,10 @@ def gyration(a: Tensor, b: Tensor, u: Tensor, *, k: Curvature, dim: int = -1) ->
     r"""Gyration ``gyr[a, b]u = ⊖(a ⊕ b) ⊕ (a ⊕ (b ⊕ u))`` in closed form (Ungar):
 
     .. math::
-        gyr[a,b]u = u + 2\frac{A a + B b}{D},\quad
-        A = −κ²⟨a,u⟩‖b‖² − κ⟨b,u⟩ + 2κ²⟨a,b⟩⟨b,u⟩,\
-        B = −κ²⟨b,u⟩‖a‖² + κ⟨a,u⟩,\
-        D = 1 − 2κ⟨a,b⟩ + κ²‖a‖²‖b‖².
+        \operatorname{gyr}[a,b]u &= u + 2\frac{A a + B b}{D},\\
+        A &= −κ²⟨a,u⟩‖b‖² − κ⟨b,u⟩ + 2κ²⟨a,b⟩⟨b,u⟩,\\
+        B &= −κ²⟨b,u⟩‖a‖² + κ⟨a,u⟩,\\
+        D &= 1 − 2κ⟨a,b⟩ + κ²‖a‖²‖b‖².
     """
     k = _k(k, a)
     a2, b2 = sqnorm(a, dim), sqnorm(b, dim)
