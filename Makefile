@@ -27,7 +27,8 @@ demo: $(STAMP)
 geometry-demo: $(STAMP)
 	$(PY) examples/demo_mosgeo.py
 
-test: $(STAMP)
+# (the docs extra first: tests/test_docs_site.py builds tiny Sphinx projects)
+test: $(DOCS_STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q -m "not slow"
 	$(MAKE) docs

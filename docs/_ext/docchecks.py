@@ -229,6 +229,7 @@ def _check_built_site(app, exc) -> None:
 
 
 def setup(app):
+    app.setup_extension("sphinx.ext.autodoc")  # its event, below
     app.add_config_value("docstring_allowlist", set(), "env", types=frozenset({set, list}))
     # early, before napoleon rewrites the lines (it only matters for the message)
     app.connect("autodoc-process-docstring", _record_docstring, priority=100)
