@@ -2,7 +2,10 @@
 
 Build: ``make docs`` (= ``python -m sphinx -W --keep-going -b html docs docs/_build/html``).
 The build needs no network (no intersphinx) and neither does the built site: MathJax comes
-with it (``sphinx-mathjax-offline`` copies MathJax 3 into ``_static/mathjax``).
+with it (``sphinx-mathjax-offline`` copies MathJax 3 into ``_static/mathjax``). Checks that
+fail the build (docs/_ext/docchecks.py): every name of an ``__all__`` is documented and every
+documented object has a docstring of its own (``_check_api_coverage``); the built HTML loads
+nothing remote and every internal link and anchor resolves.
 """
 
 from __future__ import annotations
