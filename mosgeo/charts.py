@@ -79,9 +79,11 @@ def to_ambient(x: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
 
 @float32_island
 def from_ambient(y: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
-    r"""Stereographic projection (paper eq. 8) from ``R^{n+1}`` (time first):
-    ``ρ_κ(y) = y_s / (1 + √|κ| y₀)``. κ ≠ 0; the sphere's south pole ``y₀ = −1/√κ`` maps to
-    infinity (kept finite by a ``±ε`` clamp)."""
+    r"""Stereographic projection ``ρ_κ(y) = y_s / (1 + √|κ| y₀)`` (paper eq. 8), time first.
+
+    From ``R^{n+1}``; κ ≠ 0. The sphere's south pole ``y₀ = −1/√κ`` maps to infinity (kept
+    finite by a ``±ε`` clamp).
+    """
     k = _k(k, y)
     n = y.size(dim)
     time, space = y.narrow(dim, 0, 1), y.narrow(dim, 1, n - 1)
@@ -104,8 +106,10 @@ def spacelike_inverse_scale(u2: Tensor, k: Tensor) -> Tensor:
 
 @float32_island
 def to_spacelike(x: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
-    r"""Space-like coordinate ``u = 2x/(1 + κ‖x‖²) = λ_x x`` of :func:`to_ambient`
-    (paper eq. 5's ``s``); smooth in κ, ``u = 2x`` at κ = 0."""
+    r"""Space-like coordinate ``u = 2x/(1 + κ‖x‖²) = λ_x x`` of :func:`to_ambient`.
+
+    The paper's eq. 5 ``s``; smooth in κ, ``u = 2x`` at κ = 0.
+    """
     k = _k(k, x)
     return x * spacelike_scale(sqnorm(x, dim), k)
 
@@ -148,10 +152,12 @@ class _LiftScale(torch.autograd.Function):
 
 @float32_island
 def from_spacelike(u: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
-    r"""Inverse of :func:`to_spacelike`: ``x = u/(1 + √(1 − κ‖u‖²))`` (paper eq. 8 with the
-    time coordinate ``ξ = √(1/|κ| − sgn κ ‖u‖²)`` substituted; continuous at κ = 0 where it
-    is ``u/2``). For κ > 0 it covers the hemisphere ``‖x‖ ≤ 1/√κ`` and needs
-    ``‖u‖ ≤ 1/√κ``: apply :func:`clip_spacelike` first."""
+    r"""Inverse of :func:`to_spacelike`: ``x = u/(1 + √(1 − κ‖u‖²))``.
+
+    The paper's eq. 8 with the time coordinate ``ξ = √(1/|κ| − sgn κ ‖u‖²)`` substituted;
+    continuous at κ = 0 where it is ``u/2``. For κ > 0 it covers the hemisphere
+    ``‖x‖ ≤ 1/√κ`` and needs ``‖u‖ ≤ 1/√κ``: apply :func:`clip_spacelike` first.
+    """
     k = _k(k, u)
     n = safe_norm(u, dim)  # overflow-safe
     shape = torch.broadcast_shapes(n.shape, k.shape)
@@ -178,8 +184,10 @@ def _clip_spacelike(u: Tensor, k: Curvature, dim: int, eps: float) -> Tensor:
 
 
 def clip_spacelike_factor(n: Tensor, k: Tensor, eps: float | None = None) -> Tensor:
-    r"""Radial factor of :func:`clip_spacelike` from ``n = ‖u‖``: ``min(1, (1 − eps)/(√κ n))``
-    for κ > 0, 1 for κ ≤ 0."""
+    r"""Radial factor of :func:`clip_spacelike` from ``n = ‖u‖``.
+
+    ``min(1, (1 − eps)/(√κ n))`` for κ > 0, 1 for κ ≤ 0.
+    """
     g = guards(n.dtype)
     if eps is None or eps < 0:
         eps = g.ball_eps
@@ -194,8 +202,10 @@ def clip_spacelike_factor(n: Tensor, k: Tensor, eps: float | None = None) -> Ten
 def lorentz_inner(
     y: Tensor, z: Tensor, *, k: Curvature, keepdim: bool = False, dim: int = -1
 ) -> Tensor:
-    r"""Ambient inner product: Minkowski ``−y₀z₀ + ⟨y_s, z_s⟩`` for κ < 0, Euclidean for
-    κ > 0 (so ``⟨y, y⟩ = 1/κ`` on the model in both cases)."""
+    r"""Ambient inner product: Minkowski for κ < 0, Euclidean for κ > 0.
+
+    ``−y₀z₀ + ⟨y_s, z_s⟩`` for κ < 0, so ``⟨y, y⟩ = 1/κ`` on the model in both cases.
+    """
     k = _k(k, y)
     n = y.size(dim)
     t = y.narrow(dim, 0, 1) * z.narrow(dim, 0, 1)

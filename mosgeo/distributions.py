@@ -31,10 +31,19 @@ __all__ = ["WrappedNormal"]
 class WrappedNormal:
     """Wrapped normal ``WN(μ, diag σ²)`` on a :class:`mosgeo.Stereographic` manifold.
 
-    ``loc`` has shape ``(..., n)``; ``scale`` broadcasts against it (a scalar, ``(..., 1)``
-    or ``(..., n)``). ``rsample`` is reparameterised (differentiable in ``loc``, ``scale``
-    and κ); ``log_prob`` is w.r.t. the Riemannian volume (multiply by ``λ_z^n`` for the
-    Lebesgue density in the chart).
+    ``rsample`` is reparameterised (differentiable in ``loc``, ``scale`` and κ); ``log_prob``
+    is w.r.t. the Riemannian volume (multiply by ``λ_z^n`` for the Lebesgue density in the
+    chart). The density is in the module docstring.
+
+    Args:
+        loc: The mean μ, a point of shape ``(..., n)``.
+        scale: σ > 0; broadcasts against ``loc`` (a scalar, ``(..., 1)`` or ``(..., n)``).
+        manifold: The manifold whose κ is used.
+        k: The curvature instead of a manifold.
+
+    Raises:
+        ValueError: Both or neither of ``manifold`` and ``k`` are given, or ``scale`` is not
+            positive.
     """
 
     def __init__(self, loc: Tensor, scale: Union[Tensor, float], manifold=None, k=None):
@@ -49,6 +58,10 @@ class WrappedNormal:
         self.n = loc.shape[-1]
 
     def rsample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
+        """Reparameterised sample of shape ``sample_shape + broadcast(loc, scale).shape``.
+
+        ``exp_μ(v/λ_μ)`` with ``v ~ N(0, diag σ²)``, projected strictly inside the ball.
+        """
         shape = torch.Size(sample_shape) + torch.broadcast_shapes(self.loc.shape, self.scale.shape)
         v = torch.randn(shape, dtype=self.loc.dtype, device=self.loc.device) * self.scale
         lam = pmath.lambda_x(self.loc, k=self.k, keepdim=True)
@@ -56,11 +69,17 @@ class WrappedNormal:
         return pmath.project(pmath.expmap(self.loc, v / lam, k=self.k), k=self.k)
 
     def sample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
+        """Sample without gradient: :meth:`rsample` under ``torch.no_grad()``."""
         with torch.no_grad():
             return self.rsample(sample_shape)
 
     def log_prob(self, z: Tensor, lebesgue: bool | None = False) -> Tensor:
-        """``log p(z)`` (Riemannian volume; ``lebesgue=True``: w.r.t. ``dz`` in the chart)."""
+        """Log density ``log p(z)`` w.r.t. the Riemannian volume.
+
+        Args:
+            z: Points of shape ``(..., n)``.
+            lebesgue: Density w.r.t. ``dz`` in the chart instead (adds ``n log λ_z``).
+        """
         k = self.k if isinstance(self.k, Tensor) else torch.as_tensor(self.k)
         k = k.to(z.dtype)
         lam = pmath.lambda_x(self.loc, k=k, keepdim=True)

@@ -195,15 +195,21 @@ def tanh(x: Tensor) -> Tensor:
 
 
 def artanh(x: Tensor) -> Tensor:
-    """``atanh(x)`` with ``|x|`` clamped to ``1 − ε`` of the dtype (geoopt: ``1 − 1e-7``
-    for every dtype, which in float64 caps distances at 8.4 instead of 18.7)."""
+    """``atanh(x)`` with ``|x|`` clamped to ``1 − ε`` of the dtype.
+
+    geoopt clamps to ``1 − 1e-7`` for every dtype, which in float64 caps distances at 8.4
+    instead of 18.7.
+    """
     amax = guards(x.dtype).atanh_max
     return torch.atanh(x.clamp(-amax, amax))
 
 
 def arsinh(x: Tensor) -> Tensor:
-    """``asinh(x)``; exact for every ``x`` (geoopt's ``log(x + √(1+x²))`` loses all digits
-    for ``x ≪ −1`` and clamps the log argument at 1e-15)."""
+    """``asinh(x)``, exact for every ``x``.
+
+    geoopt's ``log(x + √(1+x²))`` loses all digits for ``x ≪ −1`` and clamps the log
+    argument at 1e-15.
+    """
     return torch.asinh(x)
 
 
@@ -295,10 +301,12 @@ def _project(x: Tensor, k: Curvature, dim: int, eps: float) -> Tensor:
 
 
 def project_factor(n: Tensor, k: Tensor, eps: float | None = None) -> Tensor:
-    r"""Radial factor of :func:`project` from the norm ``n = ‖x‖`` (kept dim):
+    r"""Radial factor of :func:`project` from the norm ``n = ‖x‖`` (kept dim).
+
     ``project(x) = x · project_factor(‖x‖, κ)``, i.e. ``min(1, R_κ/‖x‖)`` with
     ``R_κ = (1 − eps)/√|κ|`` for κ < 0 and ``max_norm/max(1, √κ)`` for κ ≥ 0. For fused
-    radial code that knows ``‖x‖`` without forming ``x``."""
+    radial code that knows ``‖x‖`` without forming ``x``.
+    """
     g = guards(n.dtype)
     if eps is None or eps < 0:
         eps = g.ball_eps
@@ -497,10 +505,10 @@ def gyration(a: Tensor, b: Tensor, u: Tensor, *, k: Curvature, dim: int = -1) ->
     r"""Gyration ``gyr[a, b]u = ⊖(a ⊕ b) ⊕ (a ⊕ (b ⊕ u))`` in closed form (Ungar):
 
     .. math::
-        gyr[a,b]u = u + 2\frac{A a + B b}{D},\quad
-        A = −κ²⟨a,u⟩‖b‖² − κ⟨b,u⟩ + 2κ²⟨a,b⟩⟨b,u⟩,\
-        B = −κ²⟨b,u⟩‖a‖² + κ⟨a,u⟩,\
-        D = 1 − 2κ⟨a,b⟩ + κ²‖a‖²‖b‖².
+        \operatorname{gyr}[a,b]u &= u + 2\frac{A a + B b}{D},\\
+        A &= −κ²⟨a,u⟩‖b‖² − κ⟨b,u⟩ + 2κ²⟨a,b⟩⟨b,u⟩,\\
+        B &= −κ²⟨b,u⟩‖a‖² + κ⟨a,u⟩,\\
+        D &= 1 − 2κ⟨a,b⟩ + κ²‖a‖²‖b‖².
     """
     k = _k(k, a)
     a2, b2 = sqnorm(a, dim), sqnorm(b, dim)
@@ -550,8 +558,11 @@ def mobius_scalar_mul(r: Tensor, x: Tensor, *, k: Curvature, dim: int = -1) -> T
 
 @float32_island
 def mobius_pointwise_mul(w: Tensor, x: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
-    r"""``w ⊙_κ x = tan_κ(‖w⊙x‖/‖x‖ · artan_κ‖x‖) (w⊙x)/‖w⊙x‖``, computed as
-    ``(w⊙x) · a · T(κ a² ‖w⊙x‖²)`` with ``a = A(κ‖x‖²)`` (exact 0 where ``w⊙x = 0``)."""
+    r"""Möbius pointwise product ``w ⊙_κ x = tan_κ(‖w⊙x‖/‖x‖ · artan_κ‖x‖) (w⊙x)/‖w⊙x‖``.
+
+    Computed as ``(w⊙x) · a · T(κ a² ‖w⊙x‖²)`` with ``a = A(κ‖x‖²)`` (exact 0 where
+    ``w⊙x = 0``).
+    """
     k = _k(k, x)
     wx = w * x
     a = artan_ratio(k * sqnorm(x, dim))
@@ -560,8 +571,9 @@ def mobius_pointwise_mul(w: Tensor, x: Tensor, *, k: Curvature, dim: int = -1) -
 
 @float32_island
 def mobius_matvec(m: Tensor, x: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
-    r"""Möbius matrix-vector product ``M ⊗_κ x = tan_κ(‖Mx‖/‖x‖ · artan_κ‖x‖) Mx/‖Mx‖``,
-    computed as ``Mx · a · T(κ a² ‖Mx‖²)`` with ``a = A(κ‖x‖²)``.
+    r"""Möbius matrix-vector product ``M ⊗_κ x = tan_κ(‖Mx‖/‖x‖ · artan_κ‖x‖) Mx/‖Mx‖``.
+
+    Computed as ``Mx · a · T(κ a² ‖Mx‖²)`` with ``a = A(κ‖x‖²)``.
 
     ``m`` is ``(out, in)`` or batched ``(..., out, in)`` (then ``dim`` must be −1).
     geoopt: for ``dim ≠ −1`` the product's new axis ends up last while the norm is taken
@@ -694,9 +706,11 @@ def expmap(x: Tensor, u: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
 
 @float32_island
 def logmap(x: Tensor, y: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
-    r"""``log_x(y) = (2/λ_x) artan_κ‖m‖ m/‖m‖``, ``m = (−x) ⊕ y``, i.e.
-    ``(1+κ‖x‖²) A(κ‖m‖²) m`` with ``m`` and ``‖m‖²`` from the cancellation-free parts of
-    :func:`dist` (accurate for ``y → x``)."""
+    r"""Logarithmic map ``log_x(y) = (2/λ_x) artan_κ‖m‖ m/‖m‖``, ``m = (−x) ⊕ y``.
+
+    Computed as ``(1+κ‖x‖²) A(κ‖m‖²) m`` with ``m`` and ``‖m‖²`` from the
+    cancellation-free parts of :func:`dist` (accurate for ``y → x``).
+    """
     k = _k(k, x)
     d, x2, d2, a, b, den, coeffs = _gyro_diff(x, y, k, dim)
     c = a * _half_dist_ratio(d2, a, b, den, k)
@@ -872,8 +886,9 @@ def weighted_midpoint(
 
 @float32_island
 def sproj(x: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
-    r"""Stereographic projection from the ambient ``R^{n+1}`` (geoopt convention: the
-    *last* coordinate is the time/height axis): ``x_{:n} / (1 + √|κ| x_n)``. κ ≠ 0.
+    r"""Stereographic projection ``x_{:n} / (1 + √|κ| x_n)`` from the ambient ``R^{n+1}``.
+
+    geoopt's convention: the *last* coordinate is the time/height axis. κ ≠ 0.
 
     :func:`mosgeo.charts.from_ambient` is the same map with the paper's convention (time
     coordinate first).

@@ -61,7 +61,7 @@ __all__ = [
 #: The half-precision dtypes, computed in float32 and cast back.
 HALF_DTYPES = (torch.float16, torch.bfloat16)
 
-#: A curvature argument: a tensor that broadcasts against the points, or a Python float.
+#: A curvature argument, a tensor that broadcasts against the points or a Python float.
 Curvature = Union[torch.Tensor, float]
 
 
@@ -69,15 +69,25 @@ Curvature = Union[torch.Tensor, float]
 class Guards:
     """Numeric guards of one storage dtype (see the module table)."""
 
+    #: The storage dtype this row is for.
     dtype: torch.dtype
+    #: The dtype arithmetic runs in (:func:`compute_dtype`).
     compute: torch.dtype
+    #: Relative margin ``max(√ε_c, 4 ε_s)`` inside the ball boundary and the spherical chart.
     ball_eps: float
+    #: ``|t|`` below which the Taylor series in ``t = κr²`` replaces the closed form.
     series_tau: float
+    #: Number of Taylor terms, so that ``(τ/ρ)^N < ε_c``.
     series_terms: int
+    #: Largest argument ``1 − ε_c`` of ``atanh``/``asin``.
     atanh_max: float
+    #: Clamp ``√tiny`` for a norm that divides.
     min_norm: float
+    #: Clamp ``ε_c`` for ``1 + κr²`` and Möbius denominators (out of domain only).
     min_denom: float
+    #: Largest norm ``max^{1/4} / 2`` kept for κ ≥ 0 (beyond it ``κ²‖x‖²‖y‖²`` overflows).
     max_norm: float
+    #: Largest ``sinh``/``cosh`` argument, ``log(max) − 1``.
     max_exp_arg: float
 
 
@@ -142,8 +152,10 @@ class _SqNorm(torch.autograd.Function):
 
 
 def sqnorm(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    r"""``‖x‖²`` along ``dim`` (kept): one fused pass forward, ``2x`` backward (also at 0,
-    also twice differentiable)."""
+    r"""``‖x‖²`` along ``dim`` (kept): one fused pass forward, ``2x`` backward.
+
+    The backward is exact at ``x = 0`` too, and twice differentiable.
+    """
     return _SqNorm.apply(x, dim)
 
 
@@ -160,8 +172,10 @@ def safe_norm(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
 
 
 def safe_sqrt(v: torch.Tensor) -> torch.Tensor:
-    """``√v`` for ``v ≥ 0`` with gradient 0 (not inf/NaN) at ``v = 0``: a norm recovered from
-    its square (``‖x‖ = √‖x‖²``) where ``x`` may vanish."""
+    """``√v`` for ``v ≥ 0`` with gradient 0 (not inf/NaN) at ``v = 0``.
+
+    For a norm recovered from its square (``‖x‖ = √‖x‖²``) where ``x`` may vanish.
+    """
     tiny = torch.finfo(v.dtype).tiny
     return torch.where(v > 0, v.clamp_min(tiny).sqrt(), torch.zeros_like(v))
 

@@ -304,12 +304,13 @@ def plot_expert_load(
             ax.stackplot(steps, loads, colors=colors, labels=labels, linewidth=0.3)
         ax.axhline(1.0 / len(kinds), color="black", linewidth=0.8, linestyle="--")
         ax.set_ylim(0.0, 1.0)
-        ax.set_title(_short(name), fontsize=8)
-        ax.tick_params(labelsize=7)
+        ax.set_title(_short(name), fontsize=12)
+        ax.tick_params(labelsize=11)
+        ax.xaxis.label.set_fontsize(11)  # "training step", set by _figure at 8
         if legend_handles is None:
             legend_handles = ax.get_legend_handles_labels()
     handles, labels = legend_handles
-    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 8), fontsize=8)
-    fig.suptitle(title or "Expert load per layer (share of routing slots)", fontsize=11)
-    fig.supylabel("load", fontsize=9)
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 8), fontsize=9)
+    fig.suptitle(title or "Expert load per layer (share of routing slots)", fontsize=14)
+    fig.supylabel("load", fontsize=12)
     return _save(fig, path, dpi)

@@ -234,8 +234,14 @@ def test_figures_exist_and_have_captions() -> None:
             seen += 1
             image = page.parent / info.split(None, 1)[1].strip()
             assert image.is_file(), f"{page.name}:{line}: {image} missing (run the example)"
+            # MyST does not continue an option (:alt: ...) on an indented line: that line
+            # would start the caption, and the real caption would become the legend
+            head = body.split("\n\n", 1)[0].splitlines()
+            assert not any(s[:1].isspace() for s in head), (
+                f"{page.name}:{line}: a figure option continues on an indented line; MyST puts "
+                "that text into the caption: keep each option on one line"
+            )
             caption = [s for s in body.splitlines() if s.strip() and not s.startswith(":")]
-            caption = [s for s in caption if not s.startswith("  ")]  # option continuation
             assert len(" ".join(caption)) > 80, f"{page.name}:{line}: the figure needs a caption"
     assert seen >= 5
 
