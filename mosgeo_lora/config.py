@@ -21,71 +21,73 @@ class MoSELoraConfig(PeftConfig):
     ``num_experts`` up-projections ``B_i`` (``d_out × r``), one curvature ``κ_i`` per expert
     and a router ``W_g`` (``num_experts × r``) on the low-rank code ``z = A x``.
 
-    Args:
-        preset: the expert mix. ``"moselora"`` (paper default: ``num_hyperbolic`` = 3,
-            ``num_spherical`` = 3, the rest Euclidean), ``"moselora-h"`` / ``"moselora-s"`` /
-            ``"moselora-e"`` (all experts of one space, Table 3), ``"hydralora"`` (all
-            Euclidean with κ fixed at 0, dense softmax routing, no top-k).
-        r: rank of the shared down-projection.
-        num_experts: ``N``.
-        top_k: experts per token (``None``: 4 for the MoSELoRA presets, ``N`` for hydralora).
-            With ``top_k = 1`` the gate is the raw softmax probability.
-        num_hyperbolic, num_spherical: experts initialised at ``hyperbolic_init`` (< 0) and
-            ``spherical_init`` (> 0); the remaining experts are Euclidean with κ fixed at 0.
-            ``None``: taken from the preset.
-        learn_curvature: κ of the curved experts is an ``nn.Parameter`` (free to cross 0).
-        curvature_bounds: optional ``(low, high)`` clamp applied to κ in the forward pass.
-        alpha: the adapter output is scaled by ``alpha / r``.
-        dropout: dropout on the layer input of the adapter branch.
-        input_map: ``"stereographic"`` (paper eq. 5, with the boundary projection) or
-            ``"lift"`` (use ``z`` itself as the space-like coordinate; ablation).
-        aux_loss_coef: coefficient of the Switch load-balancing loss (0 disables it).
-        fused: use the fused radial path (default) or the literal per-expert reference path.
-        init_weights: ``True``: Kaiming-uniform ``A``, zero ``B`` (the adapter is the
-            identity at init), Kaiming-uniform router. ``False``: random ``B`` too
-            (non-identity; tests).
-        fan_in_fan_out: accepted for PEFT compatibility and ignored: the adapter reads the
-            layer's input and adds to its output, never touching the base weight, so
-            transformers' ``Conv1D`` (GPT-2) needs no transpose.
-        target_modules: as in every PEFT tuner, and so are ``exclude_modules``,
-            ``layers_to_transform``, ``layers_pattern`` and ``modules_to_save``.
-            ``target_modules=None`` picks the FFN projections of the model's
-            architecture (:data:`mosgeo_lora.constants.FFN_TARGET_MODULES`).
+    Every field is documented below; the ``help`` texts are PEFT's short forms of them.
     """
 
+    #: The expert mix: ``"moselora"`` (the paper's: 3 hyperbolic, 3 spherical, the rest
+    #: Euclidean), ``"moselora-h"`` / ``"moselora-s"`` / ``"moselora-e"`` (all experts of one
+    #: space, Table 3), ``"hydralora"`` (Euclidean with κ fixed at 0, dense softmax routing).
     preset: str = field(default="moselora", metadata={"help": f"expert mix, one of {PRESETS}"})
+    #: Rank of the shared down-projection ``A``.
     r: int = field(default=8, metadata={"help": "rank of the shared down-projection A"})
+    #: ``N``, the number of experts.
     num_experts: int = field(default=8, metadata={"help": "number of experts N"})
+    #: Experts per token (``None``: 4 for the MoSELoRA presets, ``N`` for hydralora). With
+    #: ``top_k = 1`` the gate is the raw softmax probability.
     top_k: int | None = field(default=None, metadata={"help": "experts per token"})
+    #: Experts initialised at ``hyperbolic_init`` (< 0); ``None``: the preset's.
     num_hyperbolic: int | None = field(default=None, metadata={"help": "experts with κ < 0"})
+    #: Experts initialised at ``spherical_init`` (> 0); ``None``: the preset's. The
+    #: remaining experts are Euclidean with κ fixed at 0.
     num_spherical: int | None = field(default=None, metadata={"help": "experts with κ > 0"})
+    #: Initial κ of the hyperbolic experts (< 0).
     hyperbolic_init: float = field(default=-1.0, metadata={"help": "initial κ, hyperbolic"})
+    #: Initial κ of the spherical experts (> 0).
     spherical_init: float = field(default=1.0, metadata={"help": "initial κ, spherical"})
+    #: κ of the curved experts is an ``nn.Parameter``, free to cross 0.
     learn_curvature: bool = field(default=True, metadata={"help": "train κ of curved experts"})
+    #: Optional ``(low, high)`` clamp of κ in the forward pass.
     curvature_bounds: tuple[float, float] | None = field(
         default=None, metadata={"help": "(low, high) clamp of κ in the forward pass"}
     )
+    #: The adapter output is scaled by ``alpha / r``.
     alpha: float = field(default=16.0, metadata={"help": "output scaling is alpha / r"})
+    #: Dropout on the layer input of the adapter branch.
     dropout: float = field(default=0.0, metadata={"help": "dropout on the adapter input"})
+    #: ``"stereographic"`` (paper eq. 5, with the boundary projection) or ``"lift"``
+    #: (``z`` itself as the space-like coordinate; an ablation).
     input_map: str = field(default="stereographic", metadata={"help": f"one of {INPUT_MAPS}"})
+    #: Coefficient of the Switch load-balancing loss (0 disables it).
     aux_loss_coef: float = field(default=0.01, metadata={"help": "load-balancing coefficient"})
+    #: The fused radial path (default) or the literal per-expert reference path.
     fused: bool = field(default=True, metadata={"help": "fused radial path (else reference)"})
+    #: ``True``: Kaiming-uniform ``A`` and router, zero ``B`` (the identity at init).
+    #: ``False``: random ``B`` too (a non-identity adapter, for tests).
     init_weights: bool = field(default=True, metadata={"help": "zero B: identity at init"})
+    #: Module names or a regex, as in every PEFT tuner; ``None``: the feed-forward
+    #: projections of the architecture (:data:`mosgeo_lora.constants.FFN_TARGET_MODULES`).
     target_modules: Union[list[str], str] | None = field(
         default=None, metadata={"help": "module names or regex; None: the FFN projections"}
     )
+    #: Module names or a regex to leave alone (PEFT's meaning).
     exclude_modules: Union[list[str], str] | None = field(
         default=None, metadata={"help": "module names or regex to exclude"}
     )
+    #: Layer indices to adapt (PEFT's meaning).
     layers_to_transform: Union[list[int], int] | None = field(
         default=None, metadata={"help": "layer indices to adapt"}
     )
+    #: Name of the layer ``ModuleList`` (e.g. ``"layers"``, ``"h"``), with
+    #: ``layers_to_transform``.
     layers_pattern: Union[list[str], str] | None = field(
         default=None, metadata={"help": "name of the layer ModuleList, e.g. 'layers' or 'h'"}
     )
+    #: Extra modules trained and saved with the adapter (PEFT's meaning).
     modules_to_save: list[str] | None = field(
         default=None, metadata={"help": "extra modules trained and saved with the adapter"}
     )
+    #: Accepted for PEFT compatibility and ignored: the adapter reads the layer's
+    #: input and adds to its output, so transformers' ``Conv1D`` needs no transpose.
     fan_in_fan_out: bool = field(
         default=False, metadata={"help": "weights stored (in, out), as transformers' Conv1D"}
     )

@@ -77,13 +77,18 @@ def moselora_layers(model: nn.Module) -> Iterator[tuple[str, MoSELoraLayer]]:
 class MoSELoraLayer(BaseTunerLayer):
     """State and forward of the mixture-of-space adapter on one base layer."""
 
+    #: The per-adapter trainable modules and parameters (PEFT's ``BaseTunerLayer`` contract).
     adapter_layer_names = ("moselora_A", "moselora_B", "moselora_router", "moselora_k")
+    #: The other per-adapter state PEFT moves, copies and deletes with an adapter.
     other_param_names = ("r", "scaling", "moselora_dropout", "moselora_k_fixed", "settings")
 
     def __init__(self, base_layer: nn.Module, **kwargs: Any) -> None:
         self.base_layer = base_layer
+        #: Rank of each adapter.
         self.r: dict[str, int] = {}
+        #: Output scale ``alpha / r`` of each adapter.
         self.scaling: dict[str, float] = {}
+        #: What the forward pass of each adapter needs of its config (top-k, input map, …).
         self.settings: dict[str, dict[str, Any]] = {}
         self.moselora_A = nn.ModuleDict({})
         self.moselora_B = nn.ModuleDict({})
@@ -94,8 +99,9 @@ class MoSELoraLayer(BaseTunerLayer):
         self._disable_adapters = False
         self.merged_adapters: list[str] = []
         self.kwargs = kwargs
-        # routing statistics since the last reset (mosgeo_lora.stats)
+        #: Routing slots each expert received since the last reset (:mod:`mosgeo_lora.stats`).
         self.route_counts: dict[str, torch.Tensor] = {}
+        #: Real (non-padding) tokens routed since the last reset.
         self.route_tokens: dict[str, int] = {}
         in_features, out_features = in_out_features(self.get_base_layer())
         if in_features is None:

@@ -50,6 +50,7 @@ def _is_conv1d(module: nn.Module) -> bool:
 class MoSELoraModel(BaseTuner):
     """PEFT tuner that replaces the target linear layers by :class:`MoSELoraLinear`."""
 
+    #: The prefix of every adapter parameter name (PEFT's tuner contract).
     prefix: str = PREFIX
     tuner_layer_cls = MoSELoraLayer
     target_module_mapping = FFN_TARGET_MODULES

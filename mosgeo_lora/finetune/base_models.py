@@ -49,10 +49,14 @@ class ModelError(ValueError):
 class LoadedModel:
     """A loaded base model, its tokenizer, the name it was asked for and where it came from."""
 
+    #: The transformers model (float32 unless another dtype was asked for).
     model: nn.Module
+    #: Its tokenizer, with a pad token.
     tokenizer: object
-    name: str  # what the user asked for
-    source: str  # the folder / file it came from
+    #: What the user asked for.
+    name: str
+    #: The folder or file it came from.
+    source: str
 
 
 def embedded_gguf() -> Path:

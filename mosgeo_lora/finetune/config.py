@@ -32,32 +32,61 @@ class ConfigError(ValueError):
 class FinetuneConfig:
     """Settings of one fine-tuning run (the ``mosgeo-lora finetune`` flags)."""
 
+    #: ``--model``: the base model (see :func:`~mosgeo_lora.finetune.base_models.load`).
     model: str = DEFAULT_MODEL
-    data: str = MATH_DATA  # "math": the generated training mix; else a JSONL file
+    #: ``--data``: ``"math"`` (the generated training mix) or a question/answer JSONL file.
+    data: str = MATH_DATA
+    #: ``--method``: a MoSELoRA preset or a PEFT baseline
+    #: (:data:`~mosgeo_lora.finetune.methods.METHODS`).
     method: str = "moselora"
+    #: ``--rank``: adapter rank r (``lora-rN`` names override it).
     rank: int = 8
+    #: ``--steps``: optimizer steps.
     steps: int = 100
+    #: ``--batch-size``: sequences per process and micro-batch.
     batch_size: int = 8
+    #: ``--grad-accum``: micro-batches per optimizer step.
     grad_accum: int = 1
+    #: ``--lr``: learning rate of the adapter weights.
     lr: float = 1e-3
+    #: ``--curvature-lr``: learning rate of the curvatures κ (their own group).
     curvature_lr: float = 1e-2
+    #: ``--weight-decay``: AdamW weight decay (never on κ).
     weight_decay: float = 0.0
+    #: ``--warmup-steps``: linear warm-up, then linear decay.
     warmup_steps: int = 0
+    #: ``--seed``: the data, the adapter's initialisation and the Trainer's seed.
     seed: int = 0
+    #: ``--output-dir``: where the adapter, logs, metrics and checkpoints go.
     output_dir: str = "runs/finetune"
+    #: ``--max-length``: longest prompt + answer in tokens; a longer example is an error.
     max_length: int = 128
-    train_examples: int = 0  # 0: steps × batch × accumulation × processes (one epoch)
-    eval_sets: tuple[str, ...] = ()  # () = every shipped set; ("none",) = no evaluation
-    eval_limit: int = 0  # problems per set (0 = all)
+    #: ``--train-examples``: problems to draw; 0 = steps × batch × accumulation ×
+    #: processes (one epoch).
+    train_examples: int = 0
+    #: ``--eval-sets``: test sets to score; ``()`` every shipped set, ``("none",)`` none.
+    eval_sets: tuple[str, ...] = ()
+    #: ``--eval-limit``: problems per test set; 0 = all.
+    eval_limit: int = 0
+    #: ``--eval-before``: also score the model before training.
     eval_before: bool = False
+    #: Prompts per generation batch when scoring.
     eval_batch_size: int = 32
-    save_steps: int = 0  # 0: steps // 2 (at least one checkpoint to resume from)
+    #: ``--save-steps``: checkpoint interval; 0 = steps // 2 (one checkpoint to resume).
+    save_steps: int = 0
+    #: ``--logging-steps``: log (and record κ) every this many steps.
     logging_steps: int = 5
+    #: ``--resume``: continue from the newest checkpoint in ``output_dir``.
     resume: bool = False
-    input_map: str | None = None  # MoSELoRA only: "stereographic" | "lift"
-    aux_loss_coef: float | None = None  # MoSELoRA only
+    #: ``--input-map`` (MoSELoRA only): ``"stereographic"`` or ``"lift"``; ``None``: the
+    #: config's.
+    input_map: str | None = None
+    #: ``--aux-loss-coef`` (MoSELoRA only); ``None``: the config's.
+    aux_loss_coef: float | None = None
+    #: ``--no-progress``: no progress bar.
     disable_tqdm: bool = False
-    extra: dict = field(default_factory=dict)  # free-form, copied to metrics.json
+    #: Free-form notes, copied into ``metrics.json``.
+    extra: dict = field(default_factory=dict)
 
     def validate(self) -> Method:
         """Check every setting before anything is loaded; returns the parsed method.
@@ -103,9 +132,15 @@ class CompareConfig:
     """A grid of runs: methods × learning rates × seeds, each a :class:`FinetuneConfig`
     built from ``base`` (the ``mosgeo-lora compare`` flags)."""
 
+    #: ``--methods``: the methods compared.
     methods: tuple[str, ...] = ("moselora", "hydralora", "lora", "lora-r22")
+    #: ``--lrs``: learning rates swept per method (chosen on the validation set).
     lrs: tuple[float, ...] = (5e-4, 1e-3, 2e-3)
+    #: ``--seeds``: seeds per cell; the table reports mean ± sd over them.
     seeds: tuple[int, ...] = (0, 1, 2)
+    #: ``--validation-per-module``: validation problems per training module.
     validation_per_module: int = 20
+    #: ``--output-dir``: one folder per run below it, and ``compare.{md,json}``.
     output_dir: str = "runs/compare"
+    #: Every other setting of each run.
     base: FinetuneConfig = field(default_factory=FinetuneConfig)

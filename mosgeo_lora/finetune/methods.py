@@ -46,8 +46,11 @@ class MethodError(ValueError):
 class Method:
     """A parsed method name: its family and rank."""
 
-    name: str  # as given, e.g. "lora-r32"
-    family: str  # "moselora" (any preset), "lora", "dora" or "adalora"
+    #: As given, e.g. ``"lora-r32"``.
+    name: str
+    #: ``"moselora"`` (any preset), ``"lora"``, ``"dora"`` or ``"adalora"``.
+    family: str
+    #: The adapter rank.
     rank: int
 
     @property

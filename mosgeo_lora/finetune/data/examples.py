@@ -19,9 +19,12 @@ __all__ = ["Example", "DataError", "load_jsonl", "to_jsonl"]
 class Example:
     """One problem: the question, its reference answer and where it came from."""
 
+    #: The problem text.
     question: str
+    #: The reference answer.
     answer: str
-    module: str = ""  # generator module name, or "user" for a user's JSONL file
+    #: The generator module it came from, or ``"user"`` for a user's JSONL file.
+    module: str = ""
 
 
 class DataError(ValueError):
