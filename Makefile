@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.mosgeo-installed
+# defined before the rules that name it: make expands a prerequisite when it reads the rule
+DOCS_STAMP = $(VENV)/.mosgeo-docs-installed
 
 .PHONY: install demo geometry-demo test test-slow lint bench docs docstrings clean
 
@@ -45,7 +47,6 @@ bench: $(STAMP)
 
 # The documentation site, warnings as errors; offline (no intersphinx). Output:
 # docs/_build/html/index.html. The tutorials' figures are made by examples/tutorial_*.py.
-DOCS_STAMP = $(VENV)/.mosgeo-docs-installed
 $(DOCS_STAMP): $(STAMP)
 	$(PY) -m pip install -q -e '.[docs]'
 	touch $(DOCS_STAMP)
@@ -53,8 +54,8 @@ $(DOCS_STAMP): $(STAMP)
 docs: $(DOCS_STAMP)
 	$(PY) -m sphinx -W --keep-going -b html docs docs/_build/html
 
-# Every documented name without a docstring of its own, ignoring the temporary allow-list
-# in docs/conf.py (reads the sources only, writes no HTML; fails while any is left).
+# Every documented name without a docstring of its own, ignoring any allow-list in
+# docs/conf.py (reads the sources only, writes no HTML; fails while any is left).
 docstrings: $(DOCS_STAMP)
 	MOSGEO_DOCS_STRICT=1 $(PY) -m sphinx -E -q -W --keep-going -b dummy docs docs/_build/dummy
 
