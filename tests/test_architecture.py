@@ -270,3 +270,20 @@ def test_design_names_only_files_that_exist():
     assert all(f"`{name}`" in text for name in tuner), sorted(
         n for n in tuner if f"`{n}`" not in text
     )
+
+
+#: ``mosgeo_lora.__all__`` of 0.1.0: the public API a user may import from the package.
+PUBLIC_0_1_0 = (
+    "MoSELoraConfig", "MoSELoraModel", "MoSELoraLayer", "MoSELoraLinear", "MOSELORA",
+    "PRESETS", "FFN_TARGET_MODULES", "wrap", "param_groups", "curvatures", "routing_stats",
+    "reset_routing_stats", "CurvatureCallback", "plot_curvature_dynamics", "plot_expert_load",
+)  # fmt: skip
+
+
+def test_the_public_api_of_0_1_0_is_still_there():
+    import mosgeo_lora
+
+    assert set(PUBLIC_0_1_0) <= set(mosgeo_lora.__all__)
+    for name in PUBLIC_0_1_0:
+        assert getattr(mosgeo_lora, name) is not None, name
+    assert set(dir(mosgeo_lora)) >= set(PUBLIC_0_1_0)
