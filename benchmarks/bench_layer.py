@@ -20,7 +20,7 @@ projections are adapted by each variant:
 
 Every adapter starts from non-zero B, and every step is forward + backward of
 ``(y · g).sum()`` (a fixed random upstream gradient ``g``; MoSELoRA adds its load-balancing
-loss, coefficient 0.01, as in training) w.r.t. the adapter parameters with the base frozen.
+loss gradient, coefficient 0.01, as in training) w.r.t. the adapter parameters with the base frozen.
 The block input requires grad by default (as in every decoder block but the first, whose
 input gradient feeds the adapters of earlier layers; ``--no-input-grad`` turns it off).
 "fwd" is a forward pass under ``torch.no_grad`` (inference). Each repetition runs every
@@ -43,7 +43,6 @@ the allocation before the step. Also reported: the bytes autograd saves for back
 from __future__ import annotations
 
 import argparse
-import contextlib
 import ctypes
 import functools
 import gc
@@ -101,7 +100,6 @@ LABELS = {
 }
 R, N_EXPERTS, TOP_K = 8, 8, 4
 KAPPA0 = [-1.0, -1.0, -1.0, 1.0, 1.0, 1.0, 0.0, 0.0]  # MoSELoRA's default expert mix
-AUX_COEF = 0.01
 
 
 # ----------------------------------------------------------------------------- baselines
@@ -204,11 +202,7 @@ def build(variant: str, size: str, weights: dict, seed: int, device: str) -> dic
         model = mlp
     model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
-    v = {"model": model, "params": params, "call": None, "hooks": contextlib.ExitStack()}
-    if any(isinstance(m, mosgeo_lora.MoSELoraLayer) for m in model.modules()):
-        # the layers hand their balance losses to this state on every forward (hooks stay on)
-        v["call"] = v["hooks"].enter_context(mosgeo_lora.moselora_call(model))
-    return v
+    return {"model": model, "params": params}
 
 
 def make_inputs(size: str, batch: int, seq: int, seed: int, device: str, input_grad: bool):
@@ -240,13 +234,8 @@ def step(v: dict, x: torch.Tensor, g: torch.Tensor, backward: bool) -> torch.Ten
     for p in v["params"]:
         p.grad = None
     x.grad = None
-    call = v["call"]
-    if call is not None:
-        call.aux_losses.clear()
-    y = model(x)
+    y = model(x)  # MoSELoRA adds its balance gradient (coefficient 0.01) in backward
     loss = (y * g).sum()
-    if call is not None:
-        loss = loss + AUX_COEF * torch.stack(call.aux_losses).mean()
     loss.backward()
     return loss.detach()
 
@@ -474,7 +463,8 @@ def to_markdown(results: list[dict], meta: dict, analysis: str) -> str:
         "",
         "Block: transformers `LlamaMLP` (gate/up/down, SiLU gating), frozen float32 base "
         "weights, all three projections adapted. MoSELoRA: r = 8, 8 experts (3 hyperbolic, "
-        "3 spherical, 2 Euclidean), top-4 by dense masking, aux loss 0.01 in the loss. "
+        "3 spherical, 2 Euclidean), top-4 by dense masking, balance loss 0.01 (its "
+        "gradient, added in backward). "
         "LoRA: PEFT, r = 8. HydraLoRA-style and (c): shared A (r = 8), 8 B's, router on "
         "z = A x. Every adapter starts from random (non-zero) B. fwd+bwd: forward and "
         "backward of (y·g).sum() with a fixed random g, gradients w.r.t. the adapter "

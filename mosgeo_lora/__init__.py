@@ -14,10 +14,11 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from .balance import balance_loss
 from .config import MoSELoraConfig
 from .constants import FFN_TARGET_MODULES, PRESETS
 from .layer import MoSELoraLayer, MoSELoraLinear
-from .model import MoSELoraModel, moselora_call, wrap
+from .model import MoSELoraModel, wrap
 from .optim import param_groups
 from .registry import MOSELORA, register
 from .stats import curvatures, reset_routing_stats, routing_stats
@@ -42,7 +43,7 @@ __all__ = [
     "PRESETS",
     "FFN_TARGET_MODULES",
     "wrap",
-    "moselora_call",
+    "balance_loss",
     "param_groups",
     "curvatures",
     "routing_stats",

@@ -2,7 +2,7 @@
 
 Each name here is an implementation detail of a dependency that has no public equivalent
 (yet). Keeping them in one module makes an upgrade a one-file review, and
-``tests/mosgeo_lora/test_compat.py`` fails as soon as one of them disappears or changes
+``tests/tuner/test_compat.py`` fails as soon as one of them disappears or changes
 shape, instead of a user meeting an ``AttributeError`` deep inside a training run.
 
 =======================================  ==========================================
@@ -14,8 +14,6 @@ private API                              used for
 ``_get_in_out_features``                 transformers ``Conv1D`` and quantised layers
 ``Enum._member_map_`` and friends        adding ``MOSELORA`` to PEFT's closed
                                          ``PeftType`` enum
-``torch._C._current_graph_task_id``      telling activation-checkpoint recomputation
-                                         (inside backward) from the forward pass
 =======================================  ==========================================
 """
 
@@ -27,7 +25,7 @@ import torch
 from peft.tuners._buffer_dict import BufferDict
 from peft.tuners.tuners_utils import _get_in_out_features
 
-__all__ = ["BufferDict", "extend_str_enum", "in_backward", "in_out_features"]
+__all__ = ["BufferDict", "extend_str_enum", "in_out_features"]
 
 
 def in_out_features(layer: torch.nn.Module) -> tuple[int | None, int | None]:
@@ -55,10 +53,3 @@ def extend_str_enum(enum_cls: type[enum.Enum], name: str, value: str) -> enum.En
     enum_cls._value2member_map_[value] = member
     enum_cls._member_names_.append(name)
     return member
-
-
-def in_backward() -> bool:
-    """Whether autograd is running a backward pass right now (an activation-checkpoint
-    recomputation runs the forward inside it). ``False`` where torch lacks the API."""
-    task_id = getattr(torch._C, "_current_graph_task_id", None)
-    return task_id is not None and task_id() != -1

@@ -14,8 +14,10 @@ the previous record (:func:`mosgeo_lora.routing_stats`). The forward passes of e
 during training are left out: the counts of the training steps are collected right before
 an evaluation, and those of the evaluation are dropped after it. A few scalars join the
 Trainer's next log (``state.log_history``, progress bar): the mean κ of the hyperbolic and
-of the spherical experts, the number of curved experts whose κ has changed sign, and the
-mean normalised load entropy (1 = balanced) and the largest load of any expert.
+of the spherical experts, the number of curved experts whose κ has changed sign, the mean
+normalised load entropy (1 = balanced) and the largest load of any expert; every log also
+gets ``aux_loss``, the mean load-balancing loss of the training steps since the last log
+(:func:`mosgeo_lora.balance_loss`).
 
 Under DDP each rank sees its own shard of the data: the recorded load is rank 0's (κ is
 the same on every rank); only the main process writes files.
@@ -33,6 +35,7 @@ from typing import Any
 from torch import nn
 from transformers import TrainerCallback
 
+from .balance import balance_loss
 from .constants import space_of
 from .layer import MoSELoraLayer, moselora_layers
 from .stats import curvatures, reset_routing_stats, routing_stats
@@ -270,16 +273,23 @@ class CurvatureCallback(TrainerCallback):
     on_predict = on_evaluate
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        """Add the pending summary scalars to the Trainer's log entry."""
-        if not self._active or not self._pending or logs is None:
+        """Add the pending summary scalars and the mean balance loss since the last log to
+        the Trainer's log entry."""
+        if not self._active or logs is None:
             return
         if any(k.startswith(("eval_", "test_")) for k in logs):
             return
-        logs.update(self._pending)
+        scalars = dict(self._pending or {})
+        aux = balance_loss(self._model)
+        if aux is not None:
+            scalars[f"{self.log_prefix}aux_loss"] = aux
+        if not scalars:
+            return
+        logs.update(scalars)
         # Trainer.log appended a copy of `logs` to the history just before this event
         last = state.log_history[-1] if state.log_history else None
         if last is not None and last.get("step") == state.global_step:
-            last.update(self._pending)
+            last.update(scalars)
         self._pending = None
 
     def on_train_end(self, args, state, control, **kwargs):

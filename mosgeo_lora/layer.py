@@ -16,32 +16,30 @@ with the experts ``o_i`` of :mod:`mosgeo_lora.experts` and the gates of
 The adapter runs in a float32 island: under bf16/fp16 autocast its inputs are cast to the
 adapter dtype and autocast is disabled inside, so the geometry never runs in half precision.
 
-Per-call data (the token mask of the batch, and the list that collects the layers'
-load-balancing losses) reaches a layer as the keyword argument ``moselora_call`` (a
-:class:`CallState`), which :func:`mosgeo_lora.model.moselora_call` injects with forward
-pre-hooks for the duration of one forward pass; nothing per-call is written into a layer.
+Per-call data (the token mask of the batch, its weight in the optimizer step) reaches a layer
+as the keyword argument ``moselora_call`` (a :class:`~mosgeo_lora.balance.CallState`), which
+a forward pre-hook adds (:mod:`mosgeo_lora.balance`); nothing per-call is written into a
+layer. The load-balancing loss reaches the gradient through the router logits
+(:class:`~mosgeo_lora.balance.BalanceGradient`), whatever loss the caller differentiates.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
-from ._compat import BufferDict, in_backward, in_out_features
+from ._compat import BufferDict, in_out_features
+from .balance import CALL_KWARG, BalanceGradient, CallState, balance_loss_and_grad
 from .config import MoSELoraConfig
 from .experts import experts_fused, experts_reference
-from .router import load_balancing_loss, route
+from .router import route
 
-__all__ = ["MoSELoraLayer", "MoSELoraLinear", "CallState", "CALL_KWARG", "moselora_layers"]
-
-#: The forward keyword argument that carries a :class:`CallState` into a layer.
-CALL_KWARG = "moselora_call"
+__all__ = ["MoSELoraLayer", "MoSELoraLinear", "moselora_layers"]
 
 #: Why `merge` raises: the adapter is input-dependent and nonlinear.
 MERGE_ERROR = (
@@ -50,21 +48,6 @@ MERGE_ERROR = (
     "the router's gates depend on the input, so the adapter is not a fixed matrix ΔW. Use "
     "`unload()` to get the base model back, or keep the adapter attached for inference."
 )
-
-
-@dataclass
-class CallState:
-    """What one forward pass shares with every MoSELoRA layer it runs through."""
-
-    #: The batch's attention mask (1 = real token), or ``None``: padding is left out of the
-    #: balance loss and the routing statistics.
-    token_mask: torch.Tensor | None = None
-    #: The load-balancing loss of every adapted layer and active adapter, in the order the
-    #: layers ran.
-    aux_losses: list[torch.Tensor] = field(default_factory=list)
-    #: Set when a layer ran under ``no_grad`` while it had a balance loss to compute
-    #: (reentrant checkpointing does that).
-    without_grad: bool = False
 
 
 def moselora_layers(model: nn.Module) -> Iterator[tuple[str, MoSELoraLayer]]:
@@ -179,14 +162,20 @@ class MoSELoraLayer(BaseTunerLayer):
     ) -> torch.Tensor:
         """``(α/r) Σ_i g_i o_i`` for input ``x`` (the adapter's additive output).
 
-        ``call`` receives the balance loss; without it (a layer used outside
-        :func:`mosgeo_lora.model.moselora_call`) the loss is computed and dropped."""
+        ``call`` is the state of the wrapped model's forward pass (its token mask and weight);
+        without one (a layer called on its own) every token counts and the balance term
+        weighs ``aux_loss_coef``."""
         cfg = self.settings[adapter_name]
         a_lin = self.moselora_A[adapter_name]
         dtype = a_lin.weight.dtype
+        token_mask = call.token_mask if call is not None else None
+        if token_mask is not None and tuple(token_mask.shape) != tuple(x.shape[:-1]):
+            token_mask = None  # e.g. cached generation: one new token, the mask covers all
+        recording = call is not None and not call.closed  # not a recomputation in backward
         with torch.autocast(device_type=x.device.type, enabled=False):
             z = a_lin(self.moselora_dropout[adapter_name](x).to(dtype))
             logits = self.moselora_router[adapter_name](z)
+            logits = self._balance(logits, cfg, call, token_mask, recording)
             gates, probs, mask = route(logits, cfg["top_k"])
             gates = gates.to(z.dtype)
             k = self.curvatures(adapter_name).to(z.dtype)
@@ -196,35 +185,37 @@ class MoSELoraLayer(BaseTunerLayer):
             else:
                 per_expert = experts_reference(z, b_cat, k, input_map=cfg["input_map"])
                 out = (per_expert * gates.unsqueeze(-1)).sum(-2)
-            self._record_routing(adapter_name, probs, mask, x, call)
+            if recording or call is None:
+                self._count_routing(adapter_name, mask, token_mask)
         return out * self.scaling[adapter_name]
 
-    def _record_routing(
+    def _balance(
         self,
-        adapter_name: str,
-        probs: torch.Tensor,
-        mask: torch.Tensor,
-        x: torch.Tensor,
+        logits: torch.Tensor,
+        cfg: dict[str, Any],
         call: CallState | None,
+        token_mask: torch.Tensor | None,
+        recording: bool,
+    ) -> torch.Tensor:
+        """The logits, carrying the balance gradient when a backward pass may follow; the
+        loss value is recorded in the call's state (reentrant checkpointing runs the forward
+        pass under ``no_grad`` and the recomputation with gradients)."""
+        coef = cfg["aux_loss_coef"]
+        grad_on = torch.is_grad_enabled() and logits.requires_grad
+        if coef <= 0 or not (grad_on or (recording and self.training)):
+            return logits
+        aux, grad = balance_loss_and_grad(logits, cfg["top_k"], token_mask)
+        if recording:
+            call.record(aux)
+        if not grad_on:
+            return logits
+        state = call if call is not None else CallState(layers=1, closed=True)
+        return BalanceGradient.apply(logits, grad, state, coef)
+
+    def _count_routing(
+        self, adapter_name: str, mask: torch.Tensor, token_mask: torch.Tensor | None
     ) -> None:
-        cfg = self.settings[adapter_name]
-        # activation-checkpoint recomputation (runs inside backward): the pass was recorded in
-        # forward already; a loss kept now would never be used, and the routing counts would
-        # be counted twice
-        recompute = not torch.compiler.is_compiling() and in_backward()
-        token_mask = call.token_mask if call is not None else None
-        if token_mask is not None and tuple(token_mask.shape) != tuple(x.shape[:-1]):
-            token_mask = None  # e.g. cached generation: one new token, the mask covers all
-        if cfg["aux_loss_coef"] > 0:
-            if torch.is_grad_enabled():
-                # computed in recomputation too: non-reentrant checkpointing checks that the
-                # recomputation saves the same tensors as the forward
-                loss = load_balancing_loss(probs, mask, cfg["top_k"], token_mask)
-                if call is not None and not recompute:
-                    call.aux_losses.append(loss)
-            elif call is not None:
-                call.without_grad = True
-        if torch.compiler.is_compiling() or recompute:
+        if torch.compiler.is_compiling():
             return
         with torch.no_grad():
             m = mask.reshape(-1, mask.shape[-1])

@@ -41,23 +41,3 @@ def test_extend_str_enum_adds_a_member_once():
     assert list(Kind) == [Kind.A, b]
     assert _compat.extend_str_enum(Kind, "B", "B") is b  # idempotent
     assert list(Kind) == [Kind.A, b]
-
-
-def test_in_backward_is_true_only_inside_backward():
-    seen: list[bool] = []
-
-    class Probe(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, x):
-            seen.append(_compat.in_backward())
-            return x.clone()
-
-        @staticmethod
-        def backward(ctx, g):
-            seen.append(_compat.in_backward())
-            return g
-
-    x = torch.ones(2, requires_grad=True)
-    Probe.apply(x).sum().backward()
-    assert seen == [False, True]
-    assert hasattr(torch._C, "_current_graph_task_id")  # the API in_backward relies on

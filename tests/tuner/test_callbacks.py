@@ -133,6 +133,8 @@ def test_scalars_in_log_history(trained):
         flips = sum(x > 0 for x in hyp) + sum(x < 0 for x in sph)
         assert log["kappa_flipped"] == flips
         assert 0.0 < log["load_entropy"] <= 1.0 + 1e-9
+        # the Switch loss is N Σ f_i P_i: 1 when balanced, at most N (all on one expert)
+        assert 0.9 < log["aux_loss"] < N
         assert log["load_max"] == pytest.approx(max(max(v) for v in entry["load"].values()))
         assert log["load_max"] >= 1.0 / N
 

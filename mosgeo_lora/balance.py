@@ -1,0 +1,228 @@
+r"""The load-balancing loss, delivered through the backward pass of whatever loss is trained.
+
+A trainer that computes its own loss (TRL), a wrapper that skips our model forward
+(``get_peft_model`` without ``task_type``) or a framework that rebuilds the output object
+(DDP) would all lose a balance term added to ``outputs["loss"]``. So the term never goes
+through the loss: each adapted layer passes its router logits through
+:class:`BalanceGradient`, which is the identity forward and, in backward, adds
+``scale · ∂aux/∂logits`` to the incoming gradient (the technique of Megatron-LM's MoE
+layers). The Switch loss of one layer and its gradient are closed forms of the router's
+softmax ``p``, the top-k mask ``m`` and the token weights ``w`` (1 for a real token):
+
+.. math::
+    \mathrm{aux} = N \sum_i f_i P_i,\quad f_i = \frac{\sum_t w_t m_{ti}}{k \sum_t w_t},\quad
+    P_i = \frac{\sum_t w_t p_{ti}}{\sum_t w_t},\qquad
+    \frac{\partial\,\mathrm{aux}}{\partial z_t} = p_t \odot (c_t - \langle c_t, p_t\rangle),
+    \quad c_{ti} = \frac{N f_i w_t}{\sum_s w_s}
+
+(``f`` carries no gradient, as in Switch). The gradient is computed in the forward pass and
+kept on the autograd node, not saved for backward: activation checkpointing recomputes saved
+tensors, and the recomputation must not change it.
+
+The scale makes the term invariant to how a step is split into micro-batches and processes.
+The objective is ``aux_loss_coef`` times the mean of the per-layer losses, weighted by each
+micro-batch's share of the step's label tokens when the HF ``Trainer`` passes
+``num_items_in_batch`` (it then normalises the task loss by that count instead of dividing
+by the accumulation steps; under DDP it counts the tokens of every rank and multiplies the
+loss by the number of processes, which the scale mirrors, as transformers' default
+``average_tokens_across_devices=True`` does). Without ``num_items_in_batch`` every call
+weighs 1.
+
+A forward pre-hook on the model the tuner wraps opens one :class:`CallState` per call (the
+attention mask, the share); a forward pre-hook on each layer hands the open state to it as
+the keyword argument ``moselora_call``; the root's forward hook closes it and exposes the
+mean balance loss as ``outputs.aux_loss`` (``None`` when no layer computed one; on a MoE base
+model whose outputs carry its own router's ``aux_loss``, ours is ``outputs.moselora_aux_loss``
+only). These are attributes: a new dict key would break DDP's rebuilding of the output
+object. The closed state stays current until the next call, so a
+checkpointed layer recomputed inside backward still sees its batch's mask; it records no
+statistics then (they were recorded in the forward pass).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = [
+    "CALL_KWARG",
+    "CallState",
+    "CallRecorder",
+    "BalanceGradient",
+    "balance_loss_and_grad",
+    "install",
+    "recorder_of",
+    "balance_loss",
+]
+
+#: The forward keyword argument that carries a :class:`CallState` into a layer.
+CALL_KWARG = "moselora_call"
+#: Where the model the tuner wraps keeps its :class:`CallRecorder`.
+_RECORDER = "_moselora_recorder"
+
+
+@dataclass
+class CallState:
+    """What one forward pass of the wrapped model shares with every MoSELoRA layer."""
+
+    #: The attention mask of the call (1 = real token), or ``None``: padding is left out of
+    #: the balance loss and the routing statistics.
+    token_mask: torch.Tensor | None = None
+    #: This micro-batch's weight in the optimizer step (a 0-dim tensor, or 1.0).
+    share: torch.Tensor | float = 1.0
+    #: Balance terms recorded in the forward pass; the objective is their mean.
+    layers: int = 0
+    #: Their sum, detached (for ``outputs.aux_loss`` and the logs).
+    aux_sum: torch.Tensor | None = None
+    #: The call has returned: what runs now is a recomputation inside backward.
+    closed: bool = False
+
+    def scale(self, coef: float) -> torch.Tensor | float:
+        """The factor of one layer's ``∂aux/∂logits`` in the objective (read in backward)."""
+        return coef * self.share / max(self.layers, 1)
+
+    def record(self, aux: torch.Tensor) -> None:
+        """Count one layer's balance term and add its value to the sum."""
+        self.layers += 1
+        self.aux_sum = aux if self.aux_sum is None else self.aux_sum + aux
+
+    def aux_loss(self) -> torch.Tensor | None:
+        """The mean balance loss of the call, or ``None`` if no layer recorded one."""
+        return None if self.aux_sum is None else self.aux_sum / self.layers
+
+
+class BalanceGradient(torch.autograd.Function):
+    """Identity on the router logits; in backward, adds ``state.scale(coef) · grad``."""
+
+    @staticmethod
+    def forward(ctx: Any, logits: torch.Tensor, grad: torch.Tensor, state: CallState, coef: float):
+        """The logits unchanged; ``grad`` (``∂aux/∂logits``) waits on the node for backward."""
+        # an attribute, not save_for_backward: checkpointing must not recompute it
+        ctx.balance = (grad, state, coef)
+        return logits.view_as(logits)
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor):
+        """The incoming gradient plus ``state.scale(coef) · ∂aux/∂logits``."""
+        grad, state, coef = ctx.balance
+        return g + (grad * state.scale(coef)).to(g.dtype), None, None, None
+
+
+def balance_loss_and_grad(
+    logits: torch.Tensor, top_k: int, token_mask: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Switch loss of one layer (:func:`mosgeo_lora.router.load_balancing_loss`) and its
+    gradient with respect to the router ``logits`` (module docstring), without autograd."""
+    with torch.no_grad():
+        n = logits.shape[-1]
+        wide = torch.float64 if logits.dtype == torch.float64 else torch.float32
+        p = torch.softmax(logits.reshape(-1, n), dim=-1, dtype=wide)
+        if top_k >= n:
+            m = torch.ones_like(p)
+        else:
+            m = torch.zeros_like(p).scatter_(-1, p.topk(top_k, dim=-1).indices, 1.0)
+        if token_mask is None:
+            w = torch.ones_like(p[:, :1])
+        else:
+            w = token_mask.expand(logits.shape[:-1]).reshape(-1, 1).to(p.dtype)
+        total = w.sum().clamp_min(1.0)
+        f = (m * w).sum(0) / (total * min(top_k, n))
+        aux = n * (f * (p * w).sum(0) / total).sum()
+        c = (n / total) * w * f
+        grad = p * (c - (c * p).sum(-1, keepdim=True))
+        return aux, grad.reshape(logits.shape).to(logits.dtype)
+
+
+class CallRecorder:
+    """The per-call state of one wrapped model, and the balance losses since the last read."""
+
+    def __init__(self) -> None:
+        #: The state of the last call: open during its forward pass, closed after it.
+        self.current: CallState | None = None
+        self._sum: torch.Tensor | None = None
+        self._calls = 0
+
+    def begin(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        """Root forward pre-hook: open the call's state."""
+        self.current = CallState(
+            token_mask=kwargs.get("attention_mask"),
+            share=_micro_batch_share(kwargs.get("labels"), kwargs.get("num_items_in_batch")),
+        )
+
+    def end(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+        """Root forward hook: close the state, expose ``output.aux_loss``, keep it for the logs."""
+        state = self.current
+        if state is None:
+            return output
+        state.closed = True
+        aux = state.aux_loss()
+        if aux is not None and torch.is_grad_enabled() and module.training:
+            self._sum = aux if self._sum is None else self._sum + aux
+            self._calls += 1
+        if isinstance(output, dict):  # transformers ModelOutput: attributes, not keys
+            object.__setattr__(output, "moselora_aux_loss", aux)
+            if "aux_loss" not in {f.name for f in dataclasses.fields(output)}:
+                object.__setattr__(output, "aux_loss", aux)  # a MoE model's own stays
+        return output
+
+    def inject(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        """Layer forward pre-hook: hand the current state to the layer."""
+        return args, {**kwargs, CALL_KWARG: self.current}
+
+    def read(self, reset: bool = True) -> float | None:
+        """Mean balance loss of the training calls since the last read (one host sync)."""
+        if self._calls == 0:
+            return None
+        value = float(self._sum) / self._calls
+        if reset:
+            self._sum, self._calls = None, 0
+        return value
+
+
+def _micro_batch_share(labels: Any, num_items: Any) -> torch.Tensor | float:
+    """This micro-batch's share of the step's label tokens, counted as the Trainer counts them
+    (causal LM: ``labels[..., 1:]``), times the number of processes (the Trainer's count is
+    over all of them); 1.0 without ``num_items_in_batch``."""
+    if num_items is None or not isinstance(labels, torch.Tensor):
+        return 1.0
+    mine = labels[..., 1:] if labels.dim() > 1 else labels
+    count = (mine != -100).sum().float()
+    total = torch.as_tensor(num_items, device=count.device, dtype=count.dtype)
+    world = 1
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        world = torch.distributed.get_world_size()
+    return count * world / total.clamp_min(1)
+
+
+def recorder_of(root: nn.Module) -> CallRecorder | None:
+    """The :class:`CallRecorder` installed on ``root`` (or on a module inside it), if any."""
+    for module in root.modules():
+        recorder = getattr(module, _RECORDER, None)
+        if recorder is not None:
+            return recorder
+    return None
+
+
+def install(root: nn.Module, layer: nn.Module) -> CallRecorder:
+    """Make ``layer`` receive the per-call state of ``root`` (hooks installed once each)."""
+    recorder = getattr(root, _RECORDER, None)
+    if recorder is None:
+        recorder = CallRecorder()
+        object.__setattr__(root, _RECORDER, recorder)
+        root.register_forward_pre_hook(recorder.begin, with_kwargs=True)
+        root.register_forward_hook(recorder.end, with_kwargs=True)
+    if getattr(layer, _RECORDER, None) is not recorder:
+        object.__setattr__(layer, _RECORDER, recorder)
+        layer.register_forward_pre_hook(recorder.inject, with_kwargs=True)
+    return recorder
+
+
+def balance_loss(model: nn.Module, reset: bool = True) -> float | None:
+    """The mean load-balancing loss of the training forward passes of ``model`` since the
+    last call (``None`` if there were none); ``reset=False`` keeps counting."""
+    recorder = recorder_of(model)
+    return None if recorder is None else recorder.read(reset)

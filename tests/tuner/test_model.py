@@ -1,0 +1,126 @@
+"""``MoSELoraModel``'s plumbing: every route to a MoSELoRA model trains with the balance
+loss, nothing per-call stays on a layer, the FFN targets come from one table, and an adapter
+saved before the package layout changed still loads."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("peft")
+pytest.importorskip("transformers")
+
+from peft import PeftModel, get_peft_model  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
+from transformers import LlamaForCausalLM  # noqa: E402
+from wrapped_models import adapted_layers, base_model, small_config, tokens, wrapped  # noqa: E402
+
+import mosgeo_lora  # noqa: E402
+from mosgeo_lora.balance import CALL_KWARG  # noqa: E402
+from mosgeo_lora.constants import FFN_TARGET_MODULES, ffn_targets  # noqa: E402
+
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "adapter-0.1.0"
+
+
+def _router_grad_norm(model) -> float:
+    grads = [p.grad for n, p in model.named_parameters() if ".moselora_router." in n]
+    assert grads and all(g is not None for g in grads)
+    return float(sum(g.abs().sum() for g in grads))
+
+
+def _route(name: str, tmp_path, coef: float):
+    """A MoSELoRA model with B = 0 (the router's task gradient is 0) built by ``name``."""
+    cfg = small_config(aux_loss_coef=coef)
+    if name == "wrap":
+        return mosgeo_lora.wrap(base_model(), cfg)
+    if name == "get_peft_model":  # task_type unset: a plain PeftModel
+        return get_peft_model(base_model(), cfg)
+    if name == "get_peft_model+task_type":
+        cfg.task_type = "CAUSAL_LM"
+        return get_peft_model(base_model(), cfg)
+    saved = tmp_path / "adapter"
+    mosgeo_lora.wrap(base_model(), cfg).save_pretrained(saved)
+    if name == "from_pretrained":
+        return PeftModel.from_pretrained(base_model(), saved, is_trainable=True)
+    model = base_model()  # transformers' load_adapter: no PeftModel at all
+    model.load_adapter(str(saved))
+    for n, p in model.named_parameters():
+        p.requires_grad_(".moselora_" in n)
+    return model
+
+
+ROUTES = ["wrap", "get_peft_model", "get_peft_model+task_type", "from_pretrained", "load_adapter"]
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_every_route_trains_with_the_balance_loss(route, tmp_path):
+    ids = tokens()
+    for coef in (0.5, 0.0):
+        model = _route(route, tmp_path / str(coef), coef).train()
+        out = model(input_ids=ids, labels=ids)
+        out.loss.backward()
+        norm = _router_grad_norm(model)
+        assert (norm > 0) == (coef > 0), (route, coef, norm)
+        assert (out.aux_loss is not None) == (coef > 0)
+        copy.deepcopy(model)  # nothing with a graph stays on the model
+
+
+def test_no_per_call_state_stays_on_the_layers():
+    model = wrapped(init_weights=False).train()
+    ids = tokens()
+    model(input_ids=ids, labels=ids).loss.backward()
+    model.base_model.model(input_ids=ids).logits.sum().backward()  # outside the PEFT forward
+    for layer in adapted_layers(model).values():
+        held = [k for k, v in vars(layer).items() if isinstance(v, torch.Tensor)]
+        assert not [k for k in held if getattr(layer, k).grad_fn is not None], held
+    copy.deepcopy(model)  # a graph on a layer would make this raise
+
+
+def test_call_kwarg_is_not_passed_to_the_base_layer():
+    model = wrapped().eval()
+    layer = next(iter(adapted_layers(model).values()))
+    x = torch.randn(3, layer.in_features)
+    plain = layer(x)
+    with_call = layer(x, **{CALL_KWARG: None})
+    assert torch.equal(plain, with_call)
+
+
+def test_ffn_targets_table_and_errors():
+    assert ffn_targets("llama") == ["gate_proj", "up_proj", "down_proj"]
+    assert ffn_targets("llama") is not FFN_TARGET_MODULES["llama"]  # a copy
+    assert ffn_targets("gpt2") == FFN_TARGET_MODULES["gpt2"]  # a regex
+    with pytest.raises(ValueError, match="pass target_modules=.*Known architectures: bert"):
+        ffn_targets("no-such-architecture")
+
+
+def test_adapter_saved_by_0_1_0_loads_with_the_same_logits():
+    expected = load_file(FIXTURE / "expected.safetensors")
+    base = LlamaForCausalLM.from_pretrained(FIXTURE / "base").eval()
+    model = PeftModel.from_pretrained(base, FIXTURE / "adapter").eval()
+    assert model.peft_config["default"].peft_type == mosgeo_lora.MOSELORA
+    with torch.no_grad():
+        logits = model(input_ids=expected["input_ids"]).logits
+    torch.testing.assert_close(logits, expected["logits"], rtol=0, atol=1e-6)
+    kappas = next(iter(mosgeo_lora.curvatures(model).values()))
+    assert kappas == pytest.approx([-0.7, 0.8, 1.1, 0.0])
+
+
+def test_wrap_seed_fixes_the_adapter_and_leaves_the_global_generator():
+    state = torch.random.get_rng_state()
+    a = mosgeo_lora.wrap(base_model(), small_config(init_weights=False), seed=7)
+    torch.random.set_rng_state(state)
+    b = mosgeo_lora.wrap(base_model(), small_config(init_weights=False), seed=7)
+    c = mosgeo_lora.wrap(base_model(), small_config(init_weights=False), seed=8)
+    after = torch.random.get_rng_state()
+    torch.random.set_rng_state(state)
+    base_model()  # what the three base models drew: the adapters drew nothing from it
+    base_model()
+    base_model()
+    assert torch.equal(torch.random.get_rng_state(), after)
+    sa, sb, sc = (m.state_dict() for m in (a, b, c))
+    adapter = [k for k in sa if ".moselora_" in k and "k_fixed" not in k]
+    assert adapter and all(torch.equal(sa[k], sb[k]) for k in adapter)
+    assert any(not torch.equal(sa[k], sc[k]) for k in adapter if ".moselora_A." in k)
