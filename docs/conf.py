@@ -126,6 +126,7 @@ API_MODULES = [
     "mosgeo_lora.layer",
     "mosgeo_lora.experts",
     "mosgeo_lora.router",
+    "mosgeo_lora.balance",
     "mosgeo_lora.model",
     "mosgeo_lora.registry",
     "mosgeo_lora.optim",

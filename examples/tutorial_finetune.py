@@ -52,11 +52,13 @@ ids = torch.randint(3, 64, (2, 16), generator=torch.Generator().manual_seed(1))
 out = model(input_ids=ids, labels=ids)
 with model.disable_adapter():  # the base model alone: its loss is the plain LM loss
     lm_loss = model(input_ids=ids, labels=ids).loss
+out.loss.backward()  # B = 0 at init: the router's task gradient is 0, the balance term is not
+router = [p.grad.abs().sum() for n, p in model.named_parameters() if ".moselora_router." in n]
 print(
-    f"forward: loss {out.loss.item():.4f} = LM loss {lm_loss.item():.4f} "
-    f"+ {(out.loss - lm_loss).item() / out.aux_loss.item():.4f} × aux_loss "
-    f"{out.aux_loss.item():.4f}"
+    f"forward: loss {out.loss.item():.4f} = LM loss {lm_loss.item():.4f}; "
+    f"aux_loss {out.aux_loss.item():.4f}; router gradient {sum(router).item():.2e}"
 )
+model.zero_grad(set_to_none=True)
 # [/doc:forward]
 
 # [doc:train]
