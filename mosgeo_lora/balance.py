@@ -20,7 +20,7 @@ kept on the autograd node, not saved for backward: activation checkpointing reco
 tensors, and the recomputation must not change it.
 
 The scale makes the term invariant to how a step is split into micro-batches and processes.
-The objective is ``aux_loss_coef`` times the mean of the per-layer losses, weighted by each
+The objective is ``aux_loss_coef`` times the mean of the adapted layers' losses, weighted by each
 micro-batch's share of the step's label tokens when the HF ``Trainer`` passes
 ``num_items_in_batch`` (it then normalises the task loss by that count instead of dividing
 by the accumulation steps; under DDP it counts the tokens of every rank and multiplies the
@@ -74,7 +74,9 @@ class CallState:
     token_mask: torch.Tensor | None = None
     #: This micro-batch's weight in the optimizer step (a 0-dim tensor, or 1.0).
     share: torch.Tensor | float = 1.0
-    #: Balance terms recorded in the forward pass; the objective is their mean.
+    #: The MoSELoRA layers of the model: the objective is the mean of their terms.
+    total: int = 1
+    #: Balance terms recorded in the forward pass (for the mean value shown).
     layers: int = 0
     #: Their sum, detached (for ``outputs.aux_loss`` and the logs).
     aux_sum: torch.Tensor | None = None
@@ -82,8 +84,9 @@ class CallState:
     closed: bool = False
 
     def scale(self, coef: float) -> torch.Tensor | float:
-        """The factor of one layer's ``∂aux/∂logits`` in the objective (read in backward)."""
-        return coef * self.share / max(self.layers, 1)
+        """The factor of one layer's ``∂aux/∂logits`` in the objective: ``coef · share /
+        total``, a tensor when the share is one (so a compiled graph reads it at run time)."""
+        return self.share * (coef / max(self.total, 1))
 
     def record(self, aux: torch.Tensor) -> None:
         """Count one layer's balance term and add its value to the sum."""
@@ -96,20 +99,19 @@ class CallState:
 
 
 class BalanceGradient(torch.autograd.Function):
-    """Identity on the router logits; in backward, adds ``state.scale(coef) · grad``."""
+    """Identity on the router logits; in backward, adds ``scale · grad``."""
 
     @staticmethod
-    def forward(ctx: Any, logits: torch.Tensor, grad: torch.Tensor, state: CallState, coef: float):
-        """The logits unchanged; ``grad`` (``∂aux/∂logits``) waits on the node for backward."""
+    def forward(ctx: Any, logits: torch.Tensor, grad: torch.Tensor, scale: Any):
+        """The logits unchanged; ``scale · grad`` (``grad = ∂aux/∂logits``) waits on the node."""
         # an attribute, not save_for_backward: checkpointing must not recompute it
-        ctx.balance = (grad, state, coef)
+        ctx.balance = (grad * scale).to(logits.dtype)
         return logits.view_as(logits)
 
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor):
-        """The incoming gradient plus ``state.scale(coef) · ∂aux/∂logits``."""
-        grad, state, coef = ctx.balance
-        return g + (grad * state.scale(coef)).to(g.dtype), None, None, None
+        """The incoming gradient plus the scaled ``∂aux/∂logits``."""
+        return g + ctx.balance, None, None
 
 
 def balance_loss_and_grad(
@@ -143,6 +145,8 @@ class CallRecorder:
     def __init__(self) -> None:
         #: The state of the last call: open during its forward pass, closed after it.
         self.current: CallState | None = None
+        #: The MoSELoRA layers installed on this model.
+        self.layers = 0
         self._sum: torch.Tensor | None = None
         self._calls = 0
 
@@ -151,6 +155,7 @@ class CallRecorder:
         self.current = CallState(
             token_mask=kwargs.get("attention_mask"),
             share=_micro_batch_share(kwargs.get("labels"), kwargs.get("num_items_in_batch")),
+            total=self.layers,
         )
 
     def end(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
@@ -218,6 +223,7 @@ def install(root: nn.Module, layer: nn.Module) -> CallRecorder:
     if getattr(layer, _RECORDER, None) is not recorder:
         object.__setattr__(layer, _RECORDER, recorder)
         layer.register_forward_pre_hook(recorder.inject, with_kwargs=True)
+        recorder.layers += 1
     return recorder
 
 

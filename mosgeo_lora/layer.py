@@ -209,8 +209,8 @@ class MoSELoraLayer(BaseTunerLayer):
             call.record(aux)
         if not grad_on:
             return logits
-        state = call if call is not None else CallState(layers=1, closed=True)
-        return BalanceGradient.apply(logits, grad, state, coef)
+        scale = call.scale(coef) if call is not None else coef
+        return BalanceGradient.apply(logits, grad, scale)
 
     def _count_routing(
         self, adapter_name: str, mask: torch.Tensor, token_mask: torch.Tensor | None

@@ -124,3 +124,25 @@ def test_wrap_seed_fixes_the_adapter_and_leaves_the_global_generator():
     adapter = [k for k in sa if ".moselora_" in k and "k_fixed" not in k]
     assert adapter and all(torch.equal(sa[k], sb[k]) for k in adapter)
     assert any(not torch.equal(sa[k], sc[k]) for k in adapter if ".moselora_A." in k)
+
+
+def test_torch_compile_keeps_the_balance_gradient():
+    """The scale of the balance gradient is a graph input, not a constant traced once: the
+    compiled model (AOTAutograd, which traces the backward ahead of time) gives the eager
+    gradients, two calls in a row."""
+    ids = tokens()
+    eager = wrapped(init_weights=False).train()
+    compiled = wrapped(init_weights=False).train()
+    run = torch.compile(compiled, backend="aot_eager")
+    for _ in range(2):
+        eager.zero_grad()
+        compiled.zero_grad()
+        eager(input_ids=ids, labels=ids).loss.backward()
+        out = run(input_ids=ids, labels=ids)
+        out.loss.backward()
+        for (n, p), (_, q) in zip(
+            eager.named_parameters(), compiled.named_parameters(), strict=True
+        ):
+            if p.grad is not None:
+                torch.testing.assert_close(q.grad, p.grad, rtol=1e-5, atol=1e-7, msg=n)
+    assert out.aux_loss is not None
