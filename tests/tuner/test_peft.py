@@ -482,6 +482,18 @@ def test_bf16_autocast_and_bf16_base_model():
     assert torch.isfinite(out.loss)
     assert all(torch.isfinite(p.grad).all() for p in adapter.values())
 
+    # B = 0: the router's gradient under autocast is the balance term's alone, as in float32
+    routers = []
+    for autocast in (True, False):
+        model = wrapped().train()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = model(input_ids=ids, labels=ids)
+        out.loss.backward()
+        routers.append({n: p.grad for n, p in model.named_parameters() if "_router." in n})
+    for n, g in routers[0].items():
+        assert g.abs().sum() > 0, n
+        torch.testing.assert_close(g, routers[1][n], rtol=2e-2, atol=1e-6, msg=n)
+
 
 # --------------------------------------------------------------------------- presets / config
 
