@@ -84,8 +84,10 @@ class MoSELoraLayer(BaseTunerLayer):
         self.kwargs = kwargs
         #: Routing slots each expert received since the last reset (:mod:`mosgeo_lora.stats`).
         self.route_counts: dict[str, torch.Tensor] = {}
-        #: Real (non-padding) tokens routed since the last reset.
-        self.route_tokens: dict[str, int] = {}
+        #: Real (non-padding) tokens routed since the last reset (a tensor on the layer's
+        #: device: counting never waits for the device; :func:`~mosgeo_lora.stats.routing_stats`
+        #: reads it).
+        self.route_tokens: dict[str, torch.Tensor | int] = {}
         in_features, out_features = in_out_features(self.get_base_layer())
         if in_features is None:
             raise TypeError(f"MoSELoRA cannot adapt {type(self.get_base_layer()).__name__}")
@@ -224,9 +226,8 @@ class MoSELoraLayer(BaseTunerLayer):
             counts = m.sum(0)
             prev = self.route_counts.get(adapter_name)
             self.route_counts[adapter_name] = counts if prev is None else prev + counts
-            self.route_tokens[adapter_name] = self.route_tokens.get(adapter_name, 0) + int(
-                m.shape[0] if token_mask is None else token_mask.sum()
-            )
+            tokens = m.shape[0] if token_mask is None else token_mask.sum()  # no host sync
+            self.route_tokens[adapter_name] = self.route_tokens.get(adapter_name, 0) + tokens
 
 
 class MoSELoraLinear(nn.Module, MoSELoraLayer):

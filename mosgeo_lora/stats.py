@@ -20,7 +20,10 @@ def curvatures(model: nn.Module, adapter_name: str = "default") -> dict[str, lis
 
 def routing_stats(model: nn.Module, adapter_name: str = "default") -> dict[str, dict]:
     """Expert load since the last reset: per layer, the number of (non-padding) tokens seen
-    and the fraction of routing slots each expert received (sums to 1)."""
+    and the fraction of routing slots each expert received (sums to 1).
+
+    The counts accumulate on the device during training; this read is where the host waits
+    for them (once per layer), so call it when you log, not every step."""
     out = {}
     for name, layer in moselora_layers(model):
         counts = layer.route_counts.get(adapter_name)
@@ -28,7 +31,7 @@ def routing_stats(model: nn.Module, adapter_name: str = "default") -> dict[str, 
             continue
         total = float(counts.sum())
         out[name] = {
-            "tokens": layer.route_tokens.get(adapter_name, 0),
+            "tokens": int(layer.route_tokens.get(adapter_name, 0)),
             "load": [float(c) / total if total else 0.0 for c in counts.cpu()],
         }
     return out

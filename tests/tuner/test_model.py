@@ -146,3 +146,29 @@ def test_torch_compile_keeps_the_balance_gradient():
             if p.grad is not None:
                 torch.testing.assert_close(q.grad, p.grad, rtol=1e-5, atol=1e-7, msg=n)
     assert out.aux_loss is not None
+
+
+def _host_syncs(model, ids, mask) -> int:
+    model.train()
+    model(input_ids=ids, attention_mask=mask, labels=ids).loss.backward()  # warm-up
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        model(input_ids=ids, attention_mask=mask, labels=ids).loss.backward()
+    return [e.name for e in prof.events()].count("aten::_local_scalar_dense")
+
+
+def test_moselora_adds_no_host_synchronisation():
+    """A training forward+backward of the whole wrapped model, padded batch: MoSELoRA waits
+    for the device no more often than PEFT LoRA on the same model (the syncs left are
+    transformers' own); the routing statistics accumulate on the device until read."""
+    from peft import LoraConfig
+
+    ids = tokens()
+    mask = torch.ones_like(ids)
+    mask[0, 5:] = 0
+    torch.manual_seed(1)
+    targets = ["gate_proj", "up_proj", "down_proj"]
+    lora = get_peft_model(base_model(), LoraConfig(r=4, target_modules=targets))
+    mose = wrapped(init_weights=False)
+    assert _host_syncs(mose, ids, mask) == _host_syncs(lora, ids, mask)
+    real = int(mask.sum())
+    assert all(s["tokens"] == 2 * real for s in mosgeo_lora.routing_stats(mose).values())
