@@ -217,8 +217,6 @@ class MoSELoraLayer(BaseTunerLayer):
     def _count_routing(
         self, adapter_name: str, mask: torch.Tensor, token_mask: torch.Tensor | None
     ) -> None:
-        if torch.compiler.is_compiling():
-            return
         with torch.no_grad():
             m = mask.reshape(-1, mask.shape[-1])
             if token_mask is not None:

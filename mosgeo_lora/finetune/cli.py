@@ -112,6 +112,15 @@ def _add_run_options(p: argparse.ArgumentParser, single_run: bool) -> None:
         help="MoSELoRA load-balancing coefficient (default: the config's, 0.01)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--compile",
+        nargs="?",
+        const="inductor",
+        default=_RUN["compile"],
+        metavar="BACKEND",
+        help="torch.compile the model: the whole wrapped model compiles as one graph "
+        "(default backend: inductor)",
+    )
     _add_threads(p)
 
 

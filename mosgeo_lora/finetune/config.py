@@ -85,6 +85,10 @@ class FinetuneConfig:
     aux_loss_coef: float | None = None
     #: ``--no-progress``: no progress bar.
     disable_tqdm: bool = False
+    #: ``--compile``: train a ``torch.compile`` version of the model (the Trainer's
+    #: ``torch_compile``);
+    #: a backend name (``"inductor"``, ``"aot_eager"``, …), or ``""`` for eager.
+    compile: str = ""
     #: Free-form notes, copied into ``metrics.json``.
     extra: dict = field(default_factory=dict)
 

@@ -101,6 +101,7 @@ def _training_args(cfg: FinetuneConfig, out: Path):
         dataloader_num_workers=0,
         remove_unused_columns=False,
         disable_tqdm=cfg.disable_tqdm,
+        torch_compile_backend=cfg.compile or None,
     )
 
 

@@ -18,7 +18,7 @@ SHARED = {
     "--model", "--data", "--rank", "--steps", "--batch-size", "--grad-accum", "--curvature-lr",
     "--weight-decay", "--warmup-steps", "--max-length", "--train-examples", "--eval-sets",
     "--eval-limit", "--save-steps", "--logging-steps", "--input-map", "--aux-loss-coef",
-    "--no-progress", "--threads", "--output-dir", "-h", "--help",
+    "--no-progress", "--threads", "--output-dir", "-h", "--help", "--compile",
 }  # fmt: skip
 #: the flags of each command (0.1.0's, unchanged by the package layout change)
 FLAGS = {

@@ -424,3 +424,15 @@ def test_embedded_smollm2_smoke(tmp_path):
     assert m["trainable_parameters"] == 7_655_580  # 30 layers × (gate, up, down)
     assert set(m["accuracy"]) == set(m["accuracy_before"]) == {"comparison__pair"}
     assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_compile_switch_trains_like_eager(tmp_path, qa_file):
+    """``--compile`` (here the aot_eager backend: the same arithmetic, no C++ build) trains
+    the compiled model and logs the eager run's losses."""
+    logs = []
+    for compile_ in ("", "aot_eager"):
+        run = tmp_path / (compile_ or "eager")
+        finetune(tiny(run, qa_file, steps=3, compile=compile_, logging_steps=1))
+        lines = (run / "run" / "train_log.jsonl").read_text().splitlines()
+        logs.append([round(json.loads(x)["loss"], 5) for x in lines if '"loss"' in x])
+    assert len(logs[0]) == 3 and logs[0] == logs[1]

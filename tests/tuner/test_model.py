@@ -126,26 +126,31 @@ def test_wrap_seed_fixes_the_adapter_and_leaves_the_global_generator():
     assert any(not torch.equal(sa[k], sc[k]) for k in adapter if ".moselora_A." in k)
 
 
-def test_torch_compile_keeps_the_balance_gradient():
-    """The scale of the balance gradient is a graph input, not a constant traced once: the
-    compiled model (AOTAutograd, which traces the backward ahead of time) gives the eager
-    gradients, two calls in a row."""
+def test_the_whole_wrapped_model_compiles_as_one_graph():
+    """``torch.compile(fullgraph=True)`` of the whole wrapped model: no graph break, the
+    eager values and gradients (balance term included: its scale is a graph input, not a
+    constant traced once), and the routing statistics, two calls in a row."""
     ids = tokens()
+    mask = torch.ones_like(ids)
+    mask[0, 5:] = 0
+    explained = torch._dynamo.explain(wrapped(init_weights=False).train())(
+        input_ids=ids, attention_mask=mask, labels=ids
+    )
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0)
     eager = wrapped(init_weights=False).train()
     compiled = wrapped(init_weights=False).train()
-    run = torch.compile(compiled, backend="aot_eager")
+    run = torch.compile(compiled, fullgraph=True, backend="aot_eager")
     for _ in range(2):
-        eager.zero_grad()
-        compiled.zero_grad()
-        eager(input_ids=ids, labels=ids).loss.backward()
-        out = run(input_ids=ids, labels=ids)
-        out.loss.backward()
-        for (n, p), (_, q) in zip(
-            eager.named_parameters(), compiled.named_parameters(), strict=True
-        ):
-            if p.grad is not None:
-                torch.testing.assert_close(q.grad, p.grad, rtol=1e-5, atol=1e-7, msg=n)
-    assert out.aux_loss is not None
+        out_e = eager(input_ids=ids, attention_mask=mask, labels=ids)
+        out_c = run(input_ids=ids, attention_mask=mask, labels=ids)
+        out_e.loss.backward()
+        out_c.loss.backward()
+        torch.testing.assert_close(out_c.loss, out_e.loss)
+        torch.testing.assert_close(out_c.aux_loss, out_e.aux_loss)
+    for (n, p), (_, q) in zip(eager.named_parameters(), compiled.named_parameters(), strict=True):
+        if p.grad is not None:
+            torch.testing.assert_close(q.grad, p.grad, rtol=1e-5, atol=1e-7, msg=n)
+    assert mosgeo_lora.routing_stats(compiled) == mosgeo_lora.routing_stats(eager)
 
 
 def _host_syncs(model, ids, mask) -> int:
