@@ -134,19 +134,22 @@ class NaiveMoELinear(nn.Module):
             self.k = nn.Parameter(torch.tensor(KAPPA0[:n]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.base(x)
+        return self.base(x) + self.adapter(x)
+
+    def adapter(self, x: torch.Tensor) -> torch.Tensor:
+        """The adapter's additive output alone (the frozen layer not included)."""
         z = self.A(x)
         logits = self.router(z)
         if self.kind == "hydra_cat":
             g = torch.softmax(logits, dim=-1)
             h = (g.unsqueeze(-1) * z.unsqueeze(-2)).flatten(-2)
-            return y + self.scaling * (h @ self.B_cat.T)
+            return self.scaling * (h @ self.B_cat.T)
         if self.kind == "hydra_loop":
             g = torch.softmax(logits, dim=-1)
             out = 0
             for i, b in enumerate(self.B):
                 out = out + g[..., i : i + 1] * b(z)
-            return y + self.scaling * out
+            return self.scaling * out
         gates, _, _ = route(logits, TOP_K)
         out = 0
         for i, b in enumerate(self.B):
@@ -154,7 +157,7 @@ class NaiveMoELinear(nn.Module):
             h = pmath.project(pmath.expmap0(z, k=k), k=k)
             v = pmath.project(pmath.mobius_matvec(b.weight, h, k=k), k=k)
             out = out + gates[..., i : i + 1] * pmath.logmap0(v, k=k)
-        return y + self.scaling * out
+        return self.scaling * out
 
 
 # ----------------------------------------------------------------------------- setup
