@@ -28,6 +28,7 @@ from _report import (
     write_results,
 )
 
+import mosgeo.compiled as cmath
 import mosgeo.math as mmath
 
 OPS = ["dist", "expmap0", "logmap0", "mobius_add", "mobius_matvec"]
@@ -78,9 +79,10 @@ def timed(lib, op: str, inp: dict, backward: bool, grad_out: dict) -> float:
     return time.perf_counter() - t0
 
 
-def bench(rows: int, n: int, reps: int, warmup: int, seed: int) -> list[dict]:
+def bench(rows: int, n: int, reps: int, warmup: int, seed: int, compiled: bool) -> list[dict]:
     gen = torch.Generator().manual_seed(seed)
     results = []
+    libs = [("geoopt", gmath), ("mosgeo", mmath)] + ([("compiled", cmath)] if compiled else [])
     for kname in ["-1", "0", "1", "mixed"]:
         inp = make_inputs(rows, n, kname, gen)
         grad_out: dict = {}
@@ -88,20 +90,24 @@ def bench(rows: int, n: int, reps: int, warmup: int, seed: int) -> list[dict]:
             for backward in (False, True):
                 runs = {
                     name: functools.partial(timed, lib, op, inp, backward, grad_out)
-                    for name, lib in (("geoopt", gmath), ("mosgeo", mmath))
+                    for name, lib in libs
                 }
+                first = runs["compiled"]() if compiled else None  # the compilation
                 times = interleaved(runs, reps, warmup)
                 med = {name: median_ms(ts) for name, ts in times.items()}
-                results.append(
-                    {
-                        "k": kname,
-                        "op": op,
-                        "pass": "fwd+bwd" if backward else "fwd",
-                        "geoopt_ms": med["geoopt"],
-                        "mosgeo_ms": med["mosgeo"],
-                        "ratio": med["mosgeo"] / med["geoopt"],
-                    }
-                )
+                row = {
+                    "k": kname,
+                    "op": op,
+                    "pass": "fwd+bwd" if backward else "fwd",
+                    "geoopt_ms": med["geoopt"],
+                    "mosgeo_ms": med["mosgeo"],
+                    "ratio": med["mosgeo"] / med["geoopt"],
+                }
+                if compiled:
+                    row["compiled_ms"] = med["compiled"]
+                    row["compiled_ratio"] = med["compiled"] / med["geoopt"]
+                    row["first_call_s"] = first
+                results.append(row)
                 print(
                     f"k={kname:>5} {op:14s} {results[-1]['pass']:8s} geoopt {med['geoopt']:8.2f} ms"
                     f"  mosgeo {med['mosgeo']:8.2f} ms  ratio {results[-1]['ratio']:.3f}",
@@ -111,6 +117,7 @@ def bench(rows: int, n: int, reps: int, warmup: int, seed: int) -> list[dict]:
 
 
 def to_markdown(results: list[dict], meta: dict) -> str:
+    compiled = "compiled_ms" in results[0]
     lines = [
         "# mosgeo vs geoopt: core ops",
         "",
@@ -122,7 +129,8 @@ def to_markdown(results: list[dict], meta: dict) -> str:
         "data inputs.",
         "",
         markdown_table(
-            ["κ", "op", "pass", "geoopt ms", "mosgeo ms", "ratio"],
+            ["κ", "op", "pass", "geoopt ms", "mosgeo ms", "ratio"]
+            + (["compiled ms", "compiled ratio", "first call s"] if compiled else []),
             (
                 [
                     r["k"],
@@ -132,15 +140,40 @@ def to_markdown(results: list[dict], meta: dict) -> str:
                     f"{r['mosgeo_ms']:.2f}",
                     f"{r['ratio']:.2f}",
                 ]
+                + (
+                    [
+                        f"{r['compiled_ms']:.2f}",
+                        f"{r['compiled_ratio']:.2f}",
+                        f"{r['first_call_s']:.1f}",
+                    ]
+                    if compiled
+                    else []
+                )
                 for r in results
             ),
-            align="lllrrr",
+            align="lllrrr" + ("rrr" if compiled else ""),
         ),
     ]
     worst = max((r for r in results if r["pass"] == "fwd+bwd"), key=lambda r: r["ratio"])
     lines += [
         "",
         f"Worst fwd+bwd ratio: {worst['ratio']:.2f} ({worst['op']}, κ = {worst['k']}).",
+        *(
+            [
+                "",
+                "compiled: the same ops through `mosgeo.compiled` (torch.compile, inductor, "
+                "fullgraph, dynamic shapes); compiled ratio = compiled / geoopt; first call s = "
+                "the first call's time, compilation included. Worst fwd+bwd compiled ratio: "
+                + "{r[compiled_ratio]:.2f} ({r[op]}, κ = {r[k]}).".format(
+                    r=max(
+                        (r for r in results if r["pass"] == "fwd+bwd"),
+                        key=lambda r: r["compiled_ratio"],
+                    )
+                ),
+            ]
+            if compiled
+            else []
+        ),
     ]
     return "\n".join(lines) + "\n"
 
@@ -149,13 +182,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=100_000)
     ap.add_argument("--dim", type=int, default=64)
+    ap.add_argument(
+        "--no-compiled", dest="compiled", action="store_false", help="skip the compiled column"
+    )
     add_common_options(ap, reps=15, warmup=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     import geoopt
 
     meta = {
-        "command": command_line("bench_core.py", ap, args),
+        "command": command_line("bench_core.py", ap, args, flags={"compiled": "--no-compiled"}),
         "rows": args.rows,
         "n": args.dim,
         "reps": args.reps,
@@ -164,7 +200,7 @@ def main() -> None:
         "geoopt": geoopt.__version__,
         "machine": machine(),
     }
-    results = bench(args.rows, args.dim, args.reps, args.warmup, args.seed)
+    results = bench(args.rows, args.dim, args.reps, args.warmup, args.seed, args.compiled)
     write_results(args.out, "core", {"meta": meta, "results": results}, to_markdown(results, meta))
 
 

@@ -116,6 +116,7 @@ pygments_dark_style = "monokai"
 API_MODULES = [
     "mosgeo",
     "mosgeo.math",
+    "mosgeo.compiled",
     "mosgeo.charts",
     "mosgeo.numerics",
     "mosgeo.manifold",

@@ -1,0 +1,62 @@
+"""``mosgeo.compiled``: the ops of ``mosgeo.math`` under ``torch.compile`` give the eager
+values and gradients, and compile once per kind of curvature, whatever the batch size or the
+curvature's value."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+import mosgeo.compiled as cmath
+import mosgeo.math as pmath
+
+
+def _graphs() -> int:
+    return counters["stats"]["unique_graphs"]
+
+
+def _points(rows: int, dtype=torch.float32, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn(rows, 16, generator=g) * 0.1).to(dtype)
+    y = (torch.randn(rows, 16, generator=g) * 0.1).to(dtype)
+    k = torch.empty(rows, 1).uniform_(-2.0, 2.0, generator=g).to(dtype)
+    k[::3] = 0.0
+    return x, y, k
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_compiled_dist_values_and_gradients(dtype):
+    x, y, k = _points(64, dtype)
+    leaves = [t.clone().requires_grad_() for t in (x, y, k)]
+    eager = pmath.dist(*leaves[:2], k=leaves[2], keepdim=True)
+    eager.sum().backward()
+    same = [t.clone().requires_grad_() for t in (x, y, k)]
+    compiled = cmath.dist(*same[:2], k=same[2], keepdim=True)
+    compiled.sum().backward()
+    tol = 1e-6 if dtype == torch.float32 else 1e-12
+    torch.testing.assert_close(compiled, eager, rtol=tol, atol=tol)
+    for a, b in zip(same, leaves, strict=True):  # ∂/∂x, ∂/∂y and ∂/∂κ
+        torch.testing.assert_close(a.grad, b.grad, rtol=10 * tol, atol=10 * tol)
+
+
+def test_one_compilation_per_kind_of_curvature():
+    x, y, k = _points(48)
+    cmath.expmap0(x, k=k)  # the per-row kind
+    cmath.expmap0(x, k=-1.0)  # the scalar kind
+    start = _graphs()
+    for rows in (32, 80, 200):  # new batch sizes
+        xb, _, kb = _points(rows, seed=rows)
+        torch.testing.assert_close(cmath.expmap0(xb, k=kb), pmath.expmap0(xb, k=kb))
+    for value in (-0.5, 0.0, 1e-9, 2.0):  # new curvature values, as Python floats
+        torch.testing.assert_close(cmath.expmap0(x, k=value), pmath.expmap0(x, k=value))
+    assert _graphs() == start, "a batch size or a curvature value recompiled"
+
+
+def test_the_compiled_ops_are_the_math_ops():
+    x, y, k = _points(40)
+    torch.testing.assert_close(cmath.mobius_add(x, y, k=k), pmath.mobius_add(x, y, k=k))
+    assert set(cmath.OPS) <= set(pmath.__all__)
+    assert cmath.dist.__wrapped__ is pmath.dist
+    with pytest.raises(AttributeError):
+        cmath.not_an_op  # noqa: B018
