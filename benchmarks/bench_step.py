@@ -133,15 +133,21 @@ def ops_per_layer(model, device: str, dtype: torch.dtype) -> int:
     return counter.count
 
 
+def _forward_backward(model, ids, mask) -> None:
+    model(input_ids=ids, attention_mask=mask, labels=ids).loss.backward()
+    model.zero_grad(set_to_none=True)
+
+
 def syncs_per_step(model, opt, device: str) -> dict[str, int]:
-    """Host synchronisations of one training step of the whole model, batch 2 with padding."""
+    """Host synchronisations of one forward+backward of the whole model, batch 2 with padding
+    (the optimizer's own, one per parameter tensor for a non-capturable AdamW, left out)."""
     ids = torch.randint(3, 49152, (2, 24), device=device)
     mask = torch.ones_like(ids)
     mask[1, 16:] = 0
-    train_step(model, opt, ids, mask)
+    _forward_backward(model, ids, mask)
     acts = [torch.profiler.ProfilerActivity.CPU]
     with torch.profiler.profile(activities=acts) as prof:
-        train_step(model, opt, ids, mask)
+        _forward_backward(model, ids, mask)
     names = [e.name for e in prof.events()]
     out = {"local_scalar_dense": names.count("aten::_local_scalar_dense")}
     if device.startswith("cuda"):
@@ -149,7 +155,7 @@ def syncs_per_step(model, opt, device: str) -> dict[str, int]:
             warnings.simplefilter("always")
             torch.cuda.set_sync_debug_mode("warn")
             try:
-                train_step(model, opt, ids, mask)
+                _forward_backward(model, ids, mask)
                 sync(device)
             finally:
                 torch.cuda.set_sync_debug_mode("default")
@@ -183,6 +189,23 @@ def run(args) -> dict:
             + "  ".join(f"{v} {rows[v][f'train_{b}x{t}_ms']:.1f} ms" for v in VARIANTS),
             flush=True,
         )
+        if args.compile:  # the same step through torch.compile (the warm-up compiles)
+            runs = {
+                v: functools.partial(
+                    _timed, functools.partial(train_step, torch.compile(m), o, ids), args.device
+                )
+                for v, (m, o) in models.items()
+            }
+            times = interleaved(runs, args.reps, max(args.warmup, 2))
+            for v in VARIANTS:
+                rows[v][f"train_{b}x{t}_compiled_ms"] = median_ms(times[v])
+            print(
+                f"train {b}x{t} compiled: "
+                + "  ".join(
+                    f"{v} {rows[v][f'train_{b}x{t}_compiled_ms']:.1f} ms" for v in VARIANTS
+                ),
+                flush=True,
+            )
     prompt = torch.randint(3, 49152, (1, 16), generator=gen).to(args.device)
     for m, _ in models.values():
         m.eval()
@@ -218,16 +241,23 @@ def to_markdown(result: dict, meta: dict) -> str:
              f"{mo[k + '_tok_s'] / lo[k + '_tok_s']:.2f}"]
             for k in keys
         ],
+        *[
+            [f"train step {k.removeprefix('train_').replace('x', ' × ')}, compiled (ms)",
+             f"{lo[k + '_compiled_ms']:.1f}", f"{mo[k + '_compiled_ms']:.1f}",
+             f"{mo[k + '_compiled_ms'] / lo[k + '_compiled_ms']:.2f}"]
+            for k in keys
+            if k + "_compiled_ms" in lo
+        ],
         [f"decode {meta['new_tokens']} tokens (ms)", f"{lo['decode_ms']:.1f}",
          f"{mo['decode_ms']:.1f}", f"{mo['decode_ms'] / lo['decode_ms']:.2f}"],
         ["kernel-level ops, one gate_proj fwd+bwd", lo["ops_per_layer"], mo["ops_per_layer"],
          f"{mo['ops_per_layer'] / lo['ops_per_layer']:.1f}"],
-        ["`_local_scalar_dense` per training step", lo["local_scalar_dense"],
+        ["`_local_scalar_dense` per forward+backward", lo["local_scalar_dense"],
          mo["local_scalar_dense"], "–"],
     ]  # fmt: skip
     if "cuda_sync_warnings" in lo:
         table.append(
-            ["CUDA sync warnings per training step", lo["cuda_sync_warnings"],
+            ["CUDA sync warnings per forward+backward", lo["cuda_sync_warnings"],
              mo["cuda_sync_warnings"], "–"]
         )  # fmt: skip
     table.append(["trainable parameters", f"{lo['trainable']:,}", f"{mo['trainable']:,}", "–"])
@@ -250,6 +280,7 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=30)
     ap.add_argument("--train-shapes", default="8x64,8x512")
     ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--compile", action="store_true", help="also time torch.compile'd steps")
     add_common_options(ap, reps=10, warmup=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

@@ -147,8 +147,9 @@ class CallRecorder:
         self.current: CallState | None = None
         #: The MoSELoRA layers installed on this model.
         self.layers = 0
-        self._sum: torch.Tensor | None = None
-        self._calls = 0
+        # [Σ aux, calls] of the training calls since the last read: a tensor, so that counting
+        # neither waits for the device nor changes a Python int that compiled graphs guard on
+        self._acc: torch.Tensor | None = None
 
     def begin(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         """Root forward pre-hook: open the call's state."""
@@ -166,8 +167,8 @@ class CallRecorder:
         state.closed = True
         aux = state.aux_loss()
         if aux is not None and torch.is_grad_enabled() and module.training:
-            self._sum = aux if self._sum is None else self._sum + aux
-            self._calls += 1
+            step = torch.stack([aux.detach().float(), torch.ones_like(aux, dtype=torch.float32)])
+            self._acc = step if self._acc is None else self._acc + step
         if isinstance(output, dict):  # transformers ModelOutput: attributes, not keys
             object.__setattr__(output, "moselora_aux_loss", aux)
             if "aux_loss" not in {f.name for f in dataclasses.fields(output)}:
@@ -180,11 +181,14 @@ class CallRecorder:
 
     def read(self, reset: bool = True) -> float | None:
         """Mean balance loss of the training calls since the last read (one host sync)."""
-        if self._calls == 0:
+        if self._acc is None:
             return None
-        value = float(self._sum) / self._calls
+        total, calls = self._acc.tolist()
         if reset:
-            self._sum, self._calls = None, 0
+            self._acc = None
+        if calls == 0:
+            return None
+        value = total / calls
         return value
 
 

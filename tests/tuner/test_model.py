@@ -15,6 +15,7 @@ pytest.importorskip("transformers")
 
 from peft import PeftModel, get_peft_model  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
+from torch._dynamo.utils import counters  # noqa: E402
 from transformers import LlamaForCausalLM  # noqa: E402
 from wrapped_models import adapted_layers, base_model, small_config, tokens, wrapped  # noqa: E402
 
@@ -140,13 +141,17 @@ def test_the_whole_wrapped_model_compiles_as_one_graph():
     eager = wrapped(init_weights=False).train()
     compiled = wrapped(init_weights=False).train()
     run = torch.compile(compiled, fullgraph=True, backend="aot_eager")
-    for _ in range(2):
+    graphs = []
+    for _ in range(5):  # a counter that changes per call would recompile every call
         out_e = eager(input_ids=ids, attention_mask=mask, labels=ids)
         out_c = run(input_ids=ids, attention_mask=mask, labels=ids)
         out_e.loss.backward()
         out_c.loss.backward()
         torch.testing.assert_close(out_c.loss, out_e.loss)
         torch.testing.assert_close(out_c.aux_loss, out_e.aux_loss)
+        graphs.append(counters["stats"]["unique_graphs"])
+    assert graphs[-1] == graphs[1], graphs  # the first calls fill the caches; then no new graph
+    assert mosgeo_lora.balance_loss(compiled) == pytest.approx(mosgeo_lora.balance_loss(eager))
     for (n, p), (_, q) in zip(eager.named_parameters(), compiled.named_parameters(), strict=True):
         if p.grad is not None:
             torch.testing.assert_close(q.grad, p.grad, rtol=1e-5, atol=1e-7, msg=n)
