@@ -90,16 +90,23 @@ def from_ambient(y: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
     return space / clamp_abs(1.0 + _sqrt_abs_k(k) * time, guards(y.dtype).min_denom)
 
 
-def spacelike_scale(x2: Tensor, k: Tensor) -> Tensor:
-    r"""Radial factor of :func:`to_spacelike` from ``‖x‖²``: ``λ_x = 2/(1 + κ‖x‖²)``."""
+@float32_island
+def spacelike_scale(x2: Tensor, k: Curvature) -> Tensor:
+    r"""Radial factor of :func:`to_spacelike` from ``‖x‖²``: ``λ_x = 2/(1 + κ‖x‖²)``.
+
+    Half precision: computed in float32 and cast back (as every op)."""
+    k = _k(k, x2)
     return 2.0 / (1.0 + k * x2).clamp_min(guards(x2.dtype).min_denom)
 
 
-def spacelike_inverse_scale(u2: Tensor, k: Tensor) -> Tensor:
+@float32_island
+def spacelike_inverse_scale(u2: Tensor, k: Curvature) -> Tensor:
     r"""Radial factor of :func:`from_spacelike` from ``‖u‖²``: ``1/(1 + √(1 − κ‖u‖²))``.
 
-    ``1 − κ‖u‖²`` is clamped at ``ε`` (κ > 0 beyond the chart: clip first).
+    ``1 − κ‖u‖²`` is clamped at ``ε`` (κ > 0 beyond the chart: clip first). Half
+    precision: computed in float32 and cast back.
     """
+    k = _k(k, u2)
     g = guards(u2.dtype)
     return 1.0 / (1.0 + (1.0 - k * u2).clamp_min(g.min_denom).sqrt())
 
@@ -180,17 +187,24 @@ def clip_spacelike(u: Tensor, *, k: Curvature, eps: float | None = None, dim: in
 @float32_island
 def _clip_spacelike(u: Tensor, k: Curvature, dim: int, eps: float) -> Tensor:
     n = safe_norm(u, dim)  # ‖u‖² of a huge u overflows: the clip must still point along u
-    return u * clip_spacelike_factor(n, _k(k, u), eps)
+    return u * _clip_spacelike_factor(n, _k(k, u), eps)
 
 
-def clip_spacelike_factor(n: Tensor, k: Tensor, eps: float | None = None) -> Tensor:
+def clip_spacelike_factor(n: Tensor, k: Curvature, eps: float | None = None) -> Tensor:
     r"""Radial factor of :func:`clip_spacelike` from ``n = ‖u‖``.
 
-    ``min(1, (1 − eps)/(√κ n))`` for κ > 0, 1 for κ ≤ 0.
+    ``min(1, (1 − eps)/(√κ n))`` for κ > 0, 1 for κ ≤ 0. Half precision: computed in
+    float32 and cast back, with the storage dtype's default ``eps`` (as :func:`clip_spacelike`).
     """
-    g = guards(n.dtype)
     if eps is None or eps < 0:
-        eps = g.ball_eps
+        eps = guards(n.dtype).ball_eps
+    return _clip_spacelike_factor(n, k, eps)
+
+
+@float32_island
+def _clip_spacelike_factor(n: Tensor, k: Curvature, eps: float) -> Tensor:
+    g = guards(n.dtype)
+    k = _k(k, n)
     # √κ·‖u‖ against 1 − eps (not ‖u‖ against (1 − eps)/√κ): finite κ-gradient for tiny κ
     m = k.clamp_min(g.min_norm**2).sqrt() * n
     over = (k > 0) & (m > 1.0 - eps)

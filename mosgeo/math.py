@@ -297,19 +297,26 @@ def project(x: Tensor, *, k: Curvature, dim: int = -1, eps: float | None = None)
 
 @float32_island
 def _project(x: Tensor, k: Curvature, dim: int, eps: float) -> Tensor:
-    return x * project_factor(safe_norm(x, dim), _k(k, x), eps)
+    return x * _project_factor(safe_norm(x, dim), _k(k, x), eps)
 
 
-def project_factor(n: Tensor, k: Tensor, eps: float | None = None) -> Tensor:
+def project_factor(n: Tensor, k: Curvature, eps: float | None = None) -> Tensor:
     r"""Radial factor of :func:`project` from the norm ``n = ‖x‖`` (kept dim).
 
     ``project(x) = x · project_factor(‖x‖, κ)``, i.e. ``min(1, R_κ/‖x‖)`` with
     ``R_κ = (1 − eps)/√|κ|`` for κ < 0 and ``max_norm/max(1, √κ)`` for κ ≥ 0. For fused
-    radial code that knows ``‖x‖`` without forming ``x``.
+    radial code that knows ``‖x‖`` without forming ``x``. Half precision: computed in
+    float32 and cast back, with the storage dtype's default ``eps`` (as :func:`project`).
     """
-    g = guards(n.dtype)
     if eps is None or eps < 0:
-        eps = g.ball_eps
+        eps = guards(n.dtype).ball_eps
+    return _project_factor(n, k, eps)
+
+
+@float32_island
+def _project_factor(n: Tensor, k: Curvature, eps: float) -> Tensor:
+    g = guards(n.dtype)
+    k = _k(k, n)
     # compare √|κ|·‖x‖ with the limit instead of ‖x‖ with 1/√|κ|: d(κ^{-1/2})/dκ overflows
     # for tiny κ and 0·inf in the unused where-branch would poison the κ-gradient
     sk = k.abs().clamp_min(g.min_norm**2).sqrt()

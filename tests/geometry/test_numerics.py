@@ -782,6 +782,36 @@ def test_half_precision_projection_uses_storage_eps(opname, dtype):
     assert torch.equal(got, ref)
 
 
+#: the radial factors of the fused adapter path: (function of (s, κ), κ, uses the margin)
+RADIAL_FACTORS = {
+    "project_factor": (lambda s, k, **kw: pmath.project_factor(s, k, **kw), -1.0, True),
+    "clip_spacelike_factor": (lambda s, k, **kw: charts.clip_spacelike_factor(s, k, **kw),
+                              1.0, True),
+    "spacelike_scale": (lambda s, k, **kw: charts.spacelike_scale(s, k), -1.0, False),
+    "spacelike_inverse_scale": (lambda s, k, **kw: charts.spacelike_inverse_scale(s, k), 0.7,
+                                False),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(RADIAL_FACTORS))
+@pytest.mark.parametrize("dtype", HALF, ids=_ids(HALF))
+def test_half_precision_radial_factors_are_float32_cast_back(name, dtype):
+    """The radial factors the fused adapter path calls follow the float32 island like every
+    op: float16/bfloat16 arguments give the float32 computation (with the storage dtype's
+    margin, as ``project``/``clip_spacelike``) cast back. (Found: ``project_factor`` raised
+    "value cannot be converted to type c10::Half without overflow" in float16, and the
+    others computed in half precision.)"""
+    fn, kv, uses_eps = RADIAL_FACTORS[name]
+    gen = torch.Generator().manual_seed(9)
+    s = (torch.rand(64, 1, generator=gen, dtype=torch.float64) * 1.4).to(dtype)
+    k = torch.full((3,), kv, dtype=dtype) * torch.tensor([1.0, 0.5, 1e-3], dtype=dtype)
+    got = fn(s, k)
+    kw = {"eps": default_eps(dtype)} if uses_eps else {}
+    ref = fn(s.float(), k.float(), **kw).to(dtype)
+    assert got.dtype == dtype
+    assert torch.equal(got, ref), (got[got != ref][:4], ref[got != ref][:4])
+
+
 def _huge_norms(dtype):
     """Norms from 1e10 up to finfo.max/8 (‖u‖² overflows beyond √max)."""
     top = math.log10(torch.finfo(dtype).max / 8)

@@ -91,3 +91,44 @@ def test_bad_shapes_and_input_map_raise() -> None:
         experts_fused(z, b, k, torch.ones(9, 5), input_map="poincare")
     with pytest.raises(ValueError, match="N·r"):
         experts_fused(z, b[:, :-1], k, torch.ones(9, 5))
+
+
+@pytest.mark.parametrize("input_map", ["stereographic", "lift"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
+def test_half_precision_weights_without_autocast(dtype, input_map) -> None:
+    """float16/bfloat16 z, B, κ (a model converted with ``.half()``, no autocast): both paths
+    return the storage dtype with finite gradients and equal the float64 evaluation on the
+    same (up-cast) inputs to ~2 ulps of the output's scale: the radial factors run in the
+    float32 island. (Found: the fused path's ``project_factor`` raised "value cannot be
+    converted to type c10::Half without overflow" in float16, and the ``lift`` path's
+    float16 gradients were not finite.)"""
+    g = torch.Generator().manual_seed(0)
+    n, r, d, t = 5, 4, 7, 64
+    # token norms 1e-3 … 0.3 and a small B: inside every ball and chart, so the margins
+    # (storage dtype vs float64) play no part in the comparison
+    scale = torch.logspace(-3, -0.5, t, dtype=torch.float64).unsqueeze(-1)
+    z = torch.randn(t, r, generator=g, dtype=torch.float64)
+    z = (z / z.norm(dim=-1, keepdim=True) * scale).to(dtype)
+    b = (torch.randn(d, n * r, generator=g, dtype=torch.float64) * 0.2).to(dtype)
+    k = ((torch.rand(n, generator=g, dtype=torch.float64) - 0.5) * 6).to(dtype)
+    k[0] = 0.0
+    w = torch.randn(n, r, generator=g, dtype=torch.float64)
+    gates, _, _ = route(z.double() @ w.T, 2)
+
+    def run(cast, fused):
+        zz, bb, kk = (v.to(cast).requires_grad_() for v in (z, b, k))
+        gg = gates.to(cast)
+        if fused:
+            out = experts_fused(zz, bb, kk, gg, input_map=input_map)
+        else:
+            out = (experts_reference(zz, bb, kk, input_map=input_map) * gg.unsqueeze(-1)).sum(-2)
+        grads = torch.autograd.grad(out.sum(), (zz, bb, kk))
+        return out, grads
+
+    for fused in (True, False):
+        ref, _ = run(torch.float64, fused)
+        out, grads = run(dtype, fused)
+        assert out.dtype == dtype
+        assert all(gr.dtype == dtype and torch.isfinite(gr).all() for gr in grads), fused
+        err = (out.double() - ref).abs() / ref.abs().amax(-1, keepdim=True)
+        assert err.max() <= 4 * torch.finfo(dtype).eps, (fused, err.max().item())
