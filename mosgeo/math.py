@@ -400,14 +400,30 @@ def _mobius_coeffs(a2: Tensor, b2: Tensor, s2: Tensor, ab: Tensor, k: Tensor):
     r"""``a ⊕_κ b = c_s s + c_a a + c_b b`` (``s = a + b``), its denominator ``D`` and ``a' =
     1 + κ‖a‖²``: ``c_s = a'/D, c_a = −κ‖s‖²/D, c_b = 0`` near the origin (the form that is
     exact for ``b ≈ −a``); Ungar's ``c_s = 0, c_a = (1 − 2κ⟨a,b⟩ − κ‖b‖²)/D, c_b = a'/D``
-    in the far spherical regime of :func:`_mobius_den`. Same function, two roundings."""
+    in the far spherical regime of :func:`_mobius_den`. Same function, two roundings.
+
+    The identity is exact: where ``b = 0`` (``a = 0``) the coefficients take the values
+    ``c_s = 1, c_a = 0`` (``c_b = 0``), so ``a ⊕ 0 = 0 ⊕ a = s = a`` bit for bit, also where
+    the combination is fused into FMAs. The near form gives ``1 + O(ε)`` and ``O(1)``
+    there (e.g. ``a'/D`` with ``D = fl(1 + κ‖a‖²) − κ‖a‖²``). Only the values change: each
+    overridden coefficient keeps its own derivatives (``c − (c − v).detach()``), and the
+    coefficient of the zero vector absorbs the difference (``c_b + c_s − 1``, value times
+    ``b = 0``), so the Jacobian ``∂/∂b = c_s + c_b`` — and every higher derivative — is that
+    of the unmodified formula."""
     den, far = _mobius_den(a2, b2, s2, ab, k)
     ap = 1.0 + k * a2
     zero = torch.zeros_like(den)
     c_s = torch.where(far, zero, ap / den)
     c_a = torch.where(far, (1.0 - 2.0 * k * ab - k * b2) / den, -k * s2 / den)
     c_b = torch.where(far, ap / den, zero)
-    return c_s, c_a, c_b, den
+    a0, b0 = a2 == 0, b2 == 0
+    one = c_s - (c_s - 1.0).detach()  # value 1, derivatives of c_s
+    shift = (c_s - 1.0).detach()
+    c_a, c_b = (
+        torch.where(b0, c_a - c_a.detach(), torch.where(a0, c_a + shift, c_a)),
+        torch.where(a0, c_b - c_b.detach(), torch.where(b0, c_b + shift, c_b)),
+    )
+    return torch.where(a0 | b0, one, c_s), c_a, c_b, den
 
 
 def _madd(x: Tensor, y: Tensor, k: Tensor, dim: int, x2: Tensor, y2: Tensor, xy: Tensor) -> Tensor:
