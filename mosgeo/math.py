@@ -37,6 +37,7 @@ from .numerics import (
     safe_sqrt,
     series_coefficients,
     sqnorm,
+    sqnorm_norm,
 )
 from .numerics import as_curvature as _k
 
@@ -98,57 +99,95 @@ def _series(name: str, t: Tensor, terms: int) -> Tensor:
     return out
 
 
-def _ratio(name: str, t: Tensor, pos: Callable, neg: Callable, smax: float | None) -> Tensor:
+def _ratio(
+    name: str, t: Tensor, pos: Callable, neg: Callable, s_big: Tensor | None = None
+) -> Tensor:
     """``f(t)`` = series for ``|t| < τ``, else ``pos(s)/s`` (t > 0) or ``neg(s)/s`` (t < 0),
-    ``s = √|t|``. Both branches see only safe arguments (NaN in an unused ``where`` branch
-    still poisons the gradient)."""
+    ``s = √|t|`` — or ``s_big`` where ``t = ±inf`` (see :func:`tan_ratio`). Both branches see
+    only safe arguments (NaN in an unused ``where`` branch still poisons the gradient)."""
     g = guards(t.dtype)
     tau = g.series_tau
     small = t.abs() < tau
     t_ser = torch.where(small, t, torch.zeros_like(t))
-    s = t.abs().clamp_min(tau).sqrt()
-    if smax is not None:
-        s = s.clamp_max(smax)
-    closed = torch.where(t > 0, pos(s), neg(s)) / s
+    s = t.abs().clamp(tau, torch.finfo(t.dtype).max).sqrt()
+    if s_big is not None:
+        s = torch.where(torch.isinf(t), s_big.clamp_min(tau**0.5), s)
+    # each closed form sees its own sign's arguments only (tan of an arbitrary s has an
+    # arbitrary, possibly infinite, derivative)
+    one = torch.ones_like(s)
+    closed = torch.where(t > 0, pos(torch.where(t > 0, s, one)), neg(torch.where(t > 0, one, s)))
+    closed = closed / s
     return torch.where(small, _series(name, t_ser, g.series_terms), closed)
 
 
-def tan_ratio(t: Tensor) -> Tensor:
+def tan_ratio(t: Tensor, s: Tensor | None = None) -> Tensor:
     r"""``T(t) = tan(√t)/√t`` (t > 0), ``tanh(√−t)/√−t`` (t < 0), ``1 + t/3 + 2t²/15 + …``.
 
     ``tan_k(r, κ) = r·T(κr²)``. Entire near 0 (poles only at ``√t = π/2 + jπ``).
+
+    Overflow: where ``t = κr²`` overflowed to ``±inf`` the closed form is evaluated at ``s``
+    (``√|κ|·r``, formed without squaring) instead of ``√|t|``, so ``r·T`` stays finite
+    (``1/√|κ|`` for κ < 0). The same ``s`` argument exists on every ratio.
     """
     emax = guards(t.dtype).max_exp_arg
-    return _ratio("tan", t, torch.tan, lambda s: torch.tanh(s.clamp_max(emax)), None)
+    return _ratio("tan", t, torch.tan, lambda s: torch.tanh(s.clamp_max(emax)), s)
 
 
-def artan_ratio(t: Tensor) -> Tensor:
+def artan_ratio(t: Tensor, s: Tensor | None = None) -> Tensor:
     r"""``A(t) = atan(√t)/√t`` (t > 0), ``atanh(√−t)/√−t`` (t < 0), ``1 − t/3 + t²/5 − …``.
 
     ``artan_k(y, κ) = y·A(κy²)``. For ``t ≤ −1`` (outside the ball) the ``atanh`` argument is
-    clamped to ``1 − ε``.
+    clamped to ``1 − ε``. ``s``: see :func:`tan_ratio`.
     """
     amax = guards(t.dtype).atanh_max
 
     def neg(s: Tensor) -> Tensor:
         return torch.atanh(s.clamp_max(amax))
 
-    return _ratio("artan", t, torch.atan, neg, None)
+    return _ratio("artan", t, torch.atan, neg, s)
 
 
-def sin_ratio(t: Tensor) -> Tensor:
-    r"""``S(t) = sin(√t)/√t`` (t > 0), ``sinh(√−t)/√−t`` (t < 0), ``1 − t/6 + t²/120 − …``."""
+def sin_ratio(t: Tensor, s: Tensor | None = None) -> Tensor:
+    r"""``S(t) = sin(√t)/√t`` (t > 0), ``sinh(√−t)/√−t`` (t < 0), ``1 − t/6 + t²/120 − …``.
+
+    ``s``: see :func:`tan_ratio`."""
     emax = guards(t.dtype).max_exp_arg
-    return _ratio("sin", t, torch.sin, lambda s: torch.sinh(s.clamp_max(emax)), None)
+    return _ratio("sin", t, torch.sin, lambda s: torch.sinh(s.clamp_max(emax)), s)
 
 
-def arsin_ratio(t: Tensor) -> Tensor:
+def arsin_ratio(t: Tensor, s: Tensor | None = None) -> Tensor:
     r"""``AS(t) = asin(√t)/√t`` (t > 0), ``asinh(√−t)/√−t`` (t < 0), ``1 + t/6 + 3t²/40 + …``.
 
-    For ``t > 1`` the ``asin`` argument is clamped to ``1 − ε``.
+    For ``t > 1`` the ``asin`` argument is clamped to ``1 − ε``. ``s``: see
+    :func:`tan_ratio`.
     """
     amax = guards(t.dtype).atanh_max
-    return _ratio("arsin", t, lambda s: torch.asin(s.clamp_max(amax)), torch.asinh, None)
+    return _ratio("arsin", t, lambda s: torch.asin(s.clamp_max(amax)), torch.asinh, s)
+
+
+def _kq(k: Tensor, q: Tensor, f: Tensor | None = None) -> Tensor:
+    r"""``t = κ·f·q`` for a square ``q ≥ 0`` that may have overflowed to ``+inf`` and a
+    finite factor ``f ≥ 0`` (default 1). Where ``f·q`` is infinite (and ``f > 0``):
+    ``sign(κ)·∞`` (0 at κ = 0), with a zero gradient (the exact one is infinite);
+    elsewhere the plain product. Never NaN, also in the gradient: ``q`` is replaced by 0
+    before it meets a differentiable factor (no ``0·∞`` in a backward product), and κ is
+    multiplied last (``∂t/∂(fq) = κ`` is 0 at κ = 0)."""
+    qinf = torch.isinf(q)
+    p = torch.where(qinf, torch.zeros_like(q), q)
+    if f is not None:
+        p = f * p
+        qinf = qinf & (f > 0)  # 0·∞: the product is 0
+    big = qinf | torch.isinf(p)
+    t = k * torch.where(big, torch.zeros_like(p), p)
+    inf = torch.full_like(t, torch.inf)
+    sign_inf = torch.where(k > 0, inf, torch.where(k < 0, -inf, torch.zeros_like(t)))
+    return torch.where(big, sign_inf, t)
+
+
+def _sk(k: Tensor) -> Tensor:
+    """``√|κ|`` with a finite derivative at κ = 0 (clamped at ``tiny``): only for the closed
+    form of a ratio, which κ = 0 never selects."""
+    return k.abs().clamp_min(guards(k.dtype).min_norm ** 2).sqrt()
 
 
 # --------------------------------------------------------------------------------------
@@ -165,28 +204,28 @@ def tan_k(x: Tensor, k: Curvature) -> Tensor:
     gradient in κ has the wrong sign for tiny negative κ.
     """
     k = _k(k, x)
-    return x * tan_ratio(k * x * x)
+    return x * tan_ratio(_kq(k, x * x), _sk(k) * x.abs())
 
 
 @float32_island
 def artan_k(x: Tensor, k: Curvature) -> Tensor:
     r"""``artan_κ(x) = atan(√κ x)/√κ`` (κ > 0), ``x`` (κ = 0), ``atanh(√−κ x)/√−κ`` (κ < 0)."""
     k = _k(k, x)
-    return x * artan_ratio(k * x * x)
+    return x * artan_ratio(_kq(k, x * x), _sk(k) * x.abs())
 
 
 @float32_island
 def sin_k(x: Tensor, k: Curvature) -> Tensor:
     r"""``sin_κ(x) = sin(√κ x)/√κ`` (κ > 0), ``x`` (κ = 0), ``sinh(√−κ x)/√−κ`` (κ < 0)."""
     k = _k(k, x)
-    return x * sin_ratio(k * x * x)
+    return x * sin_ratio(_kq(k, x * x), _sk(k) * x.abs())
 
 
 @float32_island
 def arsin_k(x: Tensor, k: Curvature) -> Tensor:
     r"""``arsin_κ(x) = asin(√κ x)/√κ`` (κ > 0), ``x`` (κ = 0), ``asinh(√−κ x)/√−κ`` (κ < 0)."""
     k = _k(k, x)
-    return x * arsin_ratio(k * x * x)
+    return x * arsin_ratio(_kq(k, x * x), _sk(k) * x.abs())
 
 
 def tanh(x: Tensor) -> Tensor:
@@ -364,7 +403,7 @@ def norm(x: Tensor, u: Tensor, *, k: Curvature, keepdim: bool = False, dim: int 
     r"""Riemannian norm ``‖u‖_x = λ_x ‖u‖``."""
     k = _k(k, x)
     lam = 2.0 / _conf_half_inv(sqnorm(x, dim), k)
-    return _squeeze(lam * torch.linalg.vector_norm(u, dim=dim, keepdim=True), dim, keepdim)
+    return _squeeze(lam * safe_norm(u, dim), dim, keepdim)
 
 
 @float32_island
@@ -427,9 +466,15 @@ def _mobius_coeffs(a2: Tensor, b2: Tensor, s2: Tensor, ab: Tensor, k: Tensor):
 
 
 def _madd(x: Tensor, y: Tensor, k: Tensor, dim: int, x2: Tensor, y2: Tensor, xy: Tensor) -> Tensor:
-    """``x ⊕_κ y`` given ``‖x‖²``, ``‖y‖²`` and ``⟨x, y⟩`` (see :func:`mobius_add`)."""
+    """``x ⊕_κ y`` given ``‖x‖²``, ``‖y‖²`` and ``⟨x, y⟩`` (see :func:`mobius_add`).
+
+    ``y`` may be huge (κ = 0: ``exp_x`` of a huge tangent vector): its scalars are clamped
+    at ``max_norm²``, the bound of points for κ ≥ 0, where ``κ²‖x‖²‖y‖²`` stays finite (at
+    κ = 0 they are multiplied by 0: the result is ``x + y`` exactly)."""
     s = x + y
-    c_s, c_x, c_y, _ = _mobius_coeffs(x2, y2, sqnorm(s, dim), xy, k)
+    m2 = guards(x2.dtype).max_norm ** 2
+    y2, s2, xy = y2.clamp_max(m2), sqnorm(s, dim).clamp_max(m2), xy.clamp(-m2, m2)
+    c_s, c_x, c_y, _ = _mobius_coeffs(x2, y2, s2, xy, k)
     return torch.addcmul(torch.addcmul(s * c_s, x, c_x), y, c_y)
 
 
@@ -576,7 +621,9 @@ def mobius_scalar_mul(r: Tensor, x: Tensor, *, k: Curvature, dim: int = -1) -> T
     x2 = sqnorm(x, dim)
     a = artan_ratio(k * x2)
     ra = r * a
-    return x * (ra * tan_ratio(k * ra * ra * x2))
+    # κ r²a²‖x‖² overflows for huge r: then the closed form at √|κ|·|ra|·‖x‖
+    t = _kq(k, ra * ra, x2)  # κ last: no 0·∞ in the gradient at κ = 0
+    return x * (ra * tan_ratio(t, _sk(k) * ra.abs() * safe_sqrt(x2)))
 
 
 @float32_island
@@ -589,7 +636,8 @@ def mobius_pointwise_mul(w: Tensor, x: Tensor, *, k: Curvature, dim: int = -1) -
     k = _k(k, x)
     wx = w * x
     a = artan_ratio(k * sqnorm(x, dim))
-    return wx * (a * tan_ratio(k * a * a * sqnorm(wx, dim)))
+    wx2, wxn = sqnorm_norm(wx, dim)  # ‖w⊙x‖² overflows for huge w
+    return wx * (a * tan_ratio(_kq(k, wx2, a * a), _sk(k) * a * wxn))
 
 
 @float32_island
@@ -610,7 +658,8 @@ def mobius_matvec(m: Tensor, x: Tensor, *, k: Curvature, dim: int = -1) -> Tenso
     else:
         mx = torch.matmul(m, x.unsqueeze(-1)).squeeze(-1)
     a = artan_ratio(k * sqnorm(x, dim))
-    return mx * (a * tan_ratio(k * a * a * sqnorm(mx, dim)))
+    mx2, mxn = sqnorm_norm(mx, dim)  # ‖Mx‖² overflows for huge M
+    return mx * (a * tan_ratio(_kq(k, mx2, a * a), _sk(k) * a * mxn))
 
 
 def mobius_fn_apply(
@@ -707,7 +756,8 @@ def dist0(x: Tensor, *, k: Curvature, keepdim: bool = False, dim: int = -1) -> T
 def expmap0(u: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
     r"""``exp₀(u) = tan_κ(‖u‖) u/‖u‖ = u·T(κ‖u‖²)``."""
     k = _k(k, u)
-    return u * tan_ratio(k * sqnorm(u, dim))
+    u2, un = sqnorm_norm(u, dim)  # ‖u‖² overflows for huge u: then √|κ|‖u‖ (a rim point)
+    return u * tan_ratio(_kq(k, u2), _sk(k) * un)
 
 
 @float32_island
@@ -721,10 +771,14 @@ def logmap0(y: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
 def expmap(x: Tensor, u: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
     r"""``exp_x(u) = x ⊕ tan_κ(λ_x‖u‖/2) u/‖u‖ = x ⊕ (h T(κh²‖u‖²)) u``, ``h = λ_x/2``."""
     k = _k(k, x)
-    x2, u2 = sqnorm(x, dim), sqnorm(u, dim)
+    x2 = sqnorm(x, dim)
+    u2, un = sqnorm_norm(u, dim)  # ‖u‖² overflows for huge u: then √|κ|·h‖u‖
     h = 1.0 / _conf_half_inv(x2, k)
-    c = h * tan_ratio(k * h * h * u2)
-    return _madd(x, c * u, k, dim, x2, c * c * u2, c * _dot(x, u, dim))
+    c = h * tan_ratio(_kq(k, u2, h * h), _sk(k) * h * un)
+    big = torch.isinf(u2)
+    cu2 = torch.where(big, (c * un).square(), c * c * torch.where(big, 0.0, u2))
+    cu = c * u
+    return _madd(x, cu, k, dim, x2, cu2, _dot(x, cu, dim))  # ⟨x, u⟩ may overflow
 
 
 @float32_island
@@ -749,8 +803,11 @@ def geodesic(t: Tensor, x: Tensor, y: Tensor, *, k: Curvature, dim: int = -1) ->
     m = _gyro_vec(d, x, y, coeffs)
     m2 = d2 / den
     am = artan_ratio(k * m2)
-    c = t * am * tan_ratio(k * t * t * am * am * m2)
-    return _madd(x, c * m, k, dim, x2, c * c * m2, c * _dot(x, m, dim))
+    w = t * am
+    # κt²a²‖m‖² overflows for huge t: then the closed form at √|κ|·|t a|·‖m‖
+    c = w * tan_ratio(_kq(k, w * w, m2), _sk(k) * w.abs() * safe_sqrt(m2))
+    cm = c * m  # c²‖m‖² and c⟨x, m⟩ overflow in their factors for huge t: from cm itself
+    return _madd(x, cm, k, dim, x2, sqnorm(cm, dim), _dot(x, cm, dim))
 
 
 @float32_island
@@ -759,9 +816,10 @@ def geodesic_unit(t: Tensor, x: Tensor, u: Tensor, *, k: Curvature, dim: int = -
     k = _k(k, x)
     t = _k(t, x)
     g = guards(x.dtype)
-    un = torch.linalg.vector_norm(u, dim=dim, keepdim=True).clamp_min(g.min_norm)
+    un = safe_norm(u, dim).clamp_min(g.min_norm)
     c = tan_k(0.5 * t, k) / un
-    return _madd(x, c * u, k, dim, sqnorm(x, dim), (c * un) ** 2, c * _dot(x, u, dim))
+    cu = c * u
+    return _madd(x, cu, k, dim, sqnorm(x, dim), (c * un) ** 2, _dot(x, cu, dim))
 
 
 @float32_island
@@ -784,14 +842,15 @@ def dist2plane(
     (absolute value unless ``signed``; times ``‖a‖`` if ``scaled``).
     """
     k = _k(k, x)
+    g = guards(x.dtype)
+    a_norm = safe_norm(a, dim)
+    a = a / a_norm.clamp_min(g.min_norm)  # the unit normal: ⟨·, a⟩ of a huge a overflows
     d, p2, d2, _, _, den, (c_s, c_p, c_x) = _gyro_diff(p, x, k, dim)
     # ⟨(−p)⊕x, a⟩ = c_s⟨d,a⟩ + c_p⟨p,a⟩ + c_x⟨x,a⟩ ; ‖(−p)⊕x‖² = ‖d‖²/D
     sc = c_s * _dot(d, a, dim) + c_p * _dot(p, a, dim) + c_x * _dot(x, a, dim)
     if not signed:
         sc = sc.abs()
-    a_norm = torch.linalg.vector_norm(a, dim=dim, keepdim=True)
-    g = guards(x.dtype)
-    z = 2.0 * sc / ((1.0 + k * d2 / den) * a_norm).clamp_min(g.min_denom)
+    z = 2.0 * sc / (1.0 + k * d2 / den).clamp_min(g.min_denom)
     out = arsin_k(z, k)
     if scaled:
         out = out * a_norm

@@ -28,6 +28,11 @@ guard              rule                             why
 ``max_norm``       ``max^{1/4} / 2``                largest norm kept for κ ≥ 0: beyond it
                                                     ``κ²‖x‖²‖y‖²`` overflows
 ``max_exp_arg``    ``log(max) − 1``                 largest ``sinh``/``cosh`` argument
+``big_scale``      ``2^−⌊5·e_max/8⌋``               scale of the overflow fallback of a norm:
+                                                    ``‖x‖`` of a row whose ``‖x‖²``
+                                                    overflows is ``‖x·big_scale‖/big_scale``
+                                                    (its squares neither overflow nor
+                                                    underflow)
 =================  ===============================  ==========================================
 """
 
@@ -52,6 +57,7 @@ __all__ = [
     "as_curvature",
     "default_eps",
     "sqnorm",
+    "sqnorm_norm",
     "safe_norm",
     "safe_sqrt",
     "clamp_abs",
@@ -89,6 +95,8 @@ class Guards:
     max_norm: float
     #: Largest ``sinh``/``cosh`` argument, ``log(max) − 1``.
     max_exp_arg: float
+    #: Power-of-two scale ``2^−⌊5·e_max/8⌋`` of the overflow fallback of a norm.
+    big_scale: float
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -111,6 +119,7 @@ def _make(dtype: torch.dtype) -> Guards:
         min_denom=fc.eps,
         max_norm=fc.max**0.25 / 2.0,
         max_exp_arg=math.log(fc.max) - 1.0,
+        big_scale=2.0 ** -((5 * math.frexp(fc.max)[1]) // 8),
     )
 
 
@@ -159,16 +168,51 @@ def sqnorm(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     return _SqNorm.apply(x, dim)
 
 
+class _SqNormNorm(torch.autograd.Function):
+    """``(‖x‖², ‖x‖)``: the square by the fused kernel (``+inf`` where it overflows), the norm
+    finite for every finite ``x`` — rows whose square overflowed are recomputed on
+    ``x·big_scale`` (an exact power-of-two scaling; the other rows are scaled by 0, so no
+    subnormal arithmetic). One backward pass ``x·(2g₂ + gₙ/‖x‖)`` for both outputs, written
+    with differentiable ops (no NaN at ``x = 0``, twice differentiable)."""
+
+    @staticmethod
+    def forward(x: torch.Tensor, dim: int):
+        q = torch.linalg.vector_norm(x, dim=dim, keepdim=True)
+        big = torch.isinf(q)
+        sc = guards(x.dtype).big_scale
+        p = big.to(x.dtype) * sc
+        nb = torch.linalg.vector_norm(x * p, dim=dim, keepdim=True) / sc
+        return q.square(), torch.where(big, nb, q)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.save_for_backward(inputs[0], output[1])
+
+    @staticmethod
+    def backward(ctx, g2: torch.Tensor, gn: torch.Tensor):
+        x, n = ctx.saved_tensors
+        pos = n > 0
+        coef = torch.where(pos, gn / torch.where(pos, n, torch.ones_like(n)), torch.zeros_like(n))
+        return x * (2.0 * g2 + coef), None
+
+
+def sqnorm_norm(x: torch.Tensor, dim: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""``(‖x‖², ‖x‖)`` along ``dim`` (kept), in one call.
+
+    ``‖x‖²`` is ``+inf`` where it overflows (``‖x‖ > √max``); ``‖x‖`` is finite for every
+    finite ``x`` (up to ``max``): scale before squaring. Use the square where it is finite
+    (it is smooth at ``x = 0``) and the norm where it is not.
+    """
+    return _SqNormNorm.apply(x, dim)
+
+
 def safe_norm(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     r"""``‖x‖`` along ``dim`` (kept) without overflow of ``‖x‖²`` for huge ``x``.
 
     ``vector_norm`` squares without scaling, so ``‖(1e30,…)‖`` is ``inf`` in float32. Where
-    that happens the norm is recomputed on ``x·2⁻ᵖ`` (an exact power-of-two scaling).
+    that happens the norm is recomputed on ``x·big_scale`` (:func:`sqnorm_norm`).
     """
-    n = torch.linalg.vector_norm(x, dim=dim, keepdim=True)
-    p = 2.0 ** (round(math.log2(torch.finfo(x.dtype).max)) // 2)
-    big = torch.linalg.vector_norm(x / p, dim=dim, keepdim=True) * p
-    return torch.where(torch.isinf(n), big, n)
+    return _SqNormNorm.apply(x, dim)[1]
 
 
 def safe_sqrt(v: torch.Tensor) -> torch.Tensor:

@@ -62,6 +62,7 @@ def test_guards_derived_from_finfo(dtype):
     assert g.min_denom == fc.eps
     assert g.max_norm == fc.max**0.25 / 2.0
     assert g.max_exp_arg == math.log(fc.max) - 1.0
+    assert g.big_scale == 2.0 ** -((5 * math.frexp(fc.max)[1]) // 8)
     tau, terms = (0.02, 10) if comp == torch.float64 else (0.05, 6)
     assert (g.series_tau, g.series_terms) == (tau, terms)
 
@@ -90,6 +91,11 @@ def test_guards_do_their_job(dtype):
     e = torch.tensor(g.max_exp_arg, dtype=c)
     assert torch.isfinite(torch.exp(e)) and torch.isfinite(torch.cosh(e))
     assert torch.isfinite(torch.sinh(e))
+    # big_scale: a row whose ‖x‖² overflows, scaled by it, has squares that neither overflow
+    # (largest entry max, 2^20 entries) nor underflow (its largest entry ≥ √max/2^10)
+    b = torch.tensor(g.big_scale, dtype=c)
+    assert torch.isfinite((torch.tensor(fc.max, dtype=c) * b) ** 2 * 2**20)
+    assert (torch.tensor(fc.max, dtype=c).sqrt() / 2**10 * b) ** 2 >= fc.tiny
     # ball_eps: the margin survives rounding to the *storage* dtype — (1 − ε)·(1 + ε_s/2) < 1
     assert (1 - g.ball_eps) * (1 + fs.eps / 2) < 1
     assert torch.tensor(1 - g.ball_eps, dtype=dtype) < 1
