@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import torch
 
-from .math import arsin_k
+from .math import arsin_k, point_island
 from .numerics import (
     Curvature,
     clamp_abs,
@@ -77,7 +77,7 @@ def to_ambient(x: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
     return torch.cat((time.expand_as(x.narrow(dim, 0, 1)), x * (2.0 / den)), dim=dim)
 
 
-@float32_island
+@point_island
 def from_ambient(y: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
     r"""Stereographic projection ``ρ_κ(y) = y_s / (1 + √|κ| y₀)`` (paper eq. 8), time first.
 
@@ -157,7 +157,7 @@ class _LiftScale(torch.autograd.Function):
         return grad * (k * nq * q / s), grad * (0.5 * nq * nq / s)
 
 
-@float32_island
+@point_island
 def from_spacelike(u: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
     r"""Inverse of :func:`to_spacelike`: ``x = u/(1 + √(1 − κ‖u‖²))``.
 

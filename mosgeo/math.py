@@ -51,8 +51,8 @@ __all__ = [
     "tan_k_zero_taylor", "artan_k_zero_taylor", "sin_k_zero_taylor", "arsin_k_zero_taylor",
     "sign", "sabs", "list_range", "drop_dims", "clamp_abs",
     # gyrovector space
-    "project", "project_factor", "lambda_x", "inner", "norm", "mobius_add", "mobius_sub",
-    "gyration",
+    "project", "project_factor", "ball_factor", "lambda_x", "inner", "norm", "mobius_add",
+    "mobius_sub", "gyration",
     "mobius_coadd", "mobius_cosub", "mobius_scalar_mul", "mobius_pointwise_mul",
     "mobius_matvec", "mobius_fn_apply", "mobius_fn_apply_chain", "mobiusify",
     # Riemannian geometry
@@ -339,6 +339,28 @@ def _project(x: Tensor, k: Curvature, dim: int, eps: float) -> Tensor:
     return x * _project_factor(safe_norm(x, dim), _k(k, x), eps)
 
 
+def ball_factor(n: Tensor, k: Curvature, eps: float | None = None) -> Tensor:
+    r"""Radial factor that keeps a point of norm ``n`` strictly inside the κ < 0 ball:
+    ``min(1, (1 − eps)/(√|κ| n))`` for κ < 0, 1 for κ ≥ 0 (:func:`project_factor` without
+    its κ ≥ 0 overflow bound). ``eps`` defaults to the margin of ``n``'s dtype."""
+    f = project_factor(n, k, eps)
+    return torch.where(_k(k, f) < 0, f, torch.ones_like(f))
+
+
+def _inside(y: Tensor, kwargs: dict, dtype: torch.dtype) -> Tensor:
+    """The float32 result ``y`` of a point-returning op on half-precision inputs, scaled
+    with the margin of the storage ``dtype`` (as :func:`project`, κ < 0 only), so that it
+    is strictly inside the ball after the cast back (a float32 point at ‖y‖ = 0.9999/√|κ|
+    rounds onto the rim in bfloat16)."""
+    k, dim = kwargs["k"], kwargs.get("dim", -1)
+    return y * ball_factor(safe_norm(y, dim), _k(k, y), guards(dtype).ball_eps)
+
+
+#: :func:`mosgeo.numerics.float32_island` for ops that return a point: in half precision the
+#: result is projected with the storage dtype's margin before the cast back (:func:`_inside`)
+point_island = float32_island(inside=_inside)
+
+
 def project_factor(n: Tensor, k: Curvature, eps: float | None = None) -> Tensor:
     r"""Radial factor of :func:`project` from the norm ``n = ‖x‖`` (kept dim).
 
@@ -540,7 +562,7 @@ class _MobiusAdd(torch.autograd.Function):
         return gx.sum_to_size(x.shape), gy.sum_to_size(y.shape), gk, None
 
 
-@float32_island
+@point_island
 def mobius_add(x: Tensor, y: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
     r"""Möbius addition
 
@@ -588,7 +610,7 @@ def gyration(a: Tensor, b: Tensor, u: Tensor, *, k: Curvature, dim: int = -1) ->
     return u + (2.0 / den) * (ca * a + cb * b)
 
 
-@float32_island
+@point_island
 def mobius_coadd(x: Tensor, y: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
     r"""Möbius coaddition ``x ⊞_κ y = x ⊕ gyr[x, ⊖y] y``, in closed form
 
@@ -609,7 +631,7 @@ def mobius_cosub(x: Tensor, y: Tensor, *, k: Curvature, dim: int = -1) -> Tensor
     return mobius_coadd(x, -y, k=k, dim=dim)
 
 
-@float32_island
+@point_island
 def mobius_scalar_mul(r: Tensor, x: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
     r"""Möbius scalar multiplication ``r ⊗_κ x = tan_κ(r·artan_κ‖x‖) x/‖x‖``.
 
@@ -626,7 +648,7 @@ def mobius_scalar_mul(r: Tensor, x: Tensor, *, k: Curvature, dim: int = -1) -> T
     return x * (ra * tan_ratio(t, _sk(k) * ra.abs() * safe_sqrt(x2)))
 
 
-@float32_island
+@point_island
 def mobius_pointwise_mul(w: Tensor, x: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
     r"""Möbius pointwise product ``w ⊙_κ x = tan_κ(‖w⊙x‖/‖x‖ · artan_κ‖x‖) (w⊙x)/‖w⊙x‖``.
 
@@ -640,7 +662,7 @@ def mobius_pointwise_mul(w: Tensor, x: Tensor, *, k: Curvature, dim: int = -1) -
     return wx * (a * tan_ratio(_kq(k, wx2, a * a), _sk(k) * a * wxn))
 
 
-@float32_island
+@point_island
 def mobius_matvec(m: Tensor, x: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
     r"""Möbius matrix-vector product ``M ⊗_κ x = tan_κ(‖Mx‖/‖x‖ · artan_κ‖x‖) Mx/‖Mx‖``.
 
@@ -752,7 +774,7 @@ def dist0(x: Tensor, *, k: Curvature, keepdim: bool = False, dim: int = -1) -> T
     return _squeeze(2.0 * n * artan_ratio(k * n * n), dim, keepdim)
 
 
-@float32_island
+@point_island
 def expmap0(u: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
     r"""``exp₀(u) = tan_κ(‖u‖) u/‖u‖ = u·T(κ‖u‖²)``."""
     k = _k(k, u)
@@ -767,7 +789,7 @@ def logmap0(y: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
     return y * artan_ratio(k * sqnorm(y, dim))
 
 
-@float32_island
+@point_island
 def expmap(x: Tensor, u: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
     r"""``exp_x(u) = x ⊕ tan_κ(λ_x‖u‖/2) u/‖u‖ = x ⊕ (h T(κh²‖u‖²)) u``, ``h = λ_x/2``."""
     k = _k(k, x)
@@ -794,7 +816,7 @@ def logmap(x: Tensor, y: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
     return _gyro_vec(d, x, y, [c * ci for ci in coeffs])
 
 
-@float32_island
+@point_island
 def geodesic(t: Tensor, x: Tensor, y: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
     r"""``γ_{x→y}(t) = x ⊕ (t ⊗ ((−x) ⊕ y))``; ``γ(0) = x``, ``γ(1) = y``."""
     k = _k(k, x)
@@ -810,7 +832,7 @@ def geodesic(t: Tensor, x: Tensor, y: Tensor, *, k: Curvature, dim: int = -1) ->
     return _madd(x, cm, k, dim, x2, sqnorm(cm, dim), _dot(x, cm, dim))
 
 
-@float32_island
+@point_island
 def geodesic_unit(t: Tensor, x: Tensor, u: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
     r"""Unit-speed geodesic from ``x`` in direction ``u``: ``x ⊕ tan_κ(t/2) u/‖u‖``."""
     k = _k(k, x)
@@ -889,7 +911,7 @@ def parallel_transport0back(x: Tensor, v: Tensor, *, k: Curvature, dim: int = -1
 # --------------------------------------------------------------------------------------
 
 
-@float32_island
+@point_island
 def antipode(x: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
     r"""Antipode: ``−x/(κ‖x‖²)`` for κ > 0 (the point at distance ``π/√κ``), ``−x`` for κ ≤ 0.
 
@@ -903,7 +925,7 @@ def antipode(x: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
     return torch.where(k > 0, -x * inv, -x)
 
 
-@float32_island
+@point_island
 def weighted_midpoint(
     xs: Tensor,
     weights: Tensor | None = None,
@@ -966,7 +988,7 @@ def weighted_midpoint(
     return a_mean
 
 
-@float32_island
+@point_island
 def sproj(x: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
     r"""Stereographic projection ``x_{:n} / (1 + √|κ| x_n)`` from the ambient ``R^{n+1}``.
 

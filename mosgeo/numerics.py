@@ -269,8 +269,16 @@ def series_coefficients(name: str, terms: int) -> list[float]:
 # --------------------------------------------------------------------------------------
 
 
-def float32_island(fn: Callable) -> Callable:
-    """Run ``fn`` in float32 when any tensor argument is float16/bfloat16; cast back."""
+def float32_island(fn: Callable | None = None, *, inside: Callable | None = None) -> Callable:
+    """Run ``fn`` in float32 when any tensor argument is float16/bfloat16; cast back.
+
+    ``inside(out, kwargs, dtype)``, for ops that return a point: applied to the float32
+    result before the cast back to the storage ``dtype`` (with the call's keyword
+    arguments), so that the point is strictly inside the ball *after* the cast
+    (:func:`mosgeo.math.point_island`). ``float32_island(inside=...)`` is a decorator.
+    """
+    if fn is None:
+        return functools.partial(float32_island, inside=inside)
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -287,6 +295,8 @@ def float32_island(fn: Callable) -> Callable:
 
         out = fn(*map(up, args), **{n: up(v) for n, v in kwargs.items()})
         if isinstance(out, torch.Tensor):
+            if inside is not None:
+                out = inside(out, kwargs, half)
             return out.to(half)
         return out
 

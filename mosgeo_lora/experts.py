@@ -108,8 +108,9 @@ def experts_fused(
 
     Half precision (float16/bfloat16 weights, no autocast): the radial scalars ``γ_i`` —
     norms, Gram forms and factors — are computed in float32 with the storage dtype's
-    margins (the float32 island of :mod:`mosgeo.numerics`, as the literal path's ops),
-    the two matmuls that touch ``d_out`` stay in the storage dtype."""
+    margins (the float32 island of :mod:`mosgeo.numerics`, as the literal path's ops,
+    including ``from_spacelike``'s: its point is kept strictly inside the ball), the two
+    matmuls that touch ``d_out`` stay in the storage dtype."""
     n = _check(z, b_cat, k, input_map)
     r = z.shape[-1]
     d_out = b_cat.shape[0]
@@ -124,6 +125,8 @@ def experts_fused(
     v2 = a * a * q.clamp_min(0.0)  # ‖B_i s_i‖²
     c = charts.clip_spacelike_factor(safe_sqrt(v2), kc, eps)
     c = c * charts.spacelike_inverse_scale(c * c * v2, kc)
+    if cdt != z.dtype:  # from_spacelike's point strictly inside the storage dtype's ball
+        c = c * pmath.ball_factor(c * safe_sqrt(v2), kc, eps)
     gamma = (gates.to(cdt) * c * a).to(z.dtype)
     h = (gamma.unsqueeze(-1) * z.unsqueeze(-2)).flatten(-2)  # (..., N·r)
     return h @ b_cat.T
