@@ -720,11 +720,11 @@ def _gyro_diff(x: Tensor, y: Tensor, k: Tensor, dim: int):
     r"""Parts of ``m = (−x) ⊕ y`` with ``d = y − x``: ``m = c_s d − c_x x + c_y y`` (see
     :func:`_mobius_coeffs` with ``a = −x``, ``b = y``), ``‖m‖² = ‖d‖²/D``.
 
-    Returns ``d, x2, d2, a = 1+κ‖x‖², b = 1+κ‖y‖², D, (c_s, c_x, c_y)``."""
+    Returns ``d, x2, y2, d2, a = 1+κ‖x‖², b = 1+κ‖y‖², D, (c_s, c_x, c_y)``."""
     d = y - x
     x2, y2, d2 = sqnorm(x, dim), sqnorm(y, dim), sqnorm(d, dim)
     c_s, c_a, c_y, den = _mobius_coeffs(x2, y2, d2, -_dot(x, y, dim), k)
-    return d, x2, d2, 1.0 + k * x2, 1.0 + k * y2, den, (c_s, -c_a, c_y)
+    return d, x2, y2, d2, 1.0 + k * x2, 1.0 + k * y2, den, (c_s, -c_a, c_y)
 
 
 def _gyro_vec(d: Tensor, x: Tensor, y: Tensor, coeffs) -> Tensor:
@@ -732,20 +732,59 @@ def _gyro_vec(d: Tensor, x: Tensor, y: Tensor, coeffs) -> Tensor:
     return torch.addcmul(torch.addcmul(d * c_s, x, c_x), y, c_y)
 
 
-def _half_dist_ratio(d2: Tensor, a: Tensor, b: Tensor, den: Tensor, k: Tensor) -> Tensor:
-    r"""``artan_κ(‖m‖)/‖m‖`` for ``m = (−x) ⊕ y`` (half the distance over ``‖m‖``).
+def _antipodal(x: Tensor, y: Tensor, x2: Tensor, y2: Tensor, k: Tensor, dim: int):
+    r"""κ > 0: ``y`` relative to the antipode ``x̄ = −x/(κ‖x‖²)`` of ``x``.
 
-    κ ≥ 0: ``A(κ‖m‖²)`` (``atan``: well conditioned up to the antipode). κ < 0: the
-    ``atanh`` of ``√|κ|‖m‖ ≈ 1`` loses digits for far points near the boundary, so use the
-    chord identity ``sinh(√|κ| d/2) = √|κ| ‖x − y‖ / √((1+κ‖x‖²)(1+κ‖y‖²))``:
-    ``artan_κ(‖m‖)/‖m‖ = √(D/ab) · AS(κ‖d‖²/ab)``. Both are the same analytic function of
-    κ, so the switch at 0 is seamless in value and every derivative.
+    Returns ``e = y − x̄``, ``‖e‖²``, the Möbius denominator of ``(−x) ⊕ y`` in the form
+    ``D = κ²‖x‖²‖e‖²`` (exact identity: ``D = 1 + 2κ⟨x,y⟩ + κ²‖x‖²‖y‖²``) and the mask
+    where it is used. ``D`` vanishes at the antipode; formed from the vector ``e`` it does
+    not cancel there (‖e‖ carries the rounding of ``x̄``, relative ε, so ``√D`` is exact to
+    an absolute O(ε)), unlike ``(1 + κ‖x‖²)(1 + κ‖y‖²) − κ‖x − y‖²``, whose rounding error
+    ε·(1 + κ‖x‖²)(1 + κ‖y‖²) costs half the digits of the distance near the antipode.
+    Masks (``e`` is valid on the first, ``D`` on the second): κ > 0 and
+    ``κ max(‖x‖², ‖y‖²) > 1/4`` — every near-antipodal pair, and away from κ = 0, where the
+    plain form is exact and this one would take its κ-derivatives as differences of terms
+    of size ``1/(κ‖x‖)`` — and, for ``e``, ``κ‖x‖²`` a normal number (``D = 1`` there,
+    to rounding, as points stay below ``max_norm``)."""
+    g = guards(x2.dtype)
+    kx2 = k * x2
+    anti = (k > 0) & (torch.maximum(kx2, k * y2) > 0.25)
+    # x ≈ 0 (κ‖x‖² not normal): D = 1 to rounding, since points stay below max_norm
+    live = kx2 > g.min_norm**2
+    e = torch.addcmul(y, x, 1.0 / torch.where(anti & live, kx2, torch.ones_like(kx2)))
+    e2 = sqnorm(e, dim)
+    den = torch.where(live, kx2 * (k * e2), torch.ones_like(e2))
+    return e, e2, den, anti & live, anti
+
+
+def _half_dist(d2: Tensor, a: Tensor, b: Tensor, den: Tensor, k: Tensor):
+    r"""Half the distance ``h = artan_κ‖m‖`` for ``m = (−x) ⊕ y``, ``‖m‖² = ‖d‖²/D``, and
+    ``h/‖m‖`` (smooth at ``m = 0``, for :func:`logmap`).
+
+    κ < 0: the ``atanh`` of ``√|κ|‖m‖ ≈ 1`` loses digits for far points near the boundary,
+    so use the chord identity ``sinh(√|κ| d/2) = √|κ| ‖x − y‖ / √((1+κ‖x‖²)(1+κ‖y‖²))``:
+    ``h/‖m‖ = √(D/ab) · AS(κ‖d‖²/ab)``. κ ≥ 0: ``h/‖m‖ = A(κ‖m‖²)`` by its series for
+    ``|κ‖m‖²| < τ``, else the angle ``h = atan2(√κ‖d‖, √D)/√κ`` (``D`` from
+    :func:`_antipodal` for κ > 0: exact to the end, ``π/(2√κ)`` at the antipode). All
+    branches are the same analytic function of κ: seamless at 0 in every derivative.
     """
     g = guards(d2.dtype)
     ab = (a * b).clamp_min(g.min_denom)
-    hyp = (den / ab).sqrt() * arsin_ratio(k * d2 / ab)
-    sph = artan_ratio(k * d2 / den)
-    return torch.where(k < 0, hyp, sph)
+    dc = den.clamp_min(g.min_denom)
+    n = safe_sqrt(d2 / dc)  # ‖m‖
+    t = k * d2 / dc
+    small = t.abs() < g.series_tau
+    hyp = (dc / ab).sqrt() * arsin_ratio(k * d2 / ab)
+    ser = artan_ratio(torch.where(small, t, torch.zeros_like(t)))
+    sk = _sk(k)
+    dn = safe_sqrt(d2)
+    root = safe_sqrt(den.clamp_min(0.0))
+    closed = torch.atan2(sk * dn, root) / sk
+    ratio = torch.where(
+        k < 0, hyp, torch.where(small, ser, closed * root / dn.clamp_min(g.min_norm))
+    )
+    half = torch.where((k >= 0) & ~small, closed, n * ratio)
+    return half, ratio
 
 
 @float32_island
@@ -758,12 +797,17 @@ def dist(x: Tensor, y: Tensor, *, k: Curvature, keepdim: bool = False, dim: int 
     which needs no Möbius sum vector and is accurate for close points (the difference is
     formed first). For κ < 0 the equivalent chord form
     ``d = 2 arsin_κ(‖x−y‖/√((1+κ‖x‖²)(1+κ‖y‖²)))`` avoids ``atanh`` near 1 (far points
-    near the boundary). Gradient 0 at ``x = y``.
+    near the boundary). For κ > 0 the distance is the angle
+    ``(2/√κ) atan2(√κ‖x − y‖, √D)`` with the denominator ``D = κ²‖x‖²‖y − x̄‖²`` formed
+    from the antipode ``x̄`` of ``x``: accurate up to the antipode, where it is ``π/√κ``.
+    Gradient 0 at ``x = y``. geoopt: 0 at the antipode.
     """
     k = _k(k, x)
-    _, _, d2, a, b, den, _ = _gyro_diff(x, y, k, dim)
-    n = safe_sqrt(d2 / den)
-    return _squeeze(2.0 * n * _half_dist_ratio(d2, a, b, den, k), dim, keepdim)
+    x2, y2, d2 = sqnorm(x, dim), sqnorm(y, dim), sqnorm(y - x, dim)
+    a, b = 1.0 + k * x2, 1.0 + k * y2
+    _, _, den_a, _, anti = _antipodal(x, y, x2, y2, k, dim)
+    den = torch.where(anti, den_a, (a * b - k * d2).clamp_min(guards(x2.dtype).min_denom))
+    return _squeeze(2.0 * _half_dist(d2, a, b, den, k)[0], dim, keepdim)
 
 
 @float32_island
@@ -808,12 +852,32 @@ def logmap(x: Tensor, y: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
     r"""Logarithmic map ``log_x(y) = (2/λ_x) artan_κ‖m‖ m/‖m‖``, ``m = (−x) ⊕ y``.
 
     Computed as ``(1+κ‖x‖²) A(κ‖m‖²) m`` with ``m`` and ``‖m‖²`` from the
-    cancellation-free parts of :func:`dist` (accurate for ``y → x``).
+    cancellation-free parts of :func:`dist` (accurate for ``y → x``). For κ > 0 near the
+    antipode ``x̄`` of ``x`` (``‖y − x̄‖ ≤ ‖y − x‖``) the length is :func:`dist`'s angle and
+    the direction that of ``R_x(e) + (κ‖e‖²/(1 + κ‖x‖²)) x``, ``e = y − x̄``, ``R_x`` the
+    reflection along ``x`` (an exact identity for the Möbius numerator, which cancels
+    there). geoopt: loses half the digits there.
     """
     k = _k(k, x)
-    d, x2, d2, a, b, den, coeffs = _gyro_diff(x, y, k, dim)
-    c = a * _half_dist_ratio(d2, a, b, den, k)
-    return _gyro_vec(d, x, y, [c * ci for ci in coeffs])
+    g = guards(x.dtype)
+    d, x2, y2, d2, a, b, den, coeffs = _gyro_diff(x, y, k, dim)
+    e, e2, den_a, live, anti = _antipodal(x, y, x2, y2, k, dim)
+    half, ratio = _half_dist(d2, a, b, torch.where(anti, den_a, den), k)
+    c = a * ratio
+    v_near = _gyro_vec(d, x, y, [c * ci for ci in coeffs])
+    # near the antipode x̄ (‖y − x̄‖ ≤ ‖d‖) the Möbius numerator D·m cancels like D; its
+    # direction comes from the exact identity (e = y − x̄, no cancellation)
+    #   D·m/a = R_x(e) + (κ‖e‖²/a) x,  R_x(e) = e − 2⟨x, e⟩ x/‖x‖²  (a reflection of e)
+    # evaluated with e = 0 on the other rows, so that that branch stays bounded
+    use = live & (e2 <= d2)
+    w = use.to(x.dtype)
+    one = torch.ones_like(x2)
+    e, e2 = e * w, e2 * w
+    refl = torch.addcmul(e, x, -2.0 * _dot(x, e, dim) / torch.where(use, x2, one))
+    num = torch.addcmul(refl, x, k * e2 / torch.where(use, a, one))
+    coef = a * half * w / safe_norm(num, dim).clamp_min(g.min_norm)
+    # select with lerp (exact for weights 0 and 1, and far cheaper than a broadcast where)
+    return torch.lerp(v_near, num * coef, w)
 
 
 @point_island
@@ -821,7 +885,7 @@ def geodesic(t: Tensor, x: Tensor, y: Tensor, *, k: Curvature, dim: int = -1) ->
     r"""``γ_{x→y}(t) = x ⊕ (t ⊗ ((−x) ⊕ y))``; ``γ(0) = x``, ``γ(1) = y``."""
     k = _k(k, x)
     t = _k(t, x)
-    d, x2, d2, a, _, den, coeffs = _gyro_diff(x, y, k, dim)
+    d, x2, _, d2, a, _, den, coeffs = _gyro_diff(x, y, k, dim)
     m = _gyro_vec(d, x, y, coeffs)
     m2 = d2 / den
     am = artan_ratio(k * m2)
@@ -867,7 +931,7 @@ def dist2plane(
     g = guards(x.dtype)
     a_norm = safe_norm(a, dim)
     a = a / a_norm.clamp_min(g.min_norm)  # the unit normal: ⟨·, a⟩ of a huge a overflows
-    d, p2, d2, _, _, den, (c_s, c_p, c_x) = _gyro_diff(p, x, k, dim)
+    d, p2, _, d2, _, _, den, (c_s, c_p, c_x) = _gyro_diff(p, x, k, dim)
     # ⟨(−p)⊕x, a⟩ = c_s⟨d,a⟩ + c_p⟨p,a⟩ + c_x⟨x,a⟩ ; ‖(−p)⊕x‖² = ‖d‖²/D
     sc = c_s * _dot(d, a, dim) + c_p * _dot(p, a, dim) + c_x * _dot(x, a, dim)
     if not signed:
@@ -921,7 +985,8 @@ def antipode(x: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
     k = _k(k, x)
     g = guards(x.dtype)
     x2 = sqnorm(x, dim)
-    inv = 1.0 / (k * x2).clamp_min(g.min_denom)
+    # not ε: κ‖x‖² may be far below it; √tiny keeps the derivative −1/(κ‖x‖²)² finite
+    inv = 1.0 / (k * x2).clamp_min(g.min_norm)
     return torch.where(k > 0, -x * inv, -x)
 
 

@@ -660,3 +660,81 @@ def test_huge_inputs_do_not_overflow(opname, dtype, kf):
                 err = _vnorm(_sub(got, want)) / max(_vnorm(want), MPF(1e-300))
                 worst = max(worst, float(err))
         assert worst <= HUGE_TOL[dtype], ("error", mag, worst)
+
+
+# --------------------------------------------------------------------------------------
+# the sphere near antipodal points
+# --------------------------------------------------------------------------------------
+
+
+def ref_logmap(x, y, k):
+    """(2/λ_x) artan_κ‖m‖ m/‖m‖, m = (−x) ⊕ y."""
+    m = ref_mobius_add([-v for v in x], y, k)
+    c = 2 / _ref_lambda(x, k) * ref_artan_k(_vnorm(m), k) / _vnorm(m)
+    return [c * v for v in m]
+
+
+ANTIPODE_KAPPAS = [1e-12, 1e-6, 1e-2, 0.5, 1.0, 4.0, 10.0]
+#: ‖x‖ in units of the radius 1/√κ: near the origin (its antipode is near infinity: the
+#: dist0-like path), inside, on, beyond the radius
+ANTIPODE_RADII = [1e-4, 0.3, 1.0, 3.0, 1e3]
+ANTIPODE_DELTAS = [1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8, 1e-9]
+
+
+def _near_antipodal(gen, kf, r, delta, n=3):
+    """x of norm r/√κ and y = antipode(x) moved by δ·‖antipode(x)‖ in a random direction
+    (float64, before rounding to the tested dtype)."""
+    d = torch.randn(2, n, generator=gen, dtype=torch.float64)
+    d = d / d.norm(dim=-1, keepdim=True)
+    x = d[0] * r / math.sqrt(kf)
+    a = -x / (kf * x.dot(x))
+    return x, a + delta * a.norm() * d[1]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("opname", ["dist", "logmap"])
+@pytest.mark.parametrize("kf", ANTIPODE_KAPPAS)
+def test_near_antipodal_points(kf, opname, dtype):
+    """κ > 0, y within δ = 1e-2 … 1e-9 (relative) of the antipode of x, for x near the
+    origin, inside, on and beyond the radius 1/√κ: error ≤ tol · max(1, cond) against the
+    50-digit reference (tol 1e-12 / 1e-5). ``dist`` is well conditioned there (cond < 1);
+    the direction of ``logmap`` is not (cond ≈ 1/δ). (Found: ``dist`` formed
+    ‖(−x) ⊕ y‖² with the denominator (1 + κ‖x‖²)(1 + κ‖y‖²) − κ‖x − y‖², which cancels
+    near the antipode: relative error up to ~5e-9 in float64 and ~1e-4 in float32.)"""
+    gen = torch.Generator().manual_seed(17)
+    fn = {"dist": lambda a, b, k: pm.dist(a, b, k=k, keepdim=True),
+          "logmap": lambda a, b, k: pm.logmap(a, b, k=k)}[opname]  # fmt: skip
+    ref = {"dist": ref_dist, "logmap": ref_logmap}[opname]
+    k = torch.tensor(kf, dtype=dtype)
+    kmp = MPF(float(k))
+    worst = (0.0, None)
+    for r in ANTIPODE_RADII:
+        for delta in ANTIPODE_DELTAS:
+            x64, y64 = _near_antipodal(gen, float(k), r, delta)
+            x, y = x64.to(dtype), y64.to(dtype)
+            got = fn(x, y, k).double().tolist()
+            want, cond = ref_and_cond(ref, [_mp_rows(x[None])[0], _mp_rows(y[None])[0]], kmp)
+            with mp.workdps(DPS):
+                err = float(_vnorm(_sub([MPF(v) for v in got], want)) / _vnorm(want))
+            bound = TOL[dtype] * max(1.0, cond)
+            assert err <= bound, (r, delta, err, cond)
+            worst = max(worst, (err / bound, (r, delta, err, cond)))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_distance_to_the_antipode_is_pi_over_sqrt_k(dtype):
+    """dist(x, antipode(x)) = π/√κ for κ from 1e-12 to 10 and x near the origin, inside,
+    on and beyond the radius 1/√κ: to 1e-12 relative in float64 (1e-6 in float32); the
+    distance of a point to itself is 0."""
+    gen = torch.Generator().manual_seed(19)
+    tol = {torch.float64: 1e-12, torch.float32: 1e-6}[dtype]
+    for kf in ANTIPODE_KAPPAS:
+        k = torch.tensor(kf, dtype=dtype)
+        d = torch.randn(len(ANTIPODE_RADII), 3, generator=gen, dtype=torch.float64)
+        r = torch.tensor(ANTIPODE_RADII, dtype=torch.float64)[:, None]
+        x = (d / d.norm(dim=-1, keepdim=True) * r / math.sqrt(float(k))).to(dtype)
+        a = pm.antipode(x, k=k)
+        got = pm.dist(x, a, k=k).double()
+        want = math.pi / math.sqrt(float(k))
+        assert ((got - want).abs() <= tol * want).all(), (kf, (got / want - 1).tolist())
+        assert (pm.dist(x, x, k=k) == 0).all()
