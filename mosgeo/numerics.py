@@ -28,6 +28,10 @@ guard              rule                             why
 ``max_norm``       ``max^{1/4} / 2``                largest norm kept for κ ≥ 0: beyond it
                                                     ``κ²‖x‖²‖y‖²`` overflows
 ``max_exp_arg``    ``log(max) − 1``                 largest ``sinh``/``cosh`` argument
+``geoopt_ball_eps`` 4e-3 (f32), 1e-5 (f64),         the margin of geoopt 0.5.1's ``BALL_EPS``:
+                   at least ``4 ε_s``               the default of the manifold classes
+                                                    (the rim measurements in
+                                                    ``docs/geoopt.md``)
 ``big_scale``      ``2^−⌊5·e_max/8⌋``               scale of the overflow fallback of a norm:
                                                     ``‖x‖`` of a row whose ``‖x‖²``
                                                     overflows is ``‖x·big_scale‖/big_scale``
@@ -97,11 +101,18 @@ class Guards:
     max_exp_arg: float
     #: Power-of-two scale ``2^−⌊5·e_max/8⌋`` of the overflow fallback of a norm.
     big_scale: float
+    #: geoopt's ball margin (``BALL_EPS``: 4e-3 float32, 1e-5 float64), at least ``4 ε_s``:
+    #: the default margin of the manifold classes.
+    geoopt_ball_eps: float
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype arithmetic runs in: float32 for half precision, else ``dtype`` itself."""
     return torch.float32 if dtype in HALF_DTYPES else dtype
+
+
+#: geoopt 0.5.1's ``BALL_EPS`` (``geoopt/manifolds/stereographic/math.py``), by compute dtype
+_GEOOPT_BALL_EPS = {torch.float32: 4e-3, torch.float64: 1e-5}
 
 
 def _make(dtype: torch.dtype) -> Guards:
@@ -120,6 +131,7 @@ def _make(dtype: torch.dtype) -> Guards:
         max_norm=fc.max**0.25 / 2.0,
         max_exp_arg=math.log(fc.max) - 1.0,
         big_scale=2.0 ** -((5 * math.frexp(fc.max)[1]) // 8),
+        geoopt_ball_eps=max(_GEOOPT_BALL_EPS[comp], 4.0 * fs.eps),
     )
 
 
