@@ -23,6 +23,7 @@ Half precision inputs are computed in float32 and cast back. Guards come from
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -692,13 +693,37 @@ def mobius_fn_apply(
 
 
 def mobius_fn_apply_chain(x: Tensor, *fns: Callable, k: Curvature, dim: int = -1) -> Tensor:
-    r"""``(f_n ∘ … ∘ f_1)^{⊗κ}(x) = exp₀(f_n(…f_1(log₀ x)))``; identity for no ``fns``."""
+    r"""The chain of Möbius versions ``f_n^{⊗κ} ∘ … ∘ f_1^{⊗κ}(x)``; identity for no ``fns``.
+
+    Computed as ``exp₀(f_n(w(…w(f_1(log₀ x)))))`` with ``w = log₀ ∘ exp₀`` between the
+    functions, in closed form: the identity for κ ≤ 0 and for tangent vectors shorter than
+    ``π/(2√κ)``, where this is geoopt's ``exp₀(f_n(…f_1(log₀ x)))``. Beyond that radius
+    ``exp₀`` wraps around the sphere and ``log₀`` returns the shorter way round:
+    ``w(v) = v·(θ − πj)/θ``, ``θ = √κ‖v‖``, ``j = round(θ/π)``. So the chain equals the
+    composition of :func:`mobius_fn_apply` (e.g. ``mobius_matvec(M₂, mobius_matvec(M₁, x))``
+    for linear maps) for every κ. geoopt: differs from that composition on the sphere once
+    an intermediate tangent vector passes ``π/(2√κ)`` (its test suite flags it as
+    "unstable numerics" in float32 and float64).
+    """
     if not fns:
         return x
     v = logmap0(x, k=k, dim=dim)
-    for fn in fns:
+    for i, fn in enumerate(fns):
+        if i:
+            v = _unwrap(v, k, dim)
         v = fn(v)
     return expmap0(v, k=k, dim=dim)
+
+
+@float32_island
+def _unwrap(v: Tensor, k: Curvature, dim: int) -> Tensor:
+    """``log₀(exp₀(v))`` in closed form (:func:`mobius_fn_apply_chain`)."""
+    k = _k(k, v)
+    th = _sk(k) * safe_norm(v, dim)
+    j = torch.round(th / math.pi)
+    wrap = (k > 0) & (j != 0)
+    safe = torch.where(wrap, th, torch.ones_like(th))
+    return v * torch.where(wrap, (th - math.pi * j) / safe, torch.ones_like(th))
 
 
 def mobiusify(fn: Callable) -> Callable:
