@@ -543,7 +543,7 @@ class _MobiusAdd(torch.autograd.Function):
         c_s, c_x, c_y, _ = _mobius_coeffs(x2, y2, s2, xy, k)
         ctx.save_for_backward(x, y, k, s, x2, y2, s2, xy, c_s, c_x, c_y)
         ctx.dim = dim
-        return torch.addcmul(torch.addcmul(s * c_s, x, c_x), y, c_y)
+        return (s * c_s).addcmul_(x, c_x).addcmul_(y, c_y)  # in place: no autograd here
 
     @staticmethod
     def backward(ctx, g: Tensor):
