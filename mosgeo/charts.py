@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import torch
 
-from .math import arsin_k
+from .math import arsin_k, point_island
 from .numerics import (
     Curvature,
     clamp_abs,
@@ -37,6 +37,7 @@ from .numerics import (
     safe_norm,
     safe_sqrt,
     sqnorm,
+    sqnorm_norm,
 )
 from .numerics import as_curvature as _k
 
@@ -77,7 +78,7 @@ def to_ambient(x: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
     return torch.cat((time.expand_as(x.narrow(dim, 0, 1)), x * (2.0 / den)), dim=dim)
 
 
-@float32_island
+@point_island
 def from_ambient(y: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
     r"""Stereographic projection ``ρ_κ(y) = y_s / (1 + √|κ| y₀)`` (paper eq. 8), time first.
 
@@ -90,18 +91,35 @@ def from_ambient(y: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
     return space / clamp_abs(1.0 + _sqrt_abs_k(k) * time, guards(y.dtype).min_denom)
 
 
-def spacelike_scale(x2: Tensor, k: Tensor) -> Tensor:
-    r"""Radial factor of :func:`to_spacelike` from ``‖x‖²``: ``λ_x = 2/(1 + κ‖x‖²)``."""
+@float32_island
+def spacelike_scale(x2: Tensor, k: Curvature) -> Tensor:
+    r"""Radial factor of :func:`to_spacelike` from ``‖x‖²``: ``λ_x = 2/(1 + κ‖x‖²)``.
+
+    Half precision: computed in float32 and cast back (as every op)."""
+    k = _k(k, x2)
     return 2.0 / (1.0 + k * x2).clamp_min(guards(x2.dtype).min_denom)
 
 
-def spacelike_inverse_scale(u2: Tensor, k: Tensor) -> Tensor:
-    r"""Radial factor of :func:`from_spacelike` from ``‖u‖²``: ``1/(1 + √(1 − κ‖u‖²))``.
+def spacelike_inverse_scale(u2: Tensor, k: Curvature, n: Tensor | None = None) -> Tensor:
+    r"""Radial factor of :func:`from_spacelike` from ``‖u‖²``: ``q = 1/(1 + √(1 − κ‖u‖²))``.
 
-    ``1 − κ‖u‖²`` is clamped at ``ε`` (κ > 0 beyond the chart: clip first).
+    The one formula of the lift, used by :func:`from_spacelike` and the fused MoSELoRA path.
+    ``1 − κ‖u‖²`` is clamped at ``ε`` (κ > 0 beyond the chart: clip first). ``n = ‖u‖``
+    (default ``√u2``) is used only where ``u2`` overflowed (:func:`mosgeo.numerics.sqnorm_norm`):
+    there ``s = √(1 − κn²)`` is formed without squaring. Closed-form derivatives
+    ``∂q/∂u2 = κq²/(2s)``, ``∂q/∂κ = ‖u‖²q²/(2s)`` (``∂q/∂n = κnq²/s`` on overflowed rows),
+    smooth at ``u = 0`` and bounded for huge ``u``. Half precision: computed in float32.
     """
-    g = guards(u2.dtype)
-    return 1.0 / (1.0 + (1.0 - k * u2).clamp_min(g.min_denom).sqrt())
+    if n is None:
+        n = safe_sqrt(u2)
+    return _lift_scale(u2, n, k)
+
+
+@float32_island
+def _lift_scale(u2: Tensor, n: Tensor, k: Curvature) -> Tensor:
+    k = _k(k, u2)
+    shape = torch.broadcast_shapes(u2.shape, k.shape)
+    return _LiftScale.apply(u2.expand(shape), n.expand(shape), k.expand(shape))
 
 
 @float32_island
@@ -114,14 +132,14 @@ def to_spacelike(x: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
     return x * spacelike_scale(sqnorm(x, dim), k)
 
 
-def _lift_s(n: Tensor, k: Tensor) -> Tensor:
-    r"""``s = √(1 − κn²)`` without overflow: the plain form up to ``n = max^{1/4}``, beyond it
-    ``hypot(1, √|κ| n)`` (κ < 0) or ``√(1 − (√κ n)²)`` (κ > 0); both where-branches safe."""
-    g = guards(n.dtype)
-    nb = torch.finfo(n.dtype).max ** 0.25
-    big = n > nb
-    ns = torch.where(big, torch.zeros_like(n), n)
-    s_small = (1.0 - k * ns * ns).clamp_min(g.min_denom).sqrt()
+def _lift_s(u2: Tensor, n: Tensor, k: Tensor) -> Tensor:
+    r"""``s = √(1 − κ‖u‖²)``: from ``u2`` where ``κ·u2`` is finite, else (``u2`` or the
+    product overflowed) from the norm without squaring, ``hypot(1, √|κ| n)`` (κ < 0) or
+    ``√(1 − (√κ n)²)`` (κ > 0, clamped); both where-branches safe."""
+    g = guards(u2.dtype)
+    t = k * torch.where(torch.isinf(u2), torch.zeros_like(u2), u2)
+    big = torch.isinf(u2) | torch.isinf(t)
+    s_small = (1.0 - torch.where(big, torch.zeros_like(t), t)).clamp_min(g.min_denom).sqrt()
     kb = torch.where(big, k, -torch.ones_like(k))  # the unused branch must not see √|0|
     a = kb.abs().sqrt() * torch.where(big, n, torch.ones_like(n))
     s_big = torch.where(
@@ -131,26 +149,35 @@ def _lift_s(n: Tensor, k: Tensor) -> Tensor:
 
 
 class _LiftScale(torch.autograd.Function):
-    r"""``q(n, κ) = 1/(1 + s)``, ``s = √(1 − κn²)`` (:func:`_lift_s`): the radial factor of
-    :func:`from_spacelike` with the closed-form derivatives ``∂q/∂n = κ (nq) q/s`` and
-    ``∂q/∂κ = ½ (nq)²/s`` — every factor bounded for huge n, where autograd through the
-    overflow-free form would overflow in its intermediates (or meet d√|κ|/dκ = ∞ at κ = 0)."""
+    r"""``q(u2, n, κ) = 1/(1 + s)``, ``s = √(1 − κ‖u‖²)`` (:func:`_lift_s`) with the
+    closed-form derivatives of :func:`spacelike_inverse_scale` — every factor bounded for
+    huge ‖u‖, where autograd through the overflow-free form would overflow in its
+    intermediates (or meet d√|κ|/dκ = ∞ at κ = 0)."""
 
     @staticmethod
-    def forward(ctx, n: Tensor, k: Tensor) -> Tensor:
-        ctx.save_for_backward(n, k)
-        return 1.0 / (1.0 + _lift_s(n, k))
+    def forward(ctx, u2: Tensor, n: Tensor, k: Tensor) -> Tensor:
+        ctx.save_for_backward(u2, n, k)
+        return 1.0 / (1.0 + _lift_s(u2, n, k))
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        n, k = ctx.saved_tensors
-        s = _lift_s(n, k)  # recomputed with differentiable ops: double backward works
+        u2, n, k = ctx.saved_tensors
+        s = _lift_s(u2, n, k)  # recomputed with differentiable ops: double backward works
         q = 1.0 / (1.0 + s)
+        zero = torch.zeros_like(q)
+        fin = torch.isfinite(u2)
+        u2f = torch.where(fin, u2, zero)
+        fin = fin & torch.isfinite(k * u2f)  # the rows _lift_s took from u2
+        # the order of autograd through 1/(1 + √(1 − κu2)): grad·q², then /(2s), then ·κ, ·u2
+        gs = grad * (q * q) / (2.0 * s)
         nq = n * q
-        return grad * (k * nq * q / s), grad * (0.5 * nq * nq / s)
+        g_u2 = torch.where(fin, gs * k, zero)
+        g_n = torch.where(fin, zero, (grad * q / s) * (k * nq))
+        g_k = torch.where(fin, gs * u2f, grad * (0.5 * nq * nq / s))
+        return g_u2, g_n, g_k
 
 
-@float32_island
+@point_island
 def from_spacelike(u: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
     r"""Inverse of :func:`to_spacelike`: ``x = u/(1 + √(1 − κ‖u‖²))``.
 
@@ -158,10 +185,8 @@ def from_spacelike(u: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
     continuous at κ = 0 where it is ``u/2``. For κ > 0 it covers the hemisphere
     ``‖x‖ ≤ 1/√κ`` and needs ``‖u‖ ≤ 1/√κ``: apply :func:`clip_spacelike` first.
     """
-    k = _k(k, u)
-    n = safe_norm(u, dim)  # overflow-safe
-    shape = torch.broadcast_shapes(n.shape, k.shape)
-    return u * _LiftScale.apply(n.expand(shape), k.expand(shape))
+    u2, n = sqnorm_norm(u, dim)  # ‖u‖² overflows for huge u: then the norm
+    return u * spacelike_inverse_scale(u2, k, n)
 
 
 def clip_spacelike(u: Tensor, *, k: Curvature, eps: float | None = None, dim: int = -1) -> Tensor:
@@ -180,17 +205,24 @@ def clip_spacelike(u: Tensor, *, k: Curvature, eps: float | None = None, dim: in
 @float32_island
 def _clip_spacelike(u: Tensor, k: Curvature, dim: int, eps: float) -> Tensor:
     n = safe_norm(u, dim)  # ‖u‖² of a huge u overflows: the clip must still point along u
-    return u * clip_spacelike_factor(n, _k(k, u), eps)
+    return u * _clip_spacelike_factor(n, _k(k, u), eps)
 
 
-def clip_spacelike_factor(n: Tensor, k: Tensor, eps: float | None = None) -> Tensor:
+def clip_spacelike_factor(n: Tensor, k: Curvature, eps: float | None = None) -> Tensor:
     r"""Radial factor of :func:`clip_spacelike` from ``n = ‖u‖``.
 
-    ``min(1, (1 − eps)/(√κ n))`` for κ > 0, 1 for κ ≤ 0.
+    ``min(1, (1 − eps)/(√κ n))`` for κ > 0, 1 for κ ≤ 0. Half precision: computed in
+    float32 and cast back, with the storage dtype's default ``eps`` (as :func:`clip_spacelike`).
     """
-    g = guards(n.dtype)
     if eps is None or eps < 0:
-        eps = g.ball_eps
+        eps = guards(n.dtype).ball_eps
+    return _clip_spacelike_factor(n, k, eps)
+
+
+@float32_island
+def _clip_spacelike_factor(n: Tensor, k: Curvature, eps: float) -> Tensor:
+    g = guards(n.dtype)
+    k = _k(k, n)
     # √κ·‖u‖ against 1 − eps (not ‖u‖ against (1 − eps)/√κ): finite κ-gradient for tiny κ
     m = k.clamp_min(g.min_norm**2).sqrt() * n
     over = (k > 0) & (m > 1.0 - eps)

@@ -23,6 +23,10 @@ from geoopt.utils import size2shape
 
 from . import charts
 from . import math as pmath
+from .numerics import guards
+
+#: The projection margins of the manifold classes (their ``margin`` argument).
+MARGINS = ("geoopt", "tight")
 
 Tensor = torch.Tensor
 
@@ -65,6 +69,11 @@ class Stereographic(Manifold):
             of a buffer.
         dim: Point dimension ``n``; when given, points of another size are rejected.
         validate_args: Check shapes and κ on every call (see the module docstring).
+        margin: The margin of :meth:`projx` (and every ``project=True``) inside the ball's
+            boundary: ``"geoopt"`` (default) geoopt's 4e-3 (float32) / 1e-5 (float64), or
+            ``"tight"``, the margin of :func:`mosgeo.math.project` (√ε: 3.5e-4 / 1.5e-8),
+            which reaches 1.4× farther from the origin but keeps too few digits of
+            points driven repeatedly to the rim (``docs/geoopt.md``, "The rim").
 
     Raises:
         ValueError: ``k`` is not finite, or neither a scalar nor of shape ``(m, 1)``; ``dim``
@@ -86,8 +95,12 @@ class Stereographic(Manifold):
         learnable: bool = False,
         dim: int | None = None,
         validate_args: bool = True,
+        margin: str = "geoopt",
     ):
         super().__init__()
+        if margin not in MARGINS:
+            raise ValueError(f"margin must be one of {MARGINS}, got {margin!r}")
+        self.margin = margin
         k = torch.as_tensor(k)
         if not torch.is_floating_point(k):
             k = k.to(torch.get_default_dtype())
@@ -154,8 +167,12 @@ class Stereographic(Manifold):
                 f"points with dim={dim} reduced to 1)"
             ) from None
 
+    def _eps(self, x: Tensor) -> float | None:
+        """The projection margin for points of ``x``'s dtype (see ``margin``)."""
+        return guards(x.dtype).geoopt_ball_eps if self.margin == "geoopt" else None
+
     def _project(self, x: Tensor, project: bool, dim: int) -> Tensor:
-        return pmath.project(x, k=self.k, dim=dim) if project else x
+        return pmath.project(x, k=self.k, dim=dim, eps=self._eps(x)) if project else x
 
     def _check_point_on_manifold(
         self, x: Tensor, *, atol: float = 1e-5, rtol: float = 1e-5, dim: int = -1
@@ -206,20 +223,20 @@ class Stereographic(Manifold):
         :class:`StereographicExact` uses the exponential map (:meth:`expmap`) instead.
         """
         self._check(x, u, dim=dim)
-        return pmath.project(x + u, k=self.k, dim=dim)
+        return pmath.project(x + u, k=self.k, dim=dim, eps=self._eps(x))
 
     def projx(self, x: Tensor, *, dim: int = -1) -> Tensor:
         """``x`` moved into the usable part of the manifold, by :func:`mosgeo.math.project`."""
         self._check(x, dim=dim)
-        return pmath.project(x, k=self.k, dim=dim)
+        return pmath.project(x, k=self.k, dim=dim, eps=self._eps(x))
 
     def project(self, x: Tensor, *, dim: int = -1, eps: float | None = None) -> Tensor:
         """Projection onto the usable part of the manifold, by :func:`mosgeo.math.project`.
 
-        ``eps``: the margin inside the ball's boundary (default: by dtype).
+        ``eps``: the margin inside the ball's boundary (default: the class's ``margin``).
         """
         self._check(x, dim=dim)
-        return pmath.project(x, k=self.k, dim=dim, eps=eps)
+        return pmath.project(x, k=self.k, dim=dim, eps=self._eps(x) if eps is None else eps)
 
     def proju(self, x: Tensor, u: Tensor, *, dim: int = -1) -> Tensor:
         """``u`` as a tangent vector at ``x``: unchanged, broadcast against ``x``.
@@ -611,7 +628,8 @@ class Stereographic(Manifold):
         learn = isinstance(self.k, torch.nn.Parameter) or any(
             p.requires_grad for p in self.parameters()
         )
-        return f"k={kk}, learnable={learn}" + (f", dim={self.dim}" if self.dim else "")
+        tight = ", margin='tight'" if self.margin == "tight" else ""
+        return f"k={kk}, learnable={learn}" + (f", dim={self.dim}" if self.dim else "") + tight
 
 
 class StereographicExact(Stereographic):
@@ -641,7 +659,7 @@ class PoincareBall(Stereographic):
     Args:
         c: ``−κ > 0``: a scalar, or shape ``(m, 1)`` for m balls at once.
         learnable: Train ``c``.
-        **kwargs: ``dim`` and ``validate_args`` of :class:`Stereographic`.
+        **kwargs: ``dim``, ``validate_args`` and ``margin`` of :class:`Stereographic`.
 
     Raises:
         ValueError: ``c`` is not positive.
@@ -679,7 +697,7 @@ class SphereProjection(Stereographic):
     Args:
         k: ``κ > 0``: a scalar, or shape ``(m, 1)`` for m spheres at once.
         learnable: Train κ.
-        **kwargs: ``dim`` and ``validate_args`` of :class:`Stereographic`.
+        **kwargs: ``dim``, ``validate_args`` and ``margin`` of :class:`Stereographic`.
 
     Raises:
         ValueError: ``k`` is not positive.

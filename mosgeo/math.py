@@ -23,6 +23,7 @@ Half precision inputs are computed in float32 and cast back. Guards come from
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -37,6 +38,7 @@ from .numerics import (
     safe_sqrt,
     series_coefficients,
     sqnorm,
+    sqnorm_norm,
 )
 from .numerics import as_curvature as _k
 
@@ -50,8 +52,8 @@ __all__ = [
     "tan_k_zero_taylor", "artan_k_zero_taylor", "sin_k_zero_taylor", "arsin_k_zero_taylor",
     "sign", "sabs", "list_range", "drop_dims", "clamp_abs",
     # gyrovector space
-    "project", "project_factor", "lambda_x", "inner", "norm", "mobius_add", "mobius_sub",
-    "gyration",
+    "project", "project_factor", "ball_factor", "lambda_x", "inner", "norm", "mobius_add",
+    "mobius_sub", "gyration",
     "mobius_coadd", "mobius_cosub", "mobius_scalar_mul", "mobius_pointwise_mul",
     "mobius_matvec", "mobius_fn_apply", "mobius_fn_apply_chain", "mobiusify",
     # Riemannian geometry
@@ -98,57 +100,95 @@ def _series(name: str, t: Tensor, terms: int) -> Tensor:
     return out
 
 
-def _ratio(name: str, t: Tensor, pos: Callable, neg: Callable, smax: float | None) -> Tensor:
+def _ratio(
+    name: str, t: Tensor, pos: Callable, neg: Callable, s_big: Tensor | None = None
+) -> Tensor:
     """``f(t)`` = series for ``|t| < τ``, else ``pos(s)/s`` (t > 0) or ``neg(s)/s`` (t < 0),
-    ``s = √|t|``. Both branches see only safe arguments (NaN in an unused ``where`` branch
-    still poisons the gradient)."""
+    ``s = √|t|`` — or ``s_big`` where ``t = ±inf`` (see :func:`tan_ratio`). Both branches see
+    only safe arguments (NaN in an unused ``where`` branch still poisons the gradient)."""
     g = guards(t.dtype)
     tau = g.series_tau
     small = t.abs() < tau
     t_ser = torch.where(small, t, torch.zeros_like(t))
-    s = t.abs().clamp_min(tau).sqrt()
-    if smax is not None:
-        s = s.clamp_max(smax)
-    closed = torch.where(t > 0, pos(s), neg(s)) / s
+    s = t.abs().clamp(tau, torch.finfo(t.dtype).max).sqrt()
+    if s_big is not None:
+        s = torch.where(torch.isinf(t), s_big.clamp_min(tau**0.5), s)
+    # each closed form sees its own sign's arguments only (tan of an arbitrary s has an
+    # arbitrary, possibly infinite, derivative)
+    one = torch.ones_like(s)
+    closed = torch.where(t > 0, pos(torch.where(t > 0, s, one)), neg(torch.where(t > 0, one, s)))
+    closed = closed / s
     return torch.where(small, _series(name, t_ser, g.series_terms), closed)
 
 
-def tan_ratio(t: Tensor) -> Tensor:
+def tan_ratio(t: Tensor, s: Tensor | None = None) -> Tensor:
     r"""``T(t) = tan(√t)/√t`` (t > 0), ``tanh(√−t)/√−t`` (t < 0), ``1 + t/3 + 2t²/15 + …``.
 
     ``tan_k(r, κ) = r·T(κr²)``. Entire near 0 (poles only at ``√t = π/2 + jπ``).
+
+    Overflow: where ``t = κr²`` overflowed to ``±inf`` the closed form is evaluated at ``s``
+    (``√|κ|·r``, formed without squaring) instead of ``√|t|``, so ``r·T`` stays finite
+    (``1/√|κ|`` for κ < 0). The same ``s`` argument exists on every ratio.
     """
     emax = guards(t.dtype).max_exp_arg
-    return _ratio("tan", t, torch.tan, lambda s: torch.tanh(s.clamp_max(emax)), None)
+    return _ratio("tan", t, torch.tan, lambda s: torch.tanh(s.clamp_max(emax)), s)
 
 
-def artan_ratio(t: Tensor) -> Tensor:
+def artan_ratio(t: Tensor, s: Tensor | None = None) -> Tensor:
     r"""``A(t) = atan(√t)/√t`` (t > 0), ``atanh(√−t)/√−t`` (t < 0), ``1 − t/3 + t²/5 − …``.
 
     ``artan_k(y, κ) = y·A(κy²)``. For ``t ≤ −1`` (outside the ball) the ``atanh`` argument is
-    clamped to ``1 − ε``.
+    clamped to ``1 − ε``. ``s``: see :func:`tan_ratio`.
     """
     amax = guards(t.dtype).atanh_max
 
     def neg(s: Tensor) -> Tensor:
         return torch.atanh(s.clamp_max(amax))
 
-    return _ratio("artan", t, torch.atan, neg, None)
+    return _ratio("artan", t, torch.atan, neg, s)
 
 
-def sin_ratio(t: Tensor) -> Tensor:
-    r"""``S(t) = sin(√t)/√t`` (t > 0), ``sinh(√−t)/√−t`` (t < 0), ``1 − t/6 + t²/120 − …``."""
+def sin_ratio(t: Tensor, s: Tensor | None = None) -> Tensor:
+    r"""``S(t) = sin(√t)/√t`` (t > 0), ``sinh(√−t)/√−t`` (t < 0), ``1 − t/6 + t²/120 − …``.
+
+    ``s``: see :func:`tan_ratio`."""
     emax = guards(t.dtype).max_exp_arg
-    return _ratio("sin", t, torch.sin, lambda s: torch.sinh(s.clamp_max(emax)), None)
+    return _ratio("sin", t, torch.sin, lambda s: torch.sinh(s.clamp_max(emax)), s)
 
 
-def arsin_ratio(t: Tensor) -> Tensor:
+def arsin_ratio(t: Tensor, s: Tensor | None = None) -> Tensor:
     r"""``AS(t) = asin(√t)/√t`` (t > 0), ``asinh(√−t)/√−t`` (t < 0), ``1 + t/6 + 3t²/40 + …``.
 
-    For ``t > 1`` the ``asin`` argument is clamped to ``1 − ε``.
+    For ``t > 1`` the ``asin`` argument is clamped to ``1 − ε``. ``s``: see
+    :func:`tan_ratio`.
     """
     amax = guards(t.dtype).atanh_max
-    return _ratio("arsin", t, lambda s: torch.asin(s.clamp_max(amax)), torch.asinh, None)
+    return _ratio("arsin", t, lambda s: torch.asin(s.clamp_max(amax)), torch.asinh, s)
+
+
+def _kq(k: Tensor, q: Tensor, f: Tensor | None = None) -> Tensor:
+    r"""``t = κ·f·q`` for a square ``q ≥ 0`` that may have overflowed to ``+inf`` and a
+    finite factor ``f ≥ 0`` (default 1). Where ``f·q`` is infinite (and ``f > 0``):
+    ``sign(κ)·∞`` (0 at κ = 0), with a zero gradient (the exact one is infinite);
+    elsewhere the plain product. Never NaN, also in the gradient: ``q`` is replaced by 0
+    before it meets a differentiable factor (no ``0·∞`` in a backward product), and κ is
+    multiplied last (``∂t/∂(fq) = κ`` is 0 at κ = 0)."""
+    qinf = torch.isinf(q)
+    p = torch.where(qinf, torch.zeros_like(q), q)
+    if f is not None:
+        p = f * p
+        qinf = qinf & (f > 0)  # 0·∞: the product is 0
+    big = qinf | torch.isinf(p)
+    t = k * torch.where(big, torch.zeros_like(p), p)
+    inf = torch.full_like(t, torch.inf)
+    sign_inf = torch.where(k > 0, inf, torch.where(k < 0, -inf, torch.zeros_like(t)))
+    return torch.where(big, sign_inf, t)
+
+
+def _sk(k: Tensor) -> Tensor:
+    """``√|κ|`` with a finite derivative at κ = 0 (clamped at ``tiny``): only for the closed
+    form of a ratio, which κ = 0 never selects."""
+    return k.abs().clamp_min(guards(k.dtype).min_norm ** 2).sqrt()
 
 
 # --------------------------------------------------------------------------------------
@@ -165,28 +205,28 @@ def tan_k(x: Tensor, k: Curvature) -> Tensor:
     gradient in κ has the wrong sign for tiny negative κ.
     """
     k = _k(k, x)
-    return x * tan_ratio(k * x * x)
+    return x * tan_ratio(_kq(k, x * x), _sk(k) * x.abs())
 
 
 @float32_island
 def artan_k(x: Tensor, k: Curvature) -> Tensor:
     r"""``artan_κ(x) = atan(√κ x)/√κ`` (κ > 0), ``x`` (κ = 0), ``atanh(√−κ x)/√−κ`` (κ < 0)."""
     k = _k(k, x)
-    return x * artan_ratio(k * x * x)
+    return x * artan_ratio(_kq(k, x * x), _sk(k) * x.abs())
 
 
 @float32_island
 def sin_k(x: Tensor, k: Curvature) -> Tensor:
     r"""``sin_κ(x) = sin(√κ x)/√κ`` (κ > 0), ``x`` (κ = 0), ``sinh(√−κ x)/√−κ`` (κ < 0)."""
     k = _k(k, x)
-    return x * sin_ratio(k * x * x)
+    return x * sin_ratio(_kq(k, x * x), _sk(k) * x.abs())
 
 
 @float32_island
 def arsin_k(x: Tensor, k: Curvature) -> Tensor:
     r"""``arsin_κ(x) = asin(√κ x)/√κ`` (κ > 0), ``x`` (κ = 0), ``asinh(√−κ x)/√−κ`` (κ < 0)."""
     k = _k(k, x)
-    return x * arsin_ratio(k * x * x)
+    return x * arsin_ratio(_kq(k, x * x), _sk(k) * x.abs())
 
 
 def tanh(x: Tensor) -> Tensor:
@@ -297,19 +337,48 @@ def project(x: Tensor, *, k: Curvature, dim: int = -1, eps: float | None = None)
 
 @float32_island
 def _project(x: Tensor, k: Curvature, dim: int, eps: float) -> Tensor:
-    return x * project_factor(safe_norm(x, dim), _k(k, x), eps)
+    return x * _project_factor(safe_norm(x, dim), _k(k, x), eps)
 
 
-def project_factor(n: Tensor, k: Tensor, eps: float | None = None) -> Tensor:
+def ball_factor(n: Tensor, k: Curvature, eps: float | None = None) -> Tensor:
+    r"""Radial factor that keeps a point of norm ``n`` strictly inside the κ < 0 ball:
+    ``min(1, (1 − eps)/(√|κ| n))`` for κ < 0, 1 for κ ≥ 0 (:func:`project_factor` without
+    its κ ≥ 0 overflow bound). ``eps`` defaults to the margin of ``n``'s dtype."""
+    f = project_factor(n, k, eps)
+    return torch.where(_k(k, f) < 0, f, torch.ones_like(f))
+
+
+def _inside(y: Tensor, kwargs: dict, dtype: torch.dtype) -> Tensor:
+    """The float32 result ``y`` of a point-returning op on half-precision inputs, scaled
+    with the margin of the storage ``dtype`` (as :func:`project`, κ < 0 only), so that it
+    is strictly inside the ball after the cast back (a float32 point at ‖y‖ = 0.9999/√|κ|
+    rounds onto the rim in bfloat16)."""
+    k, dim = kwargs["k"], kwargs.get("dim", -1)
+    return y * ball_factor(safe_norm(y, dim), _k(k, y), guards(dtype).ball_eps)
+
+
+#: :func:`mosgeo.numerics.float32_island` for ops that return a point: in half precision the
+#: result is projected with the storage dtype's margin before the cast back (:func:`_inside`)
+point_island = float32_island(inside=_inside)
+
+
+def project_factor(n: Tensor, k: Curvature, eps: float | None = None) -> Tensor:
     r"""Radial factor of :func:`project` from the norm ``n = ‖x‖`` (kept dim).
 
     ``project(x) = x · project_factor(‖x‖, κ)``, i.e. ``min(1, R_κ/‖x‖)`` with
     ``R_κ = (1 − eps)/√|κ|`` for κ < 0 and ``max_norm/max(1, √κ)`` for κ ≥ 0. For fused
-    radial code that knows ``‖x‖`` without forming ``x``.
+    radial code that knows ``‖x‖`` without forming ``x``. Half precision: computed in
+    float32 and cast back, with the storage dtype's default ``eps`` (as :func:`project`).
     """
-    g = guards(n.dtype)
     if eps is None or eps < 0:
-        eps = g.ball_eps
+        eps = guards(n.dtype).ball_eps
+    return _project_factor(n, k, eps)
+
+
+@float32_island
+def _project_factor(n: Tensor, k: Curvature, eps: float) -> Tensor:
+    g = guards(n.dtype)
+    k = _k(k, n)
     # compare √|κ|·‖x‖ with the limit instead of ‖x‖ with 1/√|κ|: d(κ^{-1/2})/dκ overflows
     # for tiny κ and 0·inf in the unused where-branch would poison the κ-gradient
     sk = k.abs().clamp_min(g.min_norm**2).sqrt()
@@ -357,7 +426,7 @@ def norm(x: Tensor, u: Tensor, *, k: Curvature, keepdim: bool = False, dim: int 
     r"""Riemannian norm ``‖u‖_x = λ_x ‖u‖``."""
     k = _k(k, x)
     lam = 2.0 / _conf_half_inv(sqnorm(x, dim), k)
-    return _squeeze(lam * torch.linalg.vector_norm(u, dim=dim, keepdim=True), dim, keepdim)
+    return _squeeze(lam * safe_norm(u, dim), dim, keepdim)
 
 
 @float32_island
@@ -393,20 +462,42 @@ def _mobius_coeffs(a2: Tensor, b2: Tensor, s2: Tensor, ab: Tensor, k: Tensor):
     r"""``a ⊕_κ b = c_s s + c_a a + c_b b`` (``s = a + b``), its denominator ``D`` and ``a' =
     1 + κ‖a‖²``: ``c_s = a'/D, c_a = −κ‖s‖²/D, c_b = 0`` near the origin (the form that is
     exact for ``b ≈ −a``); Ungar's ``c_s = 0, c_a = (1 − 2κ⟨a,b⟩ − κ‖b‖²)/D, c_b = a'/D``
-    in the far spherical regime of :func:`_mobius_den`. Same function, two roundings."""
+    in the far spherical regime of :func:`_mobius_den`. Same function, two roundings.
+
+    The identity is exact: where ``b = 0`` (``a = 0``) the coefficients take the values
+    ``c_s = 1, c_a = 0`` (``c_b = 0``), so ``a ⊕ 0 = 0 ⊕ a = s = a`` bit for bit, also where
+    the combination is fused into FMAs. The near form gives ``1 + O(ε)`` and ``O(1)``
+    there (e.g. ``a'/D`` with ``D = fl(1 + κ‖a‖²) − κ‖a‖²``). Only the values change: each
+    overridden coefficient keeps its own derivatives (``c − (c − v).detach()``), and the
+    coefficient of the zero vector absorbs the difference (``c_b + c_s − 1``, value times
+    ``b = 0``), so the Jacobian ``∂/∂b = c_s + c_b`` — and every higher derivative — is that
+    of the unmodified formula."""
     den, far = _mobius_den(a2, b2, s2, ab, k)
     ap = 1.0 + k * a2
     zero = torch.zeros_like(den)
     c_s = torch.where(far, zero, ap / den)
     c_a = torch.where(far, (1.0 - 2.0 * k * ab - k * b2) / den, -k * s2 / den)
     c_b = torch.where(far, ap / den, zero)
-    return c_s, c_a, c_b, den
+    a0, b0 = a2 == 0, b2 == 0
+    one = c_s - (c_s - 1.0).detach()  # value 1, derivatives of c_s
+    shift = (c_s - 1.0).detach()
+    c_a, c_b = (
+        torch.where(b0, c_a - c_a.detach(), torch.where(a0, c_a + shift, c_a)),
+        torch.where(a0, c_b - c_b.detach(), torch.where(b0, c_b + shift, c_b)),
+    )
+    return torch.where(a0 | b0, one, c_s), c_a, c_b, den
 
 
 def _madd(x: Tensor, y: Tensor, k: Tensor, dim: int, x2: Tensor, y2: Tensor, xy: Tensor) -> Tensor:
-    """``x ⊕_κ y`` given ``‖x‖²``, ``‖y‖²`` and ``⟨x, y⟩`` (see :func:`mobius_add`)."""
+    """``x ⊕_κ y`` given ``‖x‖²``, ``‖y‖²`` and ``⟨x, y⟩`` (see :func:`mobius_add`).
+
+    ``y`` may be huge (κ = 0: ``exp_x`` of a huge tangent vector): its scalars are clamped
+    at ``max_norm²``, the bound of points for κ ≥ 0, where ``κ²‖x‖²‖y‖²`` stays finite (at
+    κ = 0 they are multiplied by 0: the result is ``x + y`` exactly)."""
     s = x + y
-    c_s, c_x, c_y, _ = _mobius_coeffs(x2, y2, sqnorm(s, dim), xy, k)
+    m2 = guards(x2.dtype).max_norm ** 2
+    y2, s2, xy = y2.clamp_max(m2), sqnorm(s, dim).clamp_max(m2), xy.clamp(-m2, m2)
+    c_s, c_x, c_y, _ = _mobius_coeffs(x2, y2, s2, xy, k)
     return torch.addcmul(torch.addcmul(s * c_s, x, c_x), y, c_y)
 
 
@@ -452,7 +543,7 @@ class _MobiusAdd(torch.autograd.Function):
         c_s, c_x, c_y, _ = _mobius_coeffs(x2, y2, s2, xy, k)
         ctx.save_for_backward(x, y, k, s, x2, y2, s2, xy, c_s, c_x, c_y)
         ctx.dim = dim
-        return torch.addcmul(torch.addcmul(s * c_s, x, c_x), y, c_y)
+        return (s * c_s).addcmul_(x, c_x).addcmul_(y, c_y)  # in place: no autograd here
 
     @staticmethod
     def backward(ctx, g: Tensor):
@@ -472,7 +563,7 @@ class _MobiusAdd(torch.autograd.Function):
         return gx.sum_to_size(x.shape), gy.sum_to_size(y.shape), gk, None
 
 
-@float32_island
+@point_island
 def mobius_add(x: Tensor, y: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
     r"""Möbius addition
 
@@ -520,7 +611,7 @@ def gyration(a: Tensor, b: Tensor, u: Tensor, *, k: Curvature, dim: int = -1) ->
     return u + (2.0 / den) * (ca * a + cb * b)
 
 
-@float32_island
+@point_island
 def mobius_coadd(x: Tensor, y: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
     r"""Möbius coaddition ``x ⊞_κ y = x ⊕ gyr[x, ⊖y] y``, in closed form
 
@@ -541,7 +632,7 @@ def mobius_cosub(x: Tensor, y: Tensor, *, k: Curvature, dim: int = -1) -> Tensor
     return mobius_coadd(x, -y, k=k, dim=dim)
 
 
-@float32_island
+@point_island
 def mobius_scalar_mul(r: Tensor, x: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
     r"""Möbius scalar multiplication ``r ⊗_κ x = tan_κ(r·artan_κ‖x‖) x/‖x‖``.
 
@@ -553,10 +644,12 @@ def mobius_scalar_mul(r: Tensor, x: Tensor, *, k: Curvature, dim: int = -1) -> T
     x2 = sqnorm(x, dim)
     a = artan_ratio(k * x2)
     ra = r * a
-    return x * (ra * tan_ratio(k * ra * ra * x2))
+    # κ r²a²‖x‖² overflows for huge r: then the closed form at √|κ|·|ra|·‖x‖
+    t = _kq(k, ra * ra, x2)  # κ last: no 0·∞ in the gradient at κ = 0
+    return x * (ra * tan_ratio(t, _sk(k) * ra.abs() * safe_sqrt(x2)))
 
 
-@float32_island
+@point_island
 def mobius_pointwise_mul(w: Tensor, x: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
     r"""Möbius pointwise product ``w ⊙_κ x = tan_κ(‖w⊙x‖/‖x‖ · artan_κ‖x‖) (w⊙x)/‖w⊙x‖``.
 
@@ -566,10 +659,11 @@ def mobius_pointwise_mul(w: Tensor, x: Tensor, *, k: Curvature, dim: int = -1) -
     k = _k(k, x)
     wx = w * x
     a = artan_ratio(k * sqnorm(x, dim))
-    return wx * (a * tan_ratio(k * a * a * sqnorm(wx, dim)))
+    wx2, wxn = sqnorm_norm(wx, dim)  # ‖w⊙x‖² overflows for huge w
+    return wx * (a * tan_ratio(_kq(k, wx2, a * a), _sk(k) * a * wxn))
 
 
-@float32_island
+@point_island
 def mobius_matvec(m: Tensor, x: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
     r"""Möbius matrix-vector product ``M ⊗_κ x = tan_κ(‖Mx‖/‖x‖ · artan_κ‖x‖) Mx/‖Mx‖``.
 
@@ -587,7 +681,8 @@ def mobius_matvec(m: Tensor, x: Tensor, *, k: Curvature, dim: int = -1) -> Tenso
     else:
         mx = torch.matmul(m, x.unsqueeze(-1)).squeeze(-1)
     a = artan_ratio(k * sqnorm(x, dim))
-    return mx * (a * tan_ratio(k * a * a * sqnorm(mx, dim)))
+    mx2, mxn = sqnorm_norm(mx, dim)  # ‖Mx‖² overflows for huge M
+    return mx * (a * tan_ratio(_kq(k, mx2, a * a), _sk(k) * a * mxn))
 
 
 def mobius_fn_apply(
@@ -598,13 +693,37 @@ def mobius_fn_apply(
 
 
 def mobius_fn_apply_chain(x: Tensor, *fns: Callable, k: Curvature, dim: int = -1) -> Tensor:
-    r"""``(f_n ∘ … ∘ f_1)^{⊗κ}(x) = exp₀(f_n(…f_1(log₀ x)))``; identity for no ``fns``."""
+    r"""The chain of Möbius versions ``f_n^{⊗κ} ∘ … ∘ f_1^{⊗κ}(x)``; identity for no ``fns``.
+
+    Computed as ``exp₀(f_n(w(…w(f_1(log₀ x)))))`` with ``w = log₀ ∘ exp₀`` between the
+    functions, in closed form: the identity for κ ≤ 0 and for tangent vectors shorter than
+    ``π/(2√κ)``, where this is geoopt's ``exp₀(f_n(…f_1(log₀ x)))``. Beyond that radius
+    ``exp₀`` wraps around the sphere and ``log₀`` returns the shorter way round:
+    ``w(v) = v·(θ − πj)/θ``, ``θ = √κ‖v‖``, ``j = round(θ/π)``. So the chain equals the
+    composition of :func:`mobius_fn_apply` (e.g. ``mobius_matvec(M₂, mobius_matvec(M₁, x))``
+    for linear maps) for every κ. geoopt: differs from that composition on the sphere once
+    an intermediate tangent vector passes ``π/(2√κ)`` (its test suite flags it as
+    "unstable numerics" in float32 and float64).
+    """
     if not fns:
         return x
     v = logmap0(x, k=k, dim=dim)
-    for fn in fns:
+    for i, fn in enumerate(fns):
+        if i:
+            v = _unwrap(v, k, dim)
         v = fn(v)
     return expmap0(v, k=k, dim=dim)
+
+
+@float32_island
+def _unwrap(v: Tensor, k: Curvature, dim: int) -> Tensor:
+    """``log₀(exp₀(v))`` in closed form (:func:`mobius_fn_apply_chain`)."""
+    k = _k(k, v)
+    th = _sk(k) * safe_norm(v, dim)
+    j = torch.round(th / math.pi)
+    wrap = (k > 0) & (j != 0)
+    safe = torch.where(wrap, th, torch.ones_like(th))
+    return v * torch.where(wrap, (th - math.pi * j) / safe, torch.ones_like(th))
 
 
 def mobiusify(fn: Callable) -> Callable:
@@ -626,11 +745,11 @@ def _gyro_diff(x: Tensor, y: Tensor, k: Tensor, dim: int):
     r"""Parts of ``m = (−x) ⊕ y`` with ``d = y − x``: ``m = c_s d − c_x x + c_y y`` (see
     :func:`_mobius_coeffs` with ``a = −x``, ``b = y``), ``‖m‖² = ‖d‖²/D``.
 
-    Returns ``d, x2, d2, a = 1+κ‖x‖², b = 1+κ‖y‖², D, (c_s, c_x, c_y)``."""
+    Returns ``d, x2, y2, d2, a = 1+κ‖x‖², b = 1+κ‖y‖², D, (c_s, c_x, c_y)``."""
     d = y - x
     x2, y2, d2 = sqnorm(x, dim), sqnorm(y, dim), sqnorm(d, dim)
     c_s, c_a, c_y, den = _mobius_coeffs(x2, y2, d2, -_dot(x, y, dim), k)
-    return d, x2, d2, 1.0 + k * x2, 1.0 + k * y2, den, (c_s, -c_a, c_y)
+    return d, x2, y2, d2, 1.0 + k * x2, 1.0 + k * y2, den, (c_s, -c_a, c_y)
 
 
 def _gyro_vec(d: Tensor, x: Tensor, y: Tensor, coeffs) -> Tensor:
@@ -638,20 +757,59 @@ def _gyro_vec(d: Tensor, x: Tensor, y: Tensor, coeffs) -> Tensor:
     return torch.addcmul(torch.addcmul(d * c_s, x, c_x), y, c_y)
 
 
-def _half_dist_ratio(d2: Tensor, a: Tensor, b: Tensor, den: Tensor, k: Tensor) -> Tensor:
-    r"""``artan_κ(‖m‖)/‖m‖`` for ``m = (−x) ⊕ y`` (half the distance over ``‖m‖``).
+def _antipodal(x: Tensor, y: Tensor, x2: Tensor, y2: Tensor, k: Tensor, dim: int):
+    r"""κ > 0: ``y`` relative to the antipode ``x̄ = −x/(κ‖x‖²)`` of ``x``.
 
-    κ ≥ 0: ``A(κ‖m‖²)`` (``atan``: well conditioned up to the antipode). κ < 0: the
-    ``atanh`` of ``√|κ|‖m‖ ≈ 1`` loses digits for far points near the boundary, so use the
-    chord identity ``sinh(√|κ| d/2) = √|κ| ‖x − y‖ / √((1+κ‖x‖²)(1+κ‖y‖²))``:
-    ``artan_κ(‖m‖)/‖m‖ = √(D/ab) · AS(κ‖d‖²/ab)``. Both are the same analytic function of
-    κ, so the switch at 0 is seamless in value and every derivative.
+    Returns ``e = y − x̄``, ``‖e‖²``, the Möbius denominator of ``(−x) ⊕ y`` in the form
+    ``D = κ²‖x‖²‖e‖²`` (exact identity: ``D = 1 + 2κ⟨x,y⟩ + κ²‖x‖²‖y‖²``) and the mask
+    where it is used. ``D`` vanishes at the antipode; formed from the vector ``e`` it does
+    not cancel there (‖e‖ carries the rounding of ``x̄``, relative ε, so ``√D`` is exact to
+    an absolute O(ε)), unlike ``(1 + κ‖x‖²)(1 + κ‖y‖²) − κ‖x − y‖²``, whose rounding error
+    ε·(1 + κ‖x‖²)(1 + κ‖y‖²) costs half the digits of the distance near the antipode.
+    Masks (``e`` is valid on the first, ``D`` on the second): κ > 0 and
+    ``κ max(‖x‖², ‖y‖²) > 1/4`` — every near-antipodal pair, and away from κ = 0, where the
+    plain form is exact and this one would take its κ-derivatives as differences of terms
+    of size ``1/(κ‖x‖)`` — and, for ``e``, ``κ‖x‖²`` a normal number (``D = 1`` there,
+    to rounding, as points stay below ``max_norm``)."""
+    g = guards(x2.dtype)
+    kx2 = k * x2
+    anti = (k > 0) & (torch.maximum(kx2, k * y2) > 0.25)
+    # x ≈ 0 (κ‖x‖² not normal): D = 1 to rounding, since points stay below max_norm
+    live = kx2 > g.min_norm**2
+    e = torch.addcmul(y, x, 1.0 / torch.where(anti & live, kx2, torch.ones_like(kx2)))
+    e2 = sqnorm(e, dim)
+    den = torch.where(live, kx2 * (k * e2), torch.ones_like(e2))
+    return e, e2, den, anti & live, anti
+
+
+def _half_dist(d2: Tensor, a: Tensor, b: Tensor, den: Tensor, k: Tensor):
+    r"""Half the distance ``h = artan_κ‖m‖`` for ``m = (−x) ⊕ y``, ``‖m‖² = ‖d‖²/D``, and
+    ``h/‖m‖`` (smooth at ``m = 0``, for :func:`logmap`).
+
+    κ < 0: the ``atanh`` of ``√|κ|‖m‖ ≈ 1`` loses digits for far points near the boundary,
+    so use the chord identity ``sinh(√|κ| d/2) = √|κ| ‖x − y‖ / √((1+κ‖x‖²)(1+κ‖y‖²))``:
+    ``h/‖m‖ = √(D/ab) · AS(κ‖d‖²/ab)``. κ ≥ 0: ``h/‖m‖ = A(κ‖m‖²)`` by its series for
+    ``|κ‖m‖²| < τ``, else the angle ``h = atan2(√κ‖d‖, √D)/√κ`` (``D`` from
+    :func:`_antipodal` for κ > 0: exact to the end, ``π/(2√κ)`` at the antipode). All
+    branches are the same analytic function of κ: seamless at 0 in every derivative.
     """
     g = guards(d2.dtype)
     ab = (a * b).clamp_min(g.min_denom)
-    hyp = (den / ab).sqrt() * arsin_ratio(k * d2 / ab)
-    sph = artan_ratio(k * d2 / den)
-    return torch.where(k < 0, hyp, sph)
+    dc = den.clamp_min(g.min_denom)
+    n = safe_sqrt(d2 / dc)  # ‖m‖
+    t = k * d2 / dc
+    small = t.abs() < g.series_tau
+    hyp = (dc / ab).sqrt() * arsin_ratio(k * d2 / ab)
+    ser = artan_ratio(torch.where(small, t, torch.zeros_like(t)))
+    sk = _sk(k)
+    dn = safe_sqrt(d2)
+    root = safe_sqrt(den.clamp_min(0.0))
+    closed = torch.atan2(sk * dn, root) / sk
+    ratio = torch.where(
+        k < 0, hyp, torch.where(small, ser, closed * root / dn.clamp_min(g.min_norm))
+    )
+    half = torch.where((k >= 0) & ~small, closed, n * ratio)
+    return half, ratio
 
 
 @float32_island
@@ -664,12 +822,17 @@ def dist(x: Tensor, y: Tensor, *, k: Curvature, keepdim: bool = False, dim: int 
     which needs no Möbius sum vector and is accurate for close points (the difference is
     formed first). For κ < 0 the equivalent chord form
     ``d = 2 arsin_κ(‖x−y‖/√((1+κ‖x‖²)(1+κ‖y‖²)))`` avoids ``atanh`` near 1 (far points
-    near the boundary). Gradient 0 at ``x = y``.
+    near the boundary). For κ > 0 the distance is the angle
+    ``(2/√κ) atan2(√κ‖x − y‖, √D)`` with the denominator ``D = κ²‖x‖²‖y − x̄‖²`` formed
+    from the antipode ``x̄`` of ``x``: accurate up to the antipode, where it is ``π/√κ``.
+    Gradient 0 at ``x = y``. geoopt: 0 at the antipode.
     """
     k = _k(k, x)
-    _, _, d2, a, b, den, _ = _gyro_diff(x, y, k, dim)
-    n = safe_sqrt(d2 / den)
-    return _squeeze(2.0 * n * _half_dist_ratio(d2, a, b, den, k), dim, keepdim)
+    x2, y2, d2 = sqnorm(x, dim), sqnorm(y, dim), sqnorm(y - x, dim)
+    a, b = 1.0 + k * x2, 1.0 + k * y2
+    _, _, den_a, _, anti = _antipodal(x, y, x2, y2, k, dim)
+    den = torch.where(anti, den_a, (a * b - k * d2).clamp_min(guards(x2.dtype).min_denom))
+    return _squeeze(2.0 * _half_dist(d2, a, b, den, k)[0], dim, keepdim)
 
 
 @float32_island
@@ -680,11 +843,12 @@ def dist0(x: Tensor, *, k: Curvature, keepdim: bool = False, dim: int = -1) -> T
     return _squeeze(2.0 * n * artan_ratio(k * n * n), dim, keepdim)
 
 
-@float32_island
+@point_island
 def expmap0(u: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
     r"""``exp₀(u) = tan_κ(‖u‖) u/‖u‖ = u·T(κ‖u‖²)``."""
     k = _k(k, u)
-    return u * tan_ratio(k * sqnorm(u, dim))
+    u2, un = sqnorm_norm(u, dim)  # ‖u‖² overflows for huge u: then √|κ|‖u‖ (a rim point)
+    return u * tan_ratio(_kq(k, u2), _sk(k) * un)
 
 
 @float32_island
@@ -694,14 +858,18 @@ def logmap0(y: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
     return y * artan_ratio(k * sqnorm(y, dim))
 
 
-@float32_island
+@point_island
 def expmap(x: Tensor, u: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
     r"""``exp_x(u) = x ⊕ tan_κ(λ_x‖u‖/2) u/‖u‖ = x ⊕ (h T(κh²‖u‖²)) u``, ``h = λ_x/2``."""
     k = _k(k, x)
-    x2, u2 = sqnorm(x, dim), sqnorm(u, dim)
+    x2 = sqnorm(x, dim)
+    u2, un = sqnorm_norm(u, dim)  # ‖u‖² overflows for huge u: then √|κ|·h‖u‖
     h = 1.0 / _conf_half_inv(x2, k)
-    c = h * tan_ratio(k * h * h * u2)
-    return _madd(x, c * u, k, dim, x2, c * c * u2, c * _dot(x, u, dim))
+    c = h * tan_ratio(_kq(k, u2, h * h), _sk(k) * h * un)
+    big = torch.isinf(u2)
+    cu2 = torch.where(big, (c * un).square(), c * c * torch.where(big, 0.0, u2))
+    cu = c * u
+    return _madd(x, cu, k, dim, x2, cu2, _dot(x, cu, dim))  # ⟨x, u⟩ may overflow
 
 
 @float32_island
@@ -709,36 +877,60 @@ def logmap(x: Tensor, y: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
     r"""Logarithmic map ``log_x(y) = (2/λ_x) artan_κ‖m‖ m/‖m‖``, ``m = (−x) ⊕ y``.
 
     Computed as ``(1+κ‖x‖²) A(κ‖m‖²) m`` with ``m`` and ``‖m‖²`` from the
-    cancellation-free parts of :func:`dist` (accurate for ``y → x``).
+    cancellation-free parts of :func:`dist` (accurate for ``y → x``). For κ > 0 near the
+    antipode ``x̄`` of ``x`` (``‖y − x̄‖ ≤ ‖y − x‖``) the length is :func:`dist`'s angle and
+    the direction that of ``R_x(e) + (κ‖e‖²/(1 + κ‖x‖²)) x``, ``e = y − x̄``, ``R_x`` the
+    reflection along ``x`` (an exact identity for the Möbius numerator, which cancels
+    there). geoopt: loses half the digits there.
     """
     k = _k(k, x)
-    d, x2, d2, a, b, den, coeffs = _gyro_diff(x, y, k, dim)
-    c = a * _half_dist_ratio(d2, a, b, den, k)
-    return _gyro_vec(d, x, y, [c * ci for ci in coeffs])
+    g = guards(x.dtype)
+    d, x2, y2, d2, a, b, den, coeffs = _gyro_diff(x, y, k, dim)
+    e, e2, den_a, live, anti = _antipodal(x, y, x2, y2, k, dim)
+    half, ratio = _half_dist(d2, a, b, torch.where(anti, den_a, den), k)
+    c = a * ratio
+    v_near = _gyro_vec(d, x, y, [c * ci for ci in coeffs])
+    # near the antipode x̄ (‖y − x̄‖ ≤ ‖d‖) the Möbius numerator D·m cancels like D; its
+    # direction comes from the exact identity (e = y − x̄, no cancellation)
+    #   D·m/a = R_x(e) + (κ‖e‖²/a) x,  R_x(e) = e − 2⟨x, e⟩ x/‖x‖²  (a reflection of e)
+    # evaluated with e = 0 on the other rows, so that that branch stays bounded
+    use = live & (e2 <= d2)
+    w = use.to(x.dtype)
+    one = torch.ones_like(x2)
+    e, e2 = e * w, e2 * w
+    refl = torch.addcmul(e, x, -2.0 * _dot(x, e, dim) / torch.where(use, x2, one))
+    num = torch.addcmul(refl, x, k * e2 / torch.where(use, a, one))
+    coef = a * half * w / safe_norm(num, dim).clamp_min(g.min_norm)
+    # select with lerp (exact for weights 0 and 1, and far cheaper than a broadcast where)
+    return torch.lerp(v_near, num * coef, w)
 
 
-@float32_island
+@point_island
 def geodesic(t: Tensor, x: Tensor, y: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
     r"""``γ_{x→y}(t) = x ⊕ (t ⊗ ((−x) ⊕ y))``; ``γ(0) = x``, ``γ(1) = y``."""
     k = _k(k, x)
     t = _k(t, x)
-    d, x2, d2, a, _, den, coeffs = _gyro_diff(x, y, k, dim)
+    d, x2, _, d2, a, _, den, coeffs = _gyro_diff(x, y, k, dim)
     m = _gyro_vec(d, x, y, coeffs)
     m2 = d2 / den
     am = artan_ratio(k * m2)
-    c = t * am * tan_ratio(k * t * t * am * am * m2)
-    return _madd(x, c * m, k, dim, x2, c * c * m2, c * _dot(x, m, dim))
+    w = t * am
+    # κt²a²‖m‖² overflows for huge t: then the closed form at √|κ|·|t a|·‖m‖
+    c = w * tan_ratio(_kq(k, w * w, m2), _sk(k) * w.abs() * safe_sqrt(m2))
+    cm = c * m  # c²‖m‖² and c⟨x, m⟩ overflow in their factors for huge t: from cm itself
+    return _madd(x, cm, k, dim, x2, sqnorm(cm, dim), _dot(x, cm, dim))
 
 
-@float32_island
+@point_island
 def geodesic_unit(t: Tensor, x: Tensor, u: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
     r"""Unit-speed geodesic from ``x`` in direction ``u``: ``x ⊕ tan_κ(t/2) u/‖u‖``."""
     k = _k(k, x)
     t = _k(t, x)
     g = guards(x.dtype)
-    un = torch.linalg.vector_norm(u, dim=dim, keepdim=True).clamp_min(g.min_norm)
+    un = safe_norm(u, dim).clamp_min(g.min_norm)
     c = tan_k(0.5 * t, k) / un
-    return _madd(x, c * u, k, dim, sqnorm(x, dim), (c * un) ** 2, c * _dot(x, u, dim))
+    cu = c * u
+    return _madd(x, cu, k, dim, sqnorm(x, dim), (c * un) ** 2, _dot(x, cu, dim))
 
 
 @float32_island
@@ -761,14 +953,15 @@ def dist2plane(
     (absolute value unless ``signed``; times ``‖a‖`` if ``scaled``).
     """
     k = _k(k, x)
-    d, p2, d2, _, _, den, (c_s, c_p, c_x) = _gyro_diff(p, x, k, dim)
+    g = guards(x.dtype)
+    a_norm = safe_norm(a, dim)
+    a = a / a_norm.clamp_min(g.min_norm)  # the unit normal: ⟨·, a⟩ of a huge a overflows
+    d, p2, _, d2, _, _, den, (c_s, c_p, c_x) = _gyro_diff(p, x, k, dim)
     # ⟨(−p)⊕x, a⟩ = c_s⟨d,a⟩ + c_p⟨p,a⟩ + c_x⟨x,a⟩ ; ‖(−p)⊕x‖² = ‖d‖²/D
     sc = c_s * _dot(d, a, dim) + c_p * _dot(p, a, dim) + c_x * _dot(x, a, dim)
     if not signed:
         sc = sc.abs()
-    a_norm = torch.linalg.vector_norm(a, dim=dim, keepdim=True)
-    g = guards(x.dtype)
-    z = 2.0 * sc / ((1.0 + k * d2 / den) * a_norm).clamp_min(g.min_denom)
+    z = 2.0 * sc / (1.0 + k * d2 / den).clamp_min(g.min_denom)
     out = arsin_k(z, k)
     if scaled:
         out = out * a_norm
@@ -807,7 +1000,7 @@ def parallel_transport0back(x: Tensor, v: Tensor, *, k: Curvature, dim: int = -1
 # --------------------------------------------------------------------------------------
 
 
-@float32_island
+@point_island
 def antipode(x: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
     r"""Antipode: ``−x/(κ‖x‖²)`` for κ > 0 (the point at distance ``π/√κ``), ``−x`` for κ ≤ 0.
 
@@ -817,11 +1010,12 @@ def antipode(x: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
     k = _k(k, x)
     g = guards(x.dtype)
     x2 = sqnorm(x, dim)
-    inv = 1.0 / (k * x2).clamp_min(g.min_denom)
+    # not ε: κ‖x‖² may be far below it; √tiny keeps the derivative −1/(κ‖x‖²)² finite
+    inv = 1.0 / (k * x2).clamp_min(g.min_norm)
     return torch.where(k > 0, -x * inv, -x)
 
 
-@float32_island
+@point_island
 def weighted_midpoint(
     xs: Tensor,
     weights: Tensor | None = None,
@@ -884,7 +1078,7 @@ def weighted_midpoint(
     return a_mean
 
 
-@float32_island
+@point_island
 def sproj(x: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
     r"""Stereographic projection ``x_{:n} / (1 + √|κ| x_n)`` from the ambient ``R^{n+1}``.
 

@@ -28,6 +28,15 @@ guard              rule                             why
 ``max_norm``       ``max^{1/4} / 2``                largest norm kept for κ ≥ 0: beyond it
                                                     ``κ²‖x‖²‖y‖²`` overflows
 ``max_exp_arg``    ``log(max) − 1``                 largest ``sinh``/``cosh`` argument
+``geoopt_ball_eps`` 4e-3 (f32), 1e-5 (f64),         the margin of geoopt 0.5.1's ``BALL_EPS``:
+                   at least ``4 ε_s``               the default of the manifold classes
+                                                    (the rim measurements in
+                                                    ``docs/geoopt.md``)
+``big_scale``      ``2^−⌊5·e_max/8⌋``               scale of the overflow fallback of a norm:
+                                                    ``‖x‖`` of a row whose ``‖x‖²``
+                                                    overflows is ``‖x·big_scale‖/big_scale``
+                                                    (its squares neither overflow nor
+                                                    underflow)
 =================  ===============================  ==========================================
 """
 
@@ -52,6 +61,7 @@ __all__ = [
     "as_curvature",
     "default_eps",
     "sqnorm",
+    "sqnorm_norm",
     "safe_norm",
     "safe_sqrt",
     "clamp_abs",
@@ -89,11 +99,20 @@ class Guards:
     max_norm: float
     #: Largest ``sinh``/``cosh`` argument, ``log(max) − 1``.
     max_exp_arg: float
+    #: Power-of-two scale ``2^−⌊5·e_max/8⌋`` of the overflow fallback of a norm.
+    big_scale: float
+    #: geoopt's ball margin (``BALL_EPS``: 4e-3 float32, 1e-5 float64), at least ``4 ε_s``:
+    #: the default margin of the manifold classes.
+    geoopt_ball_eps: float
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype arithmetic runs in: float32 for half precision, else ``dtype`` itself."""
     return torch.float32 if dtype in HALF_DTYPES else dtype
+
+
+#: geoopt 0.5.1's ``BALL_EPS`` (``geoopt/manifolds/stereographic/math.py``), by compute dtype
+_GEOOPT_BALL_EPS = {torch.float32: 4e-3, torch.float64: 1e-5}
 
 
 def _make(dtype: torch.dtype) -> Guards:
@@ -111,6 +130,8 @@ def _make(dtype: torch.dtype) -> Guards:
         min_denom=fc.eps,
         max_norm=fc.max**0.25 / 2.0,
         max_exp_arg=math.log(fc.max) - 1.0,
+        big_scale=2.0 ** -((5 * math.frexp(fc.max)[1]) // 8),
+        geoopt_ball_eps=max(_GEOOPT_BALL_EPS[comp], 4.0 * fs.eps),
     )
 
 
@@ -148,7 +169,7 @@ class _SqNorm(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         (x,) = ctx.saved_tensors
-        return 2.0 * x * grad, None
+        return x * (2.0 * grad), None  # one pass over x: the factor is (..., 1)
 
 
 def sqnorm(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
@@ -159,16 +180,51 @@ def sqnorm(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     return _SqNorm.apply(x, dim)
 
 
+class _SqNormNorm(torch.autograd.Function):
+    """``(‖x‖², ‖x‖)``: the square by the fused kernel (``+inf`` where it overflows), the norm
+    finite for every finite ``x`` — rows whose square overflowed are recomputed on
+    ``x·big_scale`` (an exact power-of-two scaling; the other rows are scaled by 0, so no
+    subnormal arithmetic). One backward pass ``x·(2g₂ + gₙ/‖x‖)`` for both outputs, written
+    with differentiable ops (no NaN at ``x = 0``, twice differentiable)."""
+
+    @staticmethod
+    def forward(x: torch.Tensor, dim: int):
+        q = torch.linalg.vector_norm(x, dim=dim, keepdim=True)
+        big = torch.isinf(q)
+        sc = guards(x.dtype).big_scale
+        p = big.to(x.dtype) * sc
+        nb = torch.linalg.vector_norm(x * p, dim=dim, keepdim=True) / sc
+        return q.square(), torch.where(big, nb, q)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.save_for_backward(inputs[0], output[1])
+
+    @staticmethod
+    def backward(ctx, g2: torch.Tensor, gn: torch.Tensor):
+        x, n = ctx.saved_tensors
+        pos = n > 0
+        coef = torch.where(pos, gn / torch.where(pos, n, torch.ones_like(n)), torch.zeros_like(n))
+        return x * (2.0 * g2 + coef), None
+
+
+def sqnorm_norm(x: torch.Tensor, dim: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""``(‖x‖², ‖x‖)`` along ``dim`` (kept), in one call.
+
+    ``‖x‖²`` is ``+inf`` where it overflows (``‖x‖ > √max``); ``‖x‖`` is finite for every
+    finite ``x`` (up to ``max``): scale before squaring. Use the square where it is finite
+    (it is smooth at ``x = 0``) and the norm where it is not.
+    """
+    return _SqNormNorm.apply(x, dim)
+
+
 def safe_norm(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     r"""``‖x‖`` along ``dim`` (kept) without overflow of ``‖x‖²`` for huge ``x``.
 
     ``vector_norm`` squares without scaling, so ``‖(1e30,…)‖`` is ``inf`` in float32. Where
-    that happens the norm is recomputed on ``x·2⁻ᵖ`` (an exact power-of-two scaling).
+    that happens the norm is recomputed on ``x·big_scale`` (:func:`sqnorm_norm`).
     """
-    n = torch.linalg.vector_norm(x, dim=dim, keepdim=True)
-    p = 2.0 ** (round(math.log2(torch.finfo(x.dtype).max)) // 2)
-    big = torch.linalg.vector_norm(x / p, dim=dim, keepdim=True) * p
-    return torch.where(torch.isinf(n), big, n)
+    return _SqNormNorm.apply(x, dim)[1]
 
 
 def safe_sqrt(v: torch.Tensor) -> torch.Tensor:
@@ -225,8 +281,16 @@ def series_coefficients(name: str, terms: int) -> list[float]:
 # --------------------------------------------------------------------------------------
 
 
-def float32_island(fn: Callable) -> Callable:
-    """Run ``fn`` in float32 when any tensor argument is float16/bfloat16; cast back."""
+def float32_island(fn: Callable | None = None, *, inside: Callable | None = None) -> Callable:
+    """Run ``fn`` in float32 when any tensor argument is float16/bfloat16; cast back.
+
+    ``inside(out, kwargs, dtype)``, for ops that return a point: applied to the float32
+    result before the cast back to the storage ``dtype`` (with the call's keyword
+    arguments), so that the point is strictly inside the ball *after* the cast
+    (:func:`mosgeo.math.point_island`). ``float32_island(inside=...)`` is a decorator.
+    """
+    if fn is None:
+        return functools.partial(float32_island, inside=inside)
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -243,6 +307,8 @@ def float32_island(fn: Callable) -> Callable:
 
         out = fn(*map(up, args), **{n: up(v) for n, v in kwargs.items()})
         if isinstance(out, torch.Tensor):
+            if inside is not None:
+                out = inside(out, kwargs, half)
             return out.to(half)
         return out
 

@@ -34,7 +34,7 @@ import torch
 
 from mosgeo import charts
 from mosgeo import math as pmath
-from mosgeo.numerics import safe_sqrt, sqnorm
+from mosgeo.numerics import compute_dtype, default_eps, safe_sqrt, sqnorm
 
 from .constants import INPUT_MAPS
 
@@ -83,12 +83,13 @@ def experts_reference(
     return torch.stack(outs, dim=-2)
 
 
-def input_factor(z2: Tensor, k: Tensor, input_map: str) -> Tensor:
+def input_factor(z2: Tensor, k: Tensor, input_map: str, eps: float | None = None) -> Tensor:
     r"""``a_i`` with ``s_i = a_i z``: ``p·λ(p²‖z‖²)``, ``p = project_factor(‖z‖)``
-    (stereographic), or 1 (lift). ``z2 = ‖z‖²`` of shape ``(..., 1)``; result ``(..., N)``."""
+    (stereographic), or 1 (lift). ``z2 = ‖z‖²`` of shape ``(..., 1)``; result ``(..., N)``.
+    ``eps``: the margin of ``project`` (default: that of ``z2``'s dtype)."""
     if input_map == "lift":
         return torch.ones_like(z2 * k)
-    p = pmath.project_factor(safe_sqrt(z2), k)
+    p = pmath.project_factor(safe_sqrt(z2), k, eps)
     return p * charts.spacelike_scale(p * p * z2, k)
 
 
@@ -103,18 +104,29 @@ def experts_fused(
     r"""``Σ_i g_i o_i`` of shape ``(..., d_out)`` by the radial identity (module docstring).
 
     ``gates`` has shape ``(..., N)``. Cost beyond the matmul: the Gram matrices
-    ``B_iᵀB_i`` (``N·r²·d_out``) and ``zᵀG_iz`` (``T·N·r²``)."""
+    ``B_iᵀB_i`` (``N·r²·d_out``) and ``zᵀG_iz`` (``T·N·r²``).
+
+    Half precision (float16/bfloat16 weights, no autocast): the radial scalars ``γ_i`` —
+    norms, Gram forms and factors — are computed in float32 with the storage dtype's
+    margins (the float32 island of :mod:`mosgeo.numerics`, as the literal path's ops,
+    including ``from_spacelike``'s: its point is kept strictly inside the ball), the two
+    matmuls that touch ``d_out`` stay in the storage dtype."""
     n = _check(z, b_cat, k, input_map)
     r = z.shape[-1]
     d_out = b_cat.shape[0]
-    z2 = sqnorm(z)
-    a = input_factor(z2, k, input_map)  # (..., N)
-    bv = b_cat.view(d_out, n, r)
+    eps = default_eps(z.dtype)  # the literal path's margins: those of the storage dtype
+    cdt = compute_dtype(z.dtype)
+    zc, kc = z.to(cdt), k.to(cdt)
+    z2 = sqnorm(zc)
+    a = input_factor(z2, kc, input_map, eps)  # (..., N)
+    bv = b_cat.to(cdt).view(d_out, n, r)
     gram = torch.einsum("dnr,dns->nrs", bv, bv)  # (N, r, r)
-    q = (torch.einsum("...r,nrs->...ns", z, gram) * z.unsqueeze(-2)).sum(-1)  # zᵀ G_i z
+    q = (torch.einsum("...r,nrs->...ns", zc, gram) * zc.unsqueeze(-2)).sum(-1)  # zᵀ G_i z
     v2 = a * a * q.clamp_min(0.0)  # ‖B_i s_i‖²
-    c = charts.clip_spacelike_factor(safe_sqrt(v2), k)
-    c = c * charts.spacelike_inverse_scale(c * c * v2, k)
-    gamma = gates * c * a
+    c = charts.clip_spacelike_factor(safe_sqrt(v2), kc, eps)
+    c = c * charts.spacelike_inverse_scale(c * c * v2, kc)
+    if cdt != z.dtype:  # from_spacelike's point strictly inside the storage dtype's ball
+        c = c * pmath.ball_factor(c * safe_sqrt(v2), kc, eps)
+    gamma = (gates.to(cdt) * c * a).to(z.dtype)
     h = (gamma.unsqueeze(-1) * z.unsqueeze(-2)).flatten(-2)  # (..., N·r)
     return h @ b_cat.T

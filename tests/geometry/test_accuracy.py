@@ -511,3 +511,230 @@ def test_regression_geoopt_close_points():
         ref = ref_dist(_mp_rows(x[None])[0], _mp_rows(y[None])[0], MPF(-1))[0]
     assert _rel(pm.dist(x, y, k=k).item(), ref) <= 1e-14
     assert _rel(gmath.dist(x, y, k=k).item(), ref) > 1e-6
+
+
+# --------------------------------------------------------------------------------------
+# overflow: huge tangent vectors, scalars, matrices (scale before squaring)
+# --------------------------------------------------------------------------------------
+
+#: magnitudes whose square overflows the compute dtype (float16 is computed in float32:
+#: its largest values square harmlessly, it is here for the "every dtype" half of the rule)
+HUGE = {
+    torch.float16: [6e4],
+    torch.bfloat16: [1e20, 1e30, 1e37],
+    torch.float32: [1e20, 1e30, 1e37],
+    torch.float64: [1e160, 1e300],
+}
+#: normwise tolerance per dtype; half precision: the storage rounding plus the margin
+#: (4 ε_s) that keeps a returned point strictly inside the ball after the cast back
+HUGE_TOL = {torch.float16: 6e-3, torch.bfloat16: 4e-2, **TOL}
+
+
+def _ref_unit(v):
+    n = _vnorm(v)
+    return [a / n for a in v]
+
+
+def _ref_scale(c, v):
+    return [c * a for a in v]
+
+
+def _ref_lambda(x, k):
+    return 2 / (1 + k * _dot(x, x))
+
+
+def _ref_matvec_like(mx, x, k):
+    c = ref_tan_k(_vnorm(mx) / _vnorm(x) * ref_artan_k(_vnorm(x), k), k)
+    return _ref_scale(c, _ref_unit(mx))
+
+
+#: op → (inputs from (point x, point y, huge vector U, huge scalar R, huge matrix W),
+#:       mosgeo call, mpmath reference, is the result well conditioned for κ > 0)
+OVERFLOW_OPS = {
+    "expmap0": (lambda x, y, U, R, W: (U,), lambda a, k: pm.expmap0(a[0], k=k),
+                lambda a, k: ref_expmap0(a[0], k), False),
+    "expmap": (lambda x, y, U, R, W: (x, U), lambda a, k: pm.expmap(a[0], a[1], k=k),
+               lambda a, k: ref_mobius_add(a[0], _ref_scale(
+                   ref_tan_k(_ref_lambda(a[0], k) * _vnorm(a[1]) / 2, k), _ref_unit(a[1])), k),
+               False),
+    "mobius_scalar_mul": (lambda x, y, U, R, W: (R, x),
+                          lambda a, k: pm.mobius_scalar_mul(a[0], a[1], k=k),
+                          lambda a, k: _ref_scale(ref_tan_k(a[0][0] * ref_artan_k(
+                              _vnorm(a[1]), k), k), _ref_unit(a[1])), False),
+    "mobius_pointwise_mul": (lambda x, y, U, R, W: (U, x),
+                             lambda a, k: pm.mobius_pointwise_mul(a[0], a[1], k=k),
+                             lambda a, k: _ref_matvec_like(
+                                 [p * q for p, q in zip(a[0], a[1], strict=True)], a[1], k),
+                             False),
+    "mobius_matvec": (lambda x, y, U, R, W: (W, x),
+                      lambda a, k: pm.mobius_matvec(a[0], a[1], k=k),
+                      lambda a, k: _ref_matvec_like(
+                          [_dot(row, a[1]) for row in a[0]], a[1], k), False),
+    "geodesic": (lambda x, y, U, R, W: (R, x, y),
+                 lambda a, k: pm.geodesic(a[0], a[1], a[2], k=k),
+                 lambda a, k: ref_mobius_add(a[1], _ref_scale(ref_tan_k(
+                     a[0][0] * ref_artan_k(_vnorm(m := ref_mobius_add(
+                         [-v for v in a[1]], a[2], k)), k), k), _ref_unit(m)), k), False),
+    "geodesic_unit": (lambda x, y, U, R, W: (R, x, U),
+                      lambda a, k: pm.geodesic_unit(a[0], a[1], a[2], k=k),
+                      lambda a, k: ref_mobius_add(a[1], _ref_scale(
+                          ref_tan_k(a[0][0] / 2, k), _ref_unit(a[2])), k), False),
+    "norm": (lambda x, y, U, R, W: (x, U), lambda a, k: pm.norm(a[0], a[1], k=k, keepdim=True),
+             lambda a, k: [_ref_lambda(a[0], k) * _vnorm(a[1])], True),
+    "dist2plane": (lambda x, y, U, R, W: (x, y, U),
+                   lambda a, k: pm.dist2plane(a[0], a[1], a[2], k=k, signed=True, keepdim=True),
+                   lambda a, k: [ref_arsin_k(2 * _dot(m := ref_mobius_add(
+                       [-v for v in a[1]], a[0], k), _ref_unit(a[2])) / (1 + k * _dot(m, m)),
+                       k)], True),
+    "tan_k": (lambda x, y, U, R, W: (U,), lambda a, k: pm.tan_k(a[0], k),
+              lambda a, k: [ref_tan_k(v, k) for v in a[0]], False),
+    "artan_k": (lambda x, y, U, R, W: (U,), lambda a, k: pm.artan_k(a[0], k),
+                lambda a, k: [ref_artan_k(v, k) for v in a[0]], True),
+    "arsin_k": (lambda x, y, U, R, W: (U,), lambda a, k: pm.arsin_k(a[0], k),
+                lambda a, k: [ref_arsin_k(v, k) for v in a[0]], False),
+}  # fmt: skip
+#: where a κ-trigonometric function is out of its domain for huge arguments (atanh of a
+#: value > 1, asin of a value > 1): only "finite, no NaN" is checked there
+_OUT_OF_DOMAIN = {("artan_k", -1), ("arsin_k", 1)}
+
+
+@pytest.mark.parametrize("kf", [-4.0, -1.0, -1e-8, 0.0, 1e-8, 1.0, 4.0])
+@pytest.mark.parametrize("dtype", list(HUGE), ids=["f16", "bf16", "f32", "f64"])
+@pytest.mark.parametrize("opname", list(OVERFLOW_OPS))
+def test_huge_inputs_do_not_overflow(opname, dtype, kf):
+    """Tangent vectors, scalars, matrices and normals whose squares overflow (‖u‖ = 1e20 …
+    1e37 in float32/bfloat16, 1e160 … 1e300 in float64): the result is finite and equals
+    the 50-digit reference wherever the problem is well conditioned (κ ≤ 0: the hyperbolic
+    maps saturate at the rim; κ = 0: linear). κ > 0 wraps around the sphere, so
+    ``tan(√κ‖u‖)`` of a huge argument has condition ≈ √κ‖u‖ ≫ 1/ε: finite only (except
+    for the saturating atan). Gradients never NaN. (Found: ``expmap`` returned NaN, and
+    ``expmap0`` 0 instead of a rim point, once ‖u‖² overflowed.)"""
+    make, call, ref, pos_ok = OVERFLOW_OPS[opname]
+    sign = (kf > 0) - (kf < 0)
+    gen = torch.Generator().manual_seed(13)
+    n = 4
+    for mag in HUGE[dtype]:
+        x = points(gen, 3, n, kf, "ball", Caps(neg=0.9, pos=1.0, zero=1.0)).to(dtype)
+        y = points(gen, 3, n, kf, "ball", Caps(neg=0.9, pos=1.0, zero=1.0)).to(dtype)
+        d = torch.randn(3, n, generator=gen, dtype=torch.float64)
+        U = (d / d.norm(dim=-1, keepdim=True) * mag).to(dtype)
+        R = torch.tensor([[mag], [-mag / 3], [mag / 7]], dtype=torch.float64).to(dtype)
+        # a matrix (and pointwise weights, below) whose product with x stays representable
+        W = torch.randn(n, n, generator=gen, dtype=torch.float64) * mag / (4 * _scale(kf))
+        W = W.to(dtype)
+        if opname == "mobius_pointwise_mul":
+            U = (U.double() / max(1.0, _scale(kf))).to(dtype)
+        args = [a.clone().requires_grad_() for a in make(x, y, U, R, W)]
+        k = torch.tensor(kf, dtype=torch.float64 if dtype == torch.float64 else torch.float32)
+        k.requires_grad_()
+        out = call(args, k)
+        assert out.dtype == dtype
+        assert not torch.isnan(out).any(), ("NaN", mag, out)
+        out_of_domain = (opname, sign) in _OUT_OF_DOMAIN
+        if not out_of_domain:
+            # finite, except where the exact value is beyond the dtype (float16: λ‖u‖)
+            assert torch.isfinite(out).all() or dtype == torch.float16, ("inf", mag, out)
+        # gradients: never NaN, at the smallest magnitude (beyond it chain-rule factors such
+        # as ∂s/∂κ = ‖u‖/(2√|κ|) overflow although the gradient does not). ∂/∂κ is left out
+        # where it is beyond every dtype: at κ = 0 (it grows like ‖u‖³) and for κ > 0 (like
+        # ‖u‖/√κ: the tangent wraps around the sphere)
+        if mag == HUGE[dtype][0]:
+            wrt = [*args, k] if kf < 0 else args
+            grads = torch.autograd.grad(out.float().sum(), wrt, allow_unused=True)
+            bad = [i for i, g in enumerate(grads) if g is not None and torch.isnan(g).any()]
+            assert not bad, ("NaN gradient", mag, bad)
+        if (kf > 0 and not pos_ok) or out_of_domain:
+            continue
+        kmp = MPF(float(k.detach()))
+        worst = 0.0
+        with mp.workdps(DPS):
+            for i in range(3):
+                # row i of every batched argument; the matrix W is shared by the rows
+                rows = [_mp_rows(a.detach()) if a is args[0] and opname == "mobius_matvec"
+                        else _mp_rows(a.detach()[i:i + 1])[0] for a in args]  # fmt: skip
+                want = ref(rows, kmp)
+                got = [MPF(v) for v in out.detach()[i].double().reshape(-1).tolist()]
+                if any(abs(v) > torch.finfo(dtype).max for v in want):
+                    assert all(abs(v) > torch.finfo(dtype).max / 2 for v in got)
+                    continue
+                err = _vnorm(_sub(got, want)) / max(_vnorm(want), MPF(1e-300))
+                worst = max(worst, float(err))
+        assert worst <= HUGE_TOL[dtype], ("error", mag, worst)
+
+
+# --------------------------------------------------------------------------------------
+# the sphere near antipodal points
+# --------------------------------------------------------------------------------------
+
+
+def ref_logmap(x, y, k):
+    """(2/λ_x) artan_κ‖m‖ m/‖m‖, m = (−x) ⊕ y."""
+    m = ref_mobius_add([-v for v in x], y, k)
+    c = 2 / _ref_lambda(x, k) * ref_artan_k(_vnorm(m), k) / _vnorm(m)
+    return [c * v for v in m]
+
+
+ANTIPODE_KAPPAS = [1e-12, 1e-6, 1e-2, 0.5, 1.0, 4.0, 10.0]
+#: ‖x‖ in units of the radius 1/√κ: near the origin (its antipode is near infinity: the
+#: dist0-like path), inside, on, beyond the radius
+ANTIPODE_RADII = [1e-4, 0.3, 1.0, 3.0, 1e3]
+ANTIPODE_DELTAS = [1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8, 1e-9]
+
+
+def _near_antipodal(gen, kf, r, delta, n=3):
+    """x of norm r/√κ and y = antipode(x) moved by δ·‖antipode(x)‖ in a random direction
+    (float64, before rounding to the tested dtype)."""
+    d = torch.randn(2, n, generator=gen, dtype=torch.float64)
+    d = d / d.norm(dim=-1, keepdim=True)
+    x = d[0] * r / math.sqrt(kf)
+    a = -x / (kf * x.dot(x))
+    return x, a + delta * a.norm() * d[1]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("opname", ["dist", "logmap"])
+@pytest.mark.parametrize("kf", ANTIPODE_KAPPAS)
+def test_near_antipodal_points(kf, opname, dtype):
+    """κ > 0, y within δ = 1e-2 … 1e-9 (relative) of the antipode of x, for x near the
+    origin, inside, on and beyond the radius 1/√κ: error ≤ tol · max(1, cond) against the
+    50-digit reference (tol 1e-12 / 1e-5). ``dist`` is well conditioned there (cond < 1);
+    the direction of ``logmap`` is not (cond ≈ 1/δ). (Found: ``dist`` formed
+    ‖(−x) ⊕ y‖² with the denominator (1 + κ‖x‖²)(1 + κ‖y‖²) − κ‖x − y‖², which cancels
+    near the antipode: relative error up to ~5e-9 in float64 and ~1e-4 in float32.)"""
+    gen = torch.Generator().manual_seed(17)
+    fn = {"dist": lambda a, b, k: pm.dist(a, b, k=k, keepdim=True),
+          "logmap": lambda a, b, k: pm.logmap(a, b, k=k)}[opname]  # fmt: skip
+    ref = {"dist": ref_dist, "logmap": ref_logmap}[opname]
+    k = torch.tensor(kf, dtype=dtype)
+    kmp = MPF(float(k))
+    worst = (0.0, None)
+    for r in ANTIPODE_RADII:
+        for delta in ANTIPODE_DELTAS:
+            x64, y64 = _near_antipodal(gen, float(k), r, delta)
+            x, y = x64.to(dtype), y64.to(dtype)
+            got = fn(x, y, k).double().tolist()
+            want, cond = ref_and_cond(ref, [_mp_rows(x[None])[0], _mp_rows(y[None])[0]], kmp)
+            with mp.workdps(DPS):
+                err = float(_vnorm(_sub([MPF(v) for v in got], want)) / _vnorm(want))
+            bound = TOL[dtype] * max(1.0, cond)
+            assert err <= bound, (r, delta, err, cond)
+            worst = max(worst, (err / bound, (r, delta, err, cond)))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_distance_to_the_antipode_is_pi_over_sqrt_k(dtype):
+    """dist(x, antipode(x)) = π/√κ for κ from 1e-12 to 10 and x near the origin, inside,
+    on and beyond the radius 1/√κ: to 1e-12 relative in float64 (1e-6 in float32); the
+    distance of a point to itself is 0."""
+    gen = torch.Generator().manual_seed(19)
+    tol = {torch.float64: 1e-12, torch.float32: 1e-6}[dtype]
+    for kf in ANTIPODE_KAPPAS:
+        k = torch.tensor(kf, dtype=dtype)
+        d = torch.randn(len(ANTIPODE_RADII), 3, generator=gen, dtype=torch.float64)
+        r = torch.tensor(ANTIPODE_RADII, dtype=torch.float64)[:, None]
+        x = (d / d.norm(dim=-1, keepdim=True) * r / math.sqrt(float(k))).to(dtype)
+        a = pm.antipode(x, k=k)
+        got = pm.dist(x, a, k=k).double()
+        want = math.pi / math.sqrt(float(k))
+        assert ((got - want).abs() <= tol * want).all(), (kf, (got / want - 1).tolist())
+        assert (pm.dist(x, x, k=k) == 0).all()

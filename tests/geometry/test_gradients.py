@@ -384,6 +384,23 @@ def test_gradgradcheck_at_origin(name):
     assert gradgradcheck(fn, (*inputs, make_k(0.7)), eps=1e-6, atol=1e-5, rtol=1e-3)
 
 
+@pytest.mark.parametrize("kv", [-2.0, -1e-9, 0.0, 0.7, 3.0])
+@pytest.mark.parametrize("which", ["a = 0", "b = 0"])
+def test_mobius_add_and_expmap_derivatives_at_the_identity(which, kv):
+    """``a ⊕ 0 = 0 ⊕ a = a`` is exact by overriding coefficient *values* there: first and
+    second derivatives in a, b and κ at the identity must still be those of the formula
+    (finite differences step off the identity, the analytic ones do not). κ = 3 with
+    ‖a‖ ≈ 1.5 is the far (Ungar) regime."""
+    gen = torch.Generator().manual_seed(11)
+    a = pts(gen, 3, N, kv, 0.3, 0.6) * (3.0 if kv == 3.0 else 1.0)
+    z = torch.zeros_like(a)
+    left, right = (z, a) if which == "a = 0" else (a, z)
+    args = (left.requires_grad_(), right.requires_grad_(), make_k(kv))
+    for fn in (lambda p, q, k: pm.mobius_add(p, q, k=k), lambda p, q, k: pm.expmap(p, q, k=k)):
+        assert gradcheck(fn, args)
+        assert gradgradcheck(fn, args)
+
+
 # --------------------------------------------------------------------------------------
 # dist at x == y
 # --------------------------------------------------------------------------------------

@@ -62,6 +62,7 @@ def test_guards_derived_from_finfo(dtype):
     assert g.min_denom == fc.eps
     assert g.max_norm == fc.max**0.25 / 2.0
     assert g.max_exp_arg == math.log(fc.max) - 1.0
+    assert g.big_scale == 2.0 ** -((5 * math.frexp(fc.max)[1]) // 8)
     tau, terms = (0.02, 10) if comp == torch.float64 else (0.05, 6)
     assert (g.series_tau, g.series_terms) == (tau, terms)
 
@@ -90,6 +91,11 @@ def test_guards_do_their_job(dtype):
     e = torch.tensor(g.max_exp_arg, dtype=c)
     assert torch.isfinite(torch.exp(e)) and torch.isfinite(torch.cosh(e))
     assert torch.isfinite(torch.sinh(e))
+    # big_scale: a row whose ‖x‖² overflows, scaled by it, has squares that neither overflow
+    # (largest entry max, 2^20 entries) nor underflow (its largest entry ≥ √max/2^10)
+    b = torch.tensor(g.big_scale, dtype=c)
+    assert torch.isfinite((torch.tensor(fc.max, dtype=c) * b) ** 2 * 2**20)
+    assert (torch.tensor(fc.max, dtype=c).sqrt() / 2**10 * b) ** 2 >= fc.tiny
     # ball_eps: the margin survives rounding to the *storage* dtype — (1 − ε)·(1 + ε_s/2) < 1
     assert (1 - g.ball_eps) * (1 + fs.eps / 2) < 1
     assert torch.tensor(1 - g.ball_eps, dtype=dtype) < 1
@@ -570,11 +576,19 @@ HALF_CONSISTENT_OPS = [n for n in OPS if n not in ("project", "clip_spacelike",
                                                     "from_spacelike∘clip")]  # fmt: skip
 
 
+#: the ops of OPS that return a point: in half precision their float32 result is projected
+#: with the storage dtype's margin before the cast back (section 5)
+POINT_RESULT = {"mobius_add", "mobius_sub", "mobius_scalar_mul", "mobius_matvec",
+                "mobius_pointwise_mul", "expmap", "expmap0", "geodesic", "geodesic_unit",
+                "weighted_midpoint", "weighted_midpoint_w", "antipode", "from_ambient"}  # fmt: skip
+
+
 @pytest.mark.parametrize("dtype", HALF, ids=_ids(HALF))
 @pytest.mark.parametrize("opname", HALF_CONSISTENT_OPS)
 def test_half_precision_is_float32_cast_back(opname, dtype):
     """float16/bfloat16 inputs: the output has the input dtype and equals the float32
-    computation on the same (exactly up-cast) inputs, cast back (within one ulp)."""
+    computation on the same (exactly up-cast) inputs, cast back (within one ulp) — for
+    point-returning ops after ``ball_factor`` with the storage dtype's margin."""
     op, needs_nonzero_k = OPS[opname]
     for klabel, k64_all, scalar in _kappa_variants():
         for config in CONFIGS:
@@ -585,14 +599,19 @@ def test_half_precision_is_float32_cast_back(opname, dtype):
                 if not rows.any():
                     continue
                 inp, k64 = _restrict_rows(inp, k64, rows)
-            _assert_half_matches_f32(op, inp, k64, scalar, dtype, f"{opname} {config}")
+            _assert_half_matches_f32(op, inp, k64, scalar, dtype, f"{opname} {config}",
+                                     opname in POINT_RESULT)  # fmt: skip
 
 
-def _assert_half_matches_f32(op, inp, k64, scalar, dtype, where):
+def _assert_half_matches_f32(op, inp, k64, scalar, dtype, where, point=False):
     k32 = (k64.reshape(()) if scalar else k64).float()
     with torch.no_grad():
         half = op({n: inp[n].to(dtype) for n in LEAVES}, k32)
-        ref = op({n: inp[n].to(dtype).float() for n in LEAVES}, k32).to(dtype)
+        ref = op({n: inp[n].to(dtype).float() for n in LEAVES}, k32)
+        if point:
+            n = ref.double().norm(dim=-1, keepdim=True).float()
+            ref = ref * pmath.ball_factor(n, k32, default_eps(dtype))
+        ref = ref.to(dtype)
     assert half.dtype == dtype, where
     same = (half == ref) | (torch.isnan(half) & torch.isnan(ref))
     if not same.all():
@@ -782,6 +801,37 @@ def test_half_precision_projection_uses_storage_eps(opname, dtype):
     assert torch.equal(got, ref)
 
 
+#: the radial factors of the fused adapter path: (function of (s, κ), κ, uses the margin)
+RADIAL_FACTORS = {
+    "project_factor": (lambda s, k, **kw: pmath.project_factor(s, k, **kw), -1.0, True),
+    "ball_factor": (lambda s, k, **kw: pmath.ball_factor(s, k, **kw), -1.0, True),
+    "clip_spacelike_factor": (lambda s, k, **kw: charts.clip_spacelike_factor(s, k, **kw),
+                              1.0, True),
+    "spacelike_scale": (lambda s, k, **kw: charts.spacelike_scale(s, k), -1.0, False),
+    "spacelike_inverse_scale": (lambda s, k, **kw: charts.spacelike_inverse_scale(s, k), 0.7,
+                                False),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(RADIAL_FACTORS))
+@pytest.mark.parametrize("dtype", HALF, ids=_ids(HALF))
+def test_half_precision_radial_factors_are_float32_cast_back(name, dtype):
+    """The radial factors the fused adapter path calls follow the float32 island like every
+    op: float16/bfloat16 arguments give the float32 computation (with the storage dtype's
+    margin, as ``project``/``clip_spacelike``) cast back. (Found: ``project_factor`` raised
+    "value cannot be converted to type c10::Half without overflow" in float16, and the
+    others computed in half precision.)"""
+    fn, kv, uses_eps = RADIAL_FACTORS[name]
+    gen = torch.Generator().manual_seed(9)
+    s = (torch.rand(64, 1, generator=gen, dtype=torch.float64) * 1.4).to(dtype)
+    k = torch.full((3,), kv, dtype=dtype) * torch.tensor([1.0, 0.5, 1e-3], dtype=dtype)
+    got = fn(s, k)
+    kw = {"eps": default_eps(dtype)} if uses_eps else {}
+    ref = fn(s.float(), k.float(), **kw).to(dtype)
+    assert got.dtype == dtype
+    assert torch.equal(got, ref), (got[got != ref][:4], ref[got != ref][:4])
+
+
 def _huge_norms(dtype):
     """Norms from 1e10 up to finfo.max/8 (‖u‖² overflows beyond √max)."""
     top = math.log10(torch.finfo(dtype).max / 8)
@@ -834,3 +884,85 @@ def test_from_spacelike_huge_u(dtype):
         # ∂x/∂κ at κ = 0 is u‖u‖²/8: beyond the float range for these u (true overflow)
         if kv != 0.0:
             assert torch.isfinite(gk).all(), kv
+
+
+# ======================================================================================
+# 5. half precision: every point-returning op stays strictly inside the ball
+# ======================================================================================
+
+
+def _rim_points(gen, rows, kv, dtype):
+    """Points on the storage dtype's projected rim of the κ ball (the largest legal ones)."""
+    d = _dirs(gen, rows) * 10.0 / math.sqrt(-kv)
+    return pmath.project(d.to(dtype), k=kv)
+
+
+def _ambient_far(gen, rows, kv, dtype):
+    """Hyperboloid points far out (time coordinate ≈ 1e6/√|κ|, float16: 1e3/√|κ| that it
+    can store), stored in ``dtype``."""
+    x = _dirs(gen, rows) * (1 - (1e-3 if dtype == torch.float16 else 1e-6)) / math.sqrt(-kv)
+    return charts.to_ambient(x, k=kv).to(dtype)
+
+
+#: point-returning op → function of (generator, rows, κ, dtype, scale of the big inputs)
+POINT_OPS = {
+    "mobius_add": lambda g, b, kv, dt, s: pmath.mobius_add(
+        _rim_points(g, b, kv, dt), _rim_points(g, b, kv, dt), k=kv),
+    "mobius_sub": lambda g, b, kv, dt, s: pmath.mobius_sub(
+        _rim_points(g, b, kv, dt), _rim_points(g, b, kv, dt), k=kv),
+    "mobius_coadd": lambda g, b, kv, dt, s: pmath.mobius_coadd(
+        _rim_points(g, b, kv, dt), _rim_points(g, b, kv, dt), k=kv),
+    "mobius_cosub": lambda g, b, kv, dt, s: pmath.mobius_cosub(
+        _rim_points(g, b, kv, dt), _rim_points(g, b, kv, dt), k=kv),
+    "mobius_scalar_mul": lambda g, b, kv, dt, s: pmath.mobius_scalar_mul(
+        torch.full((b, 1), s, dtype=dt), _rim_points(g, b, kv, dt) * 0.5, k=kv),
+    "mobius_pointwise_mul": lambda g, b, kv, dt, s: pmath.mobius_pointwise_mul(
+        (torch.rand(b, N, generator=g, dtype=torch.float64) * s).to(dt),
+        _rim_points(g, b, kv, dt) * 0.5, k=kv),
+    "mobius_matvec": lambda g, b, kv, dt, s: pmath.mobius_matvec(
+        (torch.randn(N, N, generator=g, dtype=torch.float64) * s).to(dt),
+        _rim_points(g, b, kv, dt) * 0.5, k=kv),
+    "mobius_fn_apply": lambda g, b, kv, dt, s: pmath.mobius_fn_apply(
+        lambda v: v * s, _rim_points(g, b, kv, dt) * 0.5, k=kv),
+    "mobius_fn_apply_chain": lambda g, b, kv, dt, s: pmath.mobius_fn_apply_chain(
+        _rim_points(g, b, kv, dt) * 0.5, lambda v: v * s, torch.tanh, lambda v: v * s, k=kv),
+    "expmap0": lambda g, b, kv, dt, s: pmath.expmap0(
+        (_dirs(g, b) * s / math.sqrt(-kv)).to(dt), k=kv),
+    "expmap": lambda g, b, kv, dt, s: pmath.expmap(
+        _rim_points(g, b, kv, dt) * 0.5, (_dirs(g, b) * s / math.sqrt(-kv)).to(dt), k=kv),
+    "geodesic": lambda g, b, kv, dt, s: pmath.geodesic(
+        torch.full((b, 1), s, dtype=dt), _rim_points(g, b, kv, dt) * 0.5,
+        _rim_points(g, b, kv, dt) * 0.5, k=kv),
+    "geodesic_unit": lambda g, b, kv, dt, s: pmath.geodesic_unit(
+        torch.full((b, 1), s / math.sqrt(-kv), dtype=dt), _rim_points(g, b, kv, dt) * 0.5,
+        _dirs(g, b).to(dt), k=kv),
+    "weighted_midpoint": lambda g, b, kv, dt, s: pmath.weighted_midpoint(
+        _rim_points(g, b, kv, dt).reshape(b, 1, N).expand(b, 2, N), k=kv, reducedim=[1],
+        lincomb=True),
+    "antipode": lambda g, b, kv, dt, s: pmath.antipode(_rim_points(g, b, kv, dt), k=kv),
+    "sproj": lambda g, b, kv, dt, s: pmath.sproj(
+        _ambient_far(g, b, kv, dt).roll(-1, dims=-1), k=kv),
+    "from_ambient": lambda g, b, kv, dt, s: charts.from_ambient(_ambient_far(g, b, kv, dt),
+                                                                k=kv),
+    "from_spacelike": lambda g, b, kv, dt, s: charts.from_spacelike(
+        (_dirs(g, b) * min(s * 10 / math.sqrt(-kv), 3e4)).to(dt), k=kv),
+    "project": lambda g, b, kv, dt, s: pmath.project(
+        (_dirs(g, b) * s / math.sqrt(-kv)).to(dt), k=kv),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("scale", [5.0, 10.0, 1000.0])
+@pytest.mark.parametrize("dtype", HALF, ids=_ids(HALF))
+@pytest.mark.parametrize("opname", list(POINT_OPS))
+def test_half_precision_points_stay_inside_the_ball(opname, dtype, scale):
+    """Every op that returns a point returns it strictly inside the κ < 0 ball *after the
+    cast back* to float16/bfloat16, for inputs on the projected rim and big tangent vectors,
+    scalars, matrices, lengths (``scale`` 5 … 1000): ‖y‖·√|κ| < 1 for the stored y. The
+    float32 result is projected with the storage margin before the cast, as ``project``'s.
+    (Found: expmap0 of ‖u‖ = 5 and 10 at κ = −1 returned ‖y‖ ≥ 1 in both dtypes.)"""
+    gen = torch.Generator().manual_seed(21)
+    for kv in (-4.0, -1.0, -0.25, -1e-3):
+        y = POINT_OPS[opname](gen, 32, kv, dtype, scale)
+        assert y.dtype == dtype and torch.isfinite(y).all(), (kv, y)
+        r = y.double().norm(dim=-1) * math.sqrt(-kv)
+        assert (r < 1).all(), (kv, r.max().item())

@@ -91,3 +91,101 @@ def test_bad_shapes_and_input_map_raise() -> None:
         experts_fused(z, b, k, torch.ones(9, 5), input_map="poincare")
     with pytest.raises(ValueError, match="N·r"):
         experts_fused(z, b[:, :-1], k, torch.ones(9, 5))
+
+
+@pytest.mark.parametrize("input_map", ["stereographic", "lift"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
+def test_half_precision_weights_without_autocast(dtype, input_map) -> None:
+    """float16/bfloat16 z, B, κ (a model converted with ``.half()``, no autocast): both paths
+    return the storage dtype with finite gradients and equal the float64 evaluation on the
+    same (up-cast) inputs to ~2 ulps of the output's scale: the radial factors run in the
+    float32 island. (Found: the fused path's ``project_factor`` raised "value cannot be
+    converted to type c10::Half without overflow" in float16, and the ``lift`` path's
+    float16 gradients were not finite.)"""
+    g = torch.Generator().manual_seed(0)
+    n, r, d, t = 5, 4, 7, 64
+    # token norms 1e-3 … 0.3 and a small B: inside every ball and chart, so the margins
+    # (storage dtype vs float64) play no part in the comparison
+    scale = torch.logspace(-3, -0.5, t, dtype=torch.float64).unsqueeze(-1)
+    z = torch.randn(t, r, generator=g, dtype=torch.float64)
+    z = (z / z.norm(dim=-1, keepdim=True) * scale).to(dtype)
+    b = (torch.randn(d, n * r, generator=g, dtype=torch.float64) * 0.2).to(dtype)
+    k = ((torch.rand(n, generator=g, dtype=torch.float64) - 0.5) * 6).to(dtype)
+    k[0] = 0.0
+    w = torch.randn(n, r, generator=g, dtype=torch.float64)
+    gates, _, _ = route(z.double() @ w.T, 2)
+
+    def run(cast, fused):
+        zz, bb, kk = (v.to(cast).requires_grad_() for v in (z, b, k))
+        gg = gates.to(cast)
+        if fused:
+            out = experts_fused(zz, bb, kk, gg, input_map=input_map)
+        else:
+            out = (experts_reference(zz, bb, kk, input_map=input_map) * gg.unsqueeze(-1)).sum(-2)
+        grads = torch.autograd.grad(out.sum(), (zz, bb, kk))
+        return out, grads
+
+    for fused in (True, False):
+        ref, _ = run(torch.float64, fused)
+        out, grads = run(dtype, fused)
+        assert out.dtype == dtype
+        assert all(gr.dtype == dtype and torch.isfinite(gr).all() for gr in grads), fused
+        err = (out.double() - ref).abs() / ref.abs().amax(-1, keepdim=True)
+        assert err.max() <= 4 * torch.finfo(dtype).eps, (fused, err.max().item())
+
+
+def _mp_expert_out(z, b, kf, eps):
+    """Σ over d_out of the literal expert output for one token and one κ > 0 expert
+    (input_map stereographic, z inside every ball), at 50 digits."""
+    import mpmath
+
+    with mpmath.workdps(50):
+        zm = [mpmath.mpf(v) for v in z]
+        a = 2 / (1 + kf * sum(v * v for v in zm))
+        v = [a * sum(mpmath.mpf(bij) * zj for bij, zj in zip(row, zm, strict=True)) for row in b]
+        nv = mpmath.sqrt(sum(x * x for x in v))
+        m = mpmath.sqrt(kf) * nv
+        c = (1 - mpmath.mpf(eps)) / m if m > 1 - mpmath.mpf(eps) else mpmath.mpf(1)
+        q = 1 / (1 + mpmath.sqrt(1 - kf * (c * nv) ** 2))
+        return sum(c * q * x for x in v)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("kf", [1e-3, 0.5, 2.0, 10.0])
+def test_kappa_gradient_at_the_spherical_clip(kf, dtype) -> None:
+    """κ > 0 tokens inside, just inside, just beyond and far beyond the clip radius
+    (1 − ε)/√κ of the space-like chart: ∂o/∂κ of the fused and the literal path equals the
+    50-digit derivative (relative 1e-9 / 2e-3 in float64 / float32) and is nonzero. At the
+    clip the lift factor q is constant along it (its total κ-derivative ½‖u‖²q²/s −
+    ½‖u‖²q²/s vanishes exactly), so the whole κ-gradient there comes from the clip factor
+    (1 − ε)/(√κ‖v‖): a lift formula that takes the clipped norm as given, or a clip factor
+    without its κ-dependence, returns 0 for every clipped token."""
+    import mpmath
+
+    from mosgeo.numerics import default_eps
+
+    eps = default_eps(dtype)
+    g = torch.Generator().manual_seed(3)
+    r, d = 3, 5
+    for scale in (0.5, 0.999, 1.001, 3.0, 100.0):
+        z = torch.randn(1, r, generator=g, dtype=torch.float64) * 0.1 / max(1.0, kf**0.5)
+        b = torch.randn(d, r, generator=g, dtype=torch.float64)
+        lam = 2 / (1 + kf * (z * z).sum())
+        b = b * scale * (1 - eps) / kf**0.5 / (lam * z @ b.T).norm()  # ‖B s‖ = scale·R
+        zz, bb = z.to(dtype), b.to(dtype)
+        zl, bl = zz[0].double().tolist(), bb.double().tolist()
+        kd = float(torch.tensor(kf, dtype=dtype))  # κ as the library sees it
+        with mpmath.workdps(50):
+            h, k0 = mpmath.mpf("1e-30"), mpmath.mpf(kd)
+            up, down = _mp_expert_out(zl, bl, k0 + h, eps), _mp_expert_out(zl, bl, k0 - h, eps)
+            exact = float((up - down) / (2 * h))
+        assert exact != 0
+        for fused in (True, False):
+            k = torch.tensor([kf], dtype=dtype, requires_grad=True)
+            if fused:
+                out = experts_fused(zz, bb, k, torch.ones(1, 1, dtype=dtype))
+            else:
+                out = experts_reference(zz, bb, k)
+            (gk,) = torch.autograd.grad(out.sum(), k)
+            tol = {torch.float64: 1e-9, torch.float32: 2e-3}[dtype]
+            assert abs(gk.item() - exact) <= tol * abs(exact), (scale, fused, gk.item(), exact)
