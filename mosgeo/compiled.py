@@ -48,8 +48,9 @@ def _compiled(name: str) -> Callable[..., torch.Tensor]:
     eager = getattr(_math, name)
     # compile the op's own code: the float32-island wrapper is one code object shared by
     # every op (torch.compile would count each op as a recompilation of it); the island
-    # itself runs outside the graph
-    graph = float32_island(torch.compile(inspect.unwrap(eager), fullgraph=True, dynamic=True))
+    # itself (with the op's strictly-inside rule for point results) runs outside the graph
+    compiled = torch.compile(inspect.unwrap(eager), fullgraph=True, dynamic=True)
+    graph = float32_island(compiled, inside=getattr(eager, "island_inside", None))
 
     @functools.wraps(eager)
     def op(*args: Any, **kwargs: Any) -> torch.Tensor:

@@ -312,6 +312,8 @@ def float32_island(fn: Callable | None = None, *, inside: Callable | None = None
             return out.to(half)
         return out
 
+    # read by mosgeo.compiled, which re-wraps the op's compiled code in the same island
+    wrapper.island_inside = inside  # type: ignore[attr-defined]
     return wrapper
 
 

@@ -60,3 +60,16 @@ def test_the_compiled_ops_are_the_math_ops():
     assert cmath.dist.__wrapped__ is pmath.dist
     with pytest.raises(AttributeError):
         cmath.not_an_op  # noqa: B018
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_compiled_half_precision_points_stay_inside_the_ball(dtype):
+    # the strictly-inside rule of point-returning ops runs outside the compiled graph, as
+    # in eager mode: ‖expmap0(u)‖ < 1 in the storage dtype even for long tangent vectors
+    u = torch.zeros(4, 2)
+    u[:, 0] = torch.tensor([5.0, 10.0, 30.0, 1e4])
+    u = u.to(dtype)
+    y = cmath.expmap0(u, k=-1.0)
+    assert y.dtype == dtype
+    assert (y.float().norm(dim=-1) < 1).all(), y
+    torch.testing.assert_close(y, pmath.expmap0(u, k=-1.0), rtol=0, atol=0)
