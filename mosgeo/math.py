@@ -341,7 +341,8 @@ def _project(x: Tensor, k: Curvature, dim: int, eps: float) -> Tensor:
 
 
 def ball_factor(n: Tensor, k: Curvature, eps: float | None = None) -> Tensor:
-    r"""Radial factor that keeps a point of norm ``n`` strictly inside the κ < 0 ball:
+    r"""Radial factor that keeps a point of norm ``n`` strictly inside the κ < 0 ball.
+
     ``min(1, (1 − eps)/(√|κ| n))`` for κ < 0, 1 for κ ≥ 0 (:func:`project_factor` without
     its κ ≥ 0 overflow bound). ``eps`` defaults to the margin of ``n``'s dtype."""
     f = project_factor(n, k, eps)
@@ -349,8 +350,9 @@ def ball_factor(n: Tensor, k: Curvature, eps: float | None = None) -> Tensor:
 
 
 def _inside(y: Tensor, kwargs: dict, dtype: torch.dtype) -> Tensor:
-    """The float32 result ``y`` of a point-returning op on half-precision inputs, scaled
-    with the margin of the storage ``dtype`` (as :func:`project`, κ < 0 only), so that it
+    """The float32 result ``y`` of a point-returning op, scaled to stay inside the ball.
+
+    Scaled with the margin of the storage ``dtype`` (as :func:`project`, κ < 0 only), so that it
     is strictly inside the ball after the cast back (a float32 point at ‖y‖ = 0.9999/√|κ|
     rounds onto the rim in bfloat16)."""
     k, dim = kwargs["k"], kwargs.get("dim", -1)
