@@ -272,6 +272,19 @@ def test_design_names_only_files_that_exist():
     )
 
 
+def test_paths_named_in_the_docs_exist():
+    # a moved test or benchmark file leaves its old path in the pages that cite it as evidence
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    pattern = re.compile(r"\b((?:tests|benchmarks|mosgeo|mosgeo_lora)/[A-Za-z0-9_/.-]+\.py)\b")
+    missing = [
+        f"{page.relative_to(ROOT)}: {path}"
+        for page in pages
+        for path in pattern.findall(page.read_text(encoding="utf-8"))
+        if not (ROOT / path).exists()
+    ]
+    assert not missing, missing
+
+
 #: ``mosgeo_lora.__all__`` of 0.1.0: the public API a user may import from the package.
 PUBLIC_0_1_0 = (
     "MoSELoraConfig", "MoSELoraModel", "MoSELoraLayer", "MoSELoraLinear", "MOSELORA",
