@@ -48,6 +48,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .constants import task_type_of
+
 __all__ = [
     "CALL_KWARG",
     "CallState",
@@ -155,7 +157,11 @@ class CallRecorder:
         """Root forward pre-hook: open the call's state."""
         self.current = CallState(
             token_mask=kwargs.get("attention_mask"),
-            share=_micro_batch_share(kwargs.get("labels"), kwargs.get("num_items_in_batch")),
+            share=_micro_batch_share(
+                kwargs.get("shift_labels", kwargs.get("labels")),
+                kwargs.get("num_items_in_batch"),
+                shifted=_loss_shifts_labels(module) and "shift_labels" not in kwargs,
+            ),
             total=self.layers,
         )
 
@@ -192,13 +198,27 @@ class CallRecorder:
         return value
 
 
-def _micro_batch_share(labels: Any, num_items: Any) -> torch.Tensor | float:
-    """This micro-batch's share of the step's label tokens, counted as the Trainer counts them
-    (causal LM: ``labels[..., 1:]``), times the number of processes (the Trainer's count is
-    over all of them); 1.0 without ``num_items_in_batch``."""
+def _loss_shifts_labels(root: nn.Module) -> bool:
+    """Whether ``root``'s loss predicts ``labels[..., 1:]`` (a decoder-only causal LM), the
+    Trainer's rule for counting ``num_items_in_batch``."""
+    cfg = getattr(root, "config", None)
+    if cfg is None or getattr(cfg, "is_encoder_decoder", False):
+        return False
+    try:
+        return task_type_of(type(root).__name__) == "CAUSAL_LM"
+    except ValueError:
+        return False
+
+
+def _micro_batch_share(labels: Any, num_items: Any, shifted: bool = True) -> torch.Tensor | float:
+    """This micro-batch's share of the step's label items, counted as the Trainer counts them
+    (``labels[..., 1:]`` where the loss shifts them, a causal LM; every label otherwise:
+    one per sequence for classification, one per token for token classification), times the
+    number of processes (the Trainer's count is over all of them); 1.0 without
+    ``num_items_in_batch``."""
     if num_items is None or not isinstance(labels, torch.Tensor):
         return 1.0
-    mine = labels[..., 1:] if labels.dim() > 1 else labels
+    mine = labels[..., 1:] if shifted and labels.dim() > 1 else labels
     count = (mine != -100).sum().float()
     total = torch.as_tensor(num_items, device=count.device, dtype=count.dtype)
     world = 1

@@ -18,6 +18,8 @@ __all__ = [
     "space_of",
     "FFN_TARGET_MODULES",
     "ffn_targets",
+    "HEAD_TASK_TYPES",
+    "task_type_of",
 ]
 
 #: The method name PEFT registers (``register_peft_method(name=...)``); the ``PeftType``
@@ -117,3 +119,44 @@ def ffn_targets(model_type: str | None) -> list[str] | str:
             f"Known architectures: {', '.join(sorted(FFN_TARGET_MODULES))}"
         )
     return targets if isinstance(targets, str) else list(targets)
+
+
+#: The PEFT ``task_type`` of a transformers model, by the suffix of its class name (the head
+#: it carries). PEFT's task classes train the head where it is new (``SEQ_CLS``,
+#: ``TOKEN_CLS``, ``QUESTION_ANS``: the ``score``/``classifier``/``qa_outputs`` modules go
+#: into ``modules_to_save``) and route ``generate`` (``CAUSAL_LM``, ``SEQ_2_SEQ_LM``);
+#: ``None``: a pretrained head that stays frozen (a plain ``PeftModel``).
+HEAD_TASK_TYPES: dict[str, str | None] = {
+    "ForCausalLM": "CAUSAL_LM",
+    "LMHeadModel": "CAUSAL_LM",
+    "ForSequenceClassification": "SEQ_CLS",
+    "ForTokenClassification": "TOKEN_CLS",
+    "ForQuestionAnswering": "QUESTION_ANS",
+    "ForSeq2SeqLM": "SEQ_2_SEQ_LM",
+    "ForMaskedLM": None,
+}
+
+
+def task_type_of(class_name: str, is_encoder_decoder: bool = False) -> str | None:
+    """The PEFT ``task_type`` for a transformers model class, ``None`` for a headless one.
+
+    ``ForConditionalGeneration`` is ``SEQ_2_SEQ_LM`` for an encoder-decoder and
+    ``CAUSAL_LM`` otherwise (a vision-language decoder).
+
+    Raises:
+        ValueError: a head (``...For...``) this table does not know; the message says to
+            pass ``task_type``.
+    """
+    for suffix, task in HEAD_TASK_TYPES.items():
+        if class_name.endswith(suffix):
+            return task
+    if class_name.endswith("ForConditionalGeneration"):
+        return "SEQ_2_SEQ_LM" if is_encoder_decoder else "CAUSAL_LM"
+    if "For" in class_name:
+        raise ValueError(
+            f"MoSELoRA cannot tell which PEFT task type {class_name} is, so it cannot tell "
+            f"whether its head must be trained; pass task_type=... (peft.TaskType: "
+            f"{', '.join(sorted({t for t in HEAD_TASK_TYPES.values() if t}))}, ...) to wrap() or "
+            f"the config"
+        )
+    return None

@@ -20,10 +20,18 @@ from torch import nn
 
 from . import balance
 from .config import MoSELoraConfig
-from .constants import FFN_TARGET_MODULES, PREFIX, ffn_targets
+from .constants import FFN_TARGET_MODULES, PREFIX, ffn_targets, task_type_of
 from .layer import MERGE_ERROR, MoSELoraLayer, MoSELoraLinear
 
 __all__ = ["MoSELoraModel", "wrap"]
+
+
+def _task_type(model: nn.Module) -> str | None:
+    """The PEFT task type of a transformers model (``None`` for any other module)."""
+    cfg = getattr(model, "config", None)
+    if cfg is None or not hasattr(cfg, "to_dict"):
+        return None  # not a transformers model: no head to know about
+    return task_type_of(type(model).__name__, bool(getattr(cfg, "is_encoder_decoder", False)))
 
 
 def _is_conv1d(module: nn.Module) -> bool:
@@ -109,6 +117,14 @@ def wrap(
     ``init_weights=False``) is drawn from torch's global generator, as in every PEFT tuner;
     ``seed`` draws it from ``torch.manual_seed(seed)`` instead and leaves the global generator
     as it was, so two runs with the same ``seed`` start from the same adapter.
+
+    ``task_type`` (unset in ``config``) is read from the model's class
+    (:func:`~mosgeo_lora.constants.task_type_of`): a causal LM gets PEFT's generate plumbing,
+    a classification model a trainable head (PEFT's ``modules_to_save``).
+
+    Raises:
+        ValueError: a transformers model with a head whose task type is unknown and no
+            ``task_type`` given.
     """
     if config is None:
         config = MoSELoraConfig(**overrides)
@@ -117,10 +133,8 @@ def wrap(
         fields.pop("peft_type", None)
         names = {f.name for f in dataclasses.fields(MoSELoraConfig)}
         config = MoSELoraConfig(**{k: v for k, v in fields.items() if k in names})
-    if config.task_type is None and getattr(getattr(model, "config", None), "is_decoder", True):
-        # PeftModelForCausalLM handles generate() and the inputs_embeds plumbing
-        if hasattr(model, "generate") and hasattr(model, "lm_head"):
-            config.task_type = "CAUSAL_LM"
+    if config.task_type is None:
+        config.task_type = _task_type(model)
     if seed is None:
         return get_peft_model(model, config)
     with torch.random.fork_rng(devices=[]):

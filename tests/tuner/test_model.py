@@ -21,7 +21,7 @@ from wrapped_models import adapted_layers, base_model, small_config, tokens, wra
 
 import mosgeo_lora  # noqa: E402
 from mosgeo_lora.balance import CALL_KWARG  # noqa: E402
-from mosgeo_lora.constants import FFN_TARGET_MODULES, ffn_targets  # noqa: E402
+from mosgeo_lora.constants import FFN_TARGET_MODULES, ffn_targets, task_type_of  # noqa: E402
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "adapter-0.1.0"
 
@@ -182,3 +182,73 @@ def test_moselora_adds_no_host_synchronisation():
     assert _host_syncs(mose, ids, mask) == _host_syncs(lora, ids, mask)
     real = int(mask.sum())
     assert all(s["tokens"] == 2 * real for s in mosgeo_lora.routing_stats(mose).values())
+
+
+def _classifier(num_labels: int = 3):
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    cfg = LlamaConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=64, pad_token_id=0, num_labels=num_labels,
+    )  # fmt: skip
+    return LlamaForSequenceClassification(cfg)
+
+
+def test_wrap_trains_the_head_of_a_classification_model():
+    # the head of a sequence-classification model is new (random): wrap() must make it
+    # trainable, as PEFT's SEQ_CLS task does, or the run trains a frozen random classifier
+    torch.manual_seed(0)
+    model = mosgeo_lora.wrap(_classifier(), small_config())
+    assert model.peft_config["default"].task_type == "SEQ_CLS"
+    head = [n for n, p in model.named_parameters() if p.requires_grad and "moselora" not in n]
+    assert head == ["base_model.model.score.modules_to_save.default.weight"]
+    ids = tokens()
+    out = model(input_ids=ids, labels=torch.tensor([0, 2])[: ids.shape[0]])
+    out.loss.backward()
+    score = model.base_model.model.score.modules_to_save["default"].weight
+    assert score.grad is not None and score.grad.abs().sum() > 0
+
+
+def test_task_type_from_the_model_class():
+    assert task_type_of("LlamaForCausalLM") == "CAUSAL_LM"
+    assert task_type_of("GPT2LMHeadModel") == "CAUSAL_LM"
+    assert task_type_of("Qwen2ForSequenceClassification") == "SEQ_CLS"
+    assert task_type_of("BertForTokenClassification") == "TOKEN_CLS"
+    assert task_type_of("RobertaForMaskedLM") is None  # a pretrained head: stays frozen
+    assert task_type_of("LlamaModel") is None  # no head
+    assert task_type_of("T5ForConditionalGeneration", is_encoder_decoder=True) == "SEQ_2_SEQ_LM"
+    assert task_type_of("LlavaForConditionalGeneration") == "CAUSAL_LM"
+    with pytest.raises(ValueError, match="pass task_type"):
+        task_type_of("BertForMultipleChoice")
+    # a plain torch module has no head to know about; an explicit task_type wins
+    assert mosgeo_lora.wrap(base_model(), small_config()).peft_config["default"].task_type == (
+        "CAUSAL_LM"
+    )
+    explicit = mosgeo_lora.wrap(_classifier(), small_config(task_type="FEATURE_EXTRACTION"))
+    assert explicit.peft_config["default"].task_type == "FEATURE_EXTRACTION"
+
+
+@pytest.mark.parametrize("head", ["ForSequenceClassification", "ForTokenClassification"])
+def test_balance_weight_counts_classification_labels_as_the_trainer_does(head):
+    # the Trainer counts every label of a classification model (no shift: one per sequence,
+    # or one per token) in num_items_in_batch; a micro-batch holding all of them weighs 1,
+    # so its balance gradient equals a call without num_items_in_batch (B = 0: the router's
+    # gradient is the balance term alone)
+    import transformers
+
+    cfg = transformers.LlamaConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=64, pad_token_id=0, num_labels=3,
+    )  # fmt: skip
+    ids = tokens()
+    labels = torch.tensor([0, 2]) if head == "ForSequenceClassification" else ids % 3
+    grads = []
+    for items in (None, int(labels.numel()), 2 * int(labels.numel())):
+        torch.manual_seed(0)
+        model = mosgeo_lora.wrap(getattr(transformers, f"Llama{head}")(cfg), small_config())
+        model.train()
+        extra = {} if items is None else {"num_items_in_batch": torch.tensor(items)}
+        model(input_ids=ids, labels=labels, **extra).loss.backward()
+        grads.append(_router_grad_norm(model))
+    assert grads[1] == pytest.approx(grads[0], rel=1e-6)  # all the step's labels: weight 1
+    assert grads[2] == pytest.approx(grads[0] / 2, rel=1e-6)  # half of them: weight 1/2
