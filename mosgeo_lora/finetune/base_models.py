@@ -9,6 +9,9 @@
   a second: for tests, CI and trying the command line without a download.
 * a folder holding a transformers checkpoint (``config.json``), or a ``.gguf`` file;
 * anything else is passed to ``from_pretrained`` as a hub id (fails offline with a clear error).
+
+Each loads as a causal LM, or with ``num_labels=n`` as a sequence classifier (the same
+transformer weights and a new ``score`` head; ``wrap`` then trains the head).
 """
 
 from __future__ import annotations
@@ -81,12 +84,24 @@ def _need_gguf() -> None:
         raise ModelError("loading a GGUF model needs the gguf package: pip install gguf")
 
 
-def _from_gguf(path: Path, dtype: torch.dtype) -> tuple[nn.Module, object]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def _auto(num_labels: int | None) -> tuple[type, dict]:
+    """The transformers auto class for the head, and its extra ``from_pretrained`` arguments."""
+    import transformers
+
+    if num_labels is None:
+        return transformers.AutoModelForCausalLM, {}
+    return transformers.AutoModelForSequenceClassification, {"num_labels": num_labels}
+
+
+def _from_gguf(
+    path: Path, dtype: torch.dtype, num_labels: int | None = None
+) -> tuple[nn.Module, object]:
+    from transformers import AutoTokenizer
 
     _need_gguf()
     tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype)
+    auto, extra = _auto(num_labels)
+    model = auto.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype, **extra)
     _forget_gguf_quantizer(model)
     return model, tok
 
@@ -103,11 +118,14 @@ def _forget_gguf_quantizer(model: nn.Module) -> None:
         del model.config.quantization_config
 
 
-def _from_folder(path: str, dtype: torch.dtype) -> tuple[nn.Module, object]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def _from_folder(
+    path: str, dtype: torch.dtype, num_labels: int | None = None
+) -> tuple[nn.Module, object]:
+    from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    auto, extra = _auto(num_labels)
+    model = auto.from_pretrained(path, dtype=dtype, **extra)
     return model, tok
 
 
@@ -142,14 +160,17 @@ def tiny_llama(
     layers: int = 2,
     max_position_embeddings: int = 512,
     tie_word_embeddings: bool = False,
+    num_labels: int | None = None,
 ) -> nn.Module:
     """A random Llama sized for tests (hidden 32, 2 layers, 4 heads, 2 KV heads; ids 0–2 are
     pad, bos, eos as in :func:`tiny_tokenizer`).
 
     ``seed``: draw the weights from ``torch.manual_seed(seed)`` without touching the global
     generator; ``None``: draw them from the global generator (the caller seeds).
+    ``num_labels``: a ``LlamaForSequenceClassification`` with that many classes instead of
+    the causal LM.
     """
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
     cfg = LlamaConfig(
         hidden_size=hidden,
@@ -163,45 +184,63 @@ def tiny_llama(
         bos_token_id=1,
         eos_token_id=2,
         tie_word_embeddings=tie_word_embeddings,
+        num_labels=num_labels or 2,
     )
+    build = LlamaForCausalLM if num_labels is None else LlamaForSequenceClassification
     if seed is None:
-        return LlamaForCausalLM(cfg)
+        return build(cfg)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return LlamaForCausalLM(cfg)
+        return build(cfg)
 
 
-def load(spec: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32) -> LoadedModel:
-    """Load model and tokenizer for ``spec`` (see the module docstring); raises ``ModelError``."""
+def load(
+    spec: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32, num_labels: int | None = None
+) -> LoadedModel:
+    """Load model and tokenizer for ``spec`` (see the module docstring); raises ``ModelError``.
+
+    ``num_labels``: load the model as a sequence classifier with that many classes (the
+    transformer's weights, a new ``score`` head) instead of the causal LM; its config's
+    ``pad_token_id`` is set, so batches with padding pool the last real token.
+    """
     if spec == TINY_MODEL:
         tok = tiny_tokenizer()
-        model = tiny_llama(len(tok), seed=0, tie_word_embeddings=True)
+        model = tiny_llama(len(tok), seed=0, tie_word_embeddings=True, num_labels=num_labels)
         return LoadedModel(model, tok, spec, "built from a config")
     if spec == DEFAULT_MODEL:
         path = embedded_gguf()
-        model, tok = _from_gguf(path, dtype)
-        return LoadedModel(model, _with_pad(tok), spec, str(path))
+        model, tok = _from_gguf(path, dtype, num_labels)
+        return _loaded(model, tok, spec, str(path))
     p = Path(spec).expanduser()
     if p.suffix == ".gguf":
         if not p.is_file():
             raise ModelError(f"model file not found: {p}")
-        model, tok = _from_gguf(p, dtype)
-        return LoadedModel(model, _with_pad(tok), spec, str(p))
+        model, tok = _from_gguf(p, dtype, num_labels)
+        return _loaded(model, tok, spec, str(p))
     if p.is_dir():
         if not (p / "config.json").is_file():
             raise ModelError(f"{p} is not a transformers model folder (no config.json)")
-        model, tok = _from_folder(str(p), dtype)
-        return LoadedModel(model, _with_pad(tok), spec, str(p))
+        model, tok = _from_folder(str(p), dtype, num_labels)
+        return _loaded(model, tok, spec, str(p))
     if p.exists() or spec.startswith((".", "/", "~")) or spec.count("/") != 1:
         raise ModelError(
             f"model not found: {spec!r} (expected {DEFAULT_MODEL!r}, {TINY_MODEL!r}, a model "
             "folder with config.json, a .gguf file, or a hub id like 'org/name')"
         )
     try:
-        model, tok = _from_folder(spec, dtype)
+        model, tok = _from_folder(spec, dtype, num_labels)
     except OSError as e:  # offline, or no such repository
         raise ModelError(f"could not load {spec!r} from the Hugging Face hub: {e}") from e
-    return LoadedModel(model, _with_pad(tok), spec, spec)
+    return _loaded(model, tok, spec, spec)
+
+
+def _loaded(model: nn.Module, tok, spec: str, source: str) -> LoadedModel:
+    tok = _with_pad(tok)
+    is_classifier = type(model).__name__.endswith("ForSequenceClassification")
+    if is_classifier and getattr(model.config, "pad_token_id", None) is None:
+        # a sequence classifier pools the last token that is not padding
+        model.config.pad_token_id = tok.pad_token_id
+    return LoadedModel(model, tok, spec, source)
 
 
 def _with_pad(tok):

@@ -50,6 +50,24 @@ def test_local_folder_round_trip(tmp_path):
     assert torch.equal(again.model.lm_head.weight, tiny.model.lm_head.weight)
 
 
+def test_a_model_loads_as_a_sequence_classifier_with_its_own_weights(tmp_path):
+    # the same checkpoint as causal LM and as classifier: one transformer, a new score head,
+    # and a pad id in the config (the classifier pools the last real token of a padded row)
+    tiny = load("tiny-llama")
+    tiny.model.save_pretrained(tmp_path / "m")
+    tiny.tokenizer.save_pretrained(tmp_path / "m")
+    for cls in (load("tiny-llama", num_labels=3), load(str(tmp_path / "m"), num_labels=3)):
+        assert type(cls.model).__name__ == "LlamaForSequenceClassification"
+        assert cls.model.config.num_labels == 3 and cls.model.score.out_features == 3
+        assert cls.model.config.pad_token_id == cls.tokenizer.pad_token_id
+        mine = dict(cls.model.model.named_parameters())
+        for name, p in tiny.model.model.named_parameters():
+            assert torch.equal(mine[name], p), name
+        enc = cls.tokenizer(["12 > 7", "3"], return_tensors="pt", padding=True)
+        alone = cls.model(**cls.tokenizer(["3"], return_tensors="pt")).logits
+        torch.testing.assert_close(cls.model(**enc).logits[1:], alone)
+
+
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
