@@ -9,35 +9,35 @@ Also here, because :mod:`mosgeo.math` and :mod:`mosgeo.charts` both need them: t
 :func:`float32_island` decorator that applies the half-precision rule to an op, and
 :func:`as_curvature`, the coercion of a ``k`` argument to the points' dtype and device.
 
-=================  ===============================  ==========================================
-guard              rule                             why
-=================  ===============================  ==========================================
-``ball_eps``       ``max(√ε_c, 4 ε_s)``             relative margin inside the ball boundary
-                                                    (``project``) and the spherical chart
-                                                    (``clip_spacelike``); ``ε_c``/``ε_s`` are
-                                                    the machine eps of the compute/storage
-                                                    dtypes
-``series_tau``     0.02 (f64), 0.05 (f32)           ``|t|`` below which the Taylor series in
-                                                    ``t = κr²`` replaces the closed form
-``series_terms``   10 (f64), 6 (f32)                terms so that ``(τ/ρ)^N < ε_c`` (ρ ≥ 1 is
-                                                    the radius of convergence)
-``atanh_max``      ``1 − ε_c``                      largest argument of ``atanh``/``asin``
-``min_norm``       ``√tiny``                        clamp for a norm that divides
-``min_denom``      ``ε_c``                          clamp for ``1 + κr²`` and Möbius
-                                                    denominators (out of domain only)
-``max_norm``       ``max^{1/4} / 2``                largest norm kept for κ ≥ 0: beyond it
-                                                    ``κ²‖x‖²‖y‖²`` overflows
-``max_exp_arg``    ``log(max) − 1``                 largest ``sinh``/``cosh`` argument
-``geoopt_ball_eps`` 4e-3 (f32), 1e-5 (f64),         the margin of geoopt 0.5.1's ``BALL_EPS``:
-                   at least ``4 ε_s``               the default of the manifold classes
-                                                    (the rim measurements in
-                                                    ``docs/geoopt.md``)
-``big_scale``      ``2^−⌊5·e_max/8⌋``               scale of the overflow fallback of a norm:
-                                                    ``‖x‖`` of a row whose ``‖x‖²``
-                                                    overflows is ``‖x·big_scale‖/big_scale``
-                                                    (its squares neither overflow nor
-                                                    underflow)
-=================  ===============================  ==========================================
+=====================  ===============================  ==========================================
+guard                  rule                             why
+=====================  ===============================  ==========================================
+``ball_eps``           ``max(√ε_c, 4 ε_s)``             relative margin inside the ball boundary
+                                                        (``project``) and the spherical chart
+                                                        (``clip_spacelike``); ``ε_c``/``ε_s`` are
+                                                        the machine eps of the compute/storage
+                                                        dtypes
+``series_tau``         0.02 (f64), 0.05 (f32)           ``|t|`` below which the Taylor series in
+                                                        ``t = κr²`` replaces the closed form
+``series_terms``       10 (f64), 6 (f32)                terms so that ``(τ/ρ)^N < ε_c`` (ρ ≥ 1 is
+                                                        the radius of convergence)
+``atanh_max``          ``1 − ε_c``                      largest argument of ``atanh``/``asin``
+``min_norm``           ``√tiny``                        clamp for a norm that divides
+``min_denom``          ``ε_c``                          clamp for ``1 + κr²`` and Möbius
+                                                        denominators (out of domain only)
+``max_norm``           ``max^{1/4} / 2``                largest norm kept for κ ≥ 0: beyond it
+                                                        ``κ²‖x‖²‖y‖²`` overflows
+``max_exp_arg``        ``log(max) − 1``                 largest ``sinh``/``cosh`` argument
+``geoopt_ball_eps``    4e-3 (f32), 1e-5 (f64),          the margin of geoopt 0.5.1's ``BALL_EPS``:
+                       at least ``4 ε_s``               the default of the manifold classes
+                                                        (the rim measurements in
+                                                        ``docs/geoopt.md``)
+``big_scale``          ``2^−⌊5·e_max/8⌋``               scale of the overflow fallback of a norm:
+                                                        ``‖x‖`` of a row whose ``‖x‖²``
+                                                        overflows is ``‖x·big_scale‖/big_scale``
+                                                        (its squares neither overflow nor
+                                                        underflow)
+=====================  ===============================  ==========================================
 """
 
 from __future__ import annotations
