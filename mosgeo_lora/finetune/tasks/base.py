@@ -3,9 +3,11 @@
 
 A task names its data source (a Hugging Face hub dataset, config and splits), the fields of
 that dataset's schema it reads, how a row becomes a prompt, a reference answer and a training
-target, the answer rule that extracts and compares answers (:mod:`.answers`), the metrics it
-reports (:mod:`.metrics`) and how to generate. The entries themselves are in :mod:`.math` and
-:mod:`.nlu`, the table of them in :mod:`.registry`.
+target, the answer rule that extracts and compares answers
+(:mod:`~mosgeo_lora.finetune.tasks.answers`), the metrics it reports
+(:mod:`~mosgeo_lora.finetune.tasks.metrics`) and how to generate. The entries themselves are
+in :mod:`~mosgeo_lora.finetune.tasks.math` and :mod:`~mosgeo_lora.finetune.tasks.nlu`, the
+table of them in :mod:`~mosgeo_lora.finetune.tasks.registry`.
 """
 
 from __future__ import annotations
