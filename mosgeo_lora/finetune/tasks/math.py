@@ -31,12 +31,10 @@ from .base import Generation, Row, Task, format_number
 
 __all__ = ["GSM8K", "SVAMP", "MAWPS", "AQUA", "MATH500", "MATH_TASKS", "gsm8k_final_answer"]
 
-_ASK_NUMBER = (
-    'Solve it step by step, then give the final answer as "The answer is N." (N a number).'
-)
+_ASK_NUMBER = 'Solve it step by step, then end with "The answer is" followed by the number.'
 _ASK_LETTER = (
-    'Solve it step by step, then give the final answer as "The answer is X." (X the letter of '
-    "the correct option)."
+    'Solve it step by step, then end with "The answer is" followed by the letter (A, B, C, D '
+    "or E) of the correct option."
 )
 _ASK_BOXED = "Solve it step by step, and put the final answer in \\boxed{}."
 _STOP = ("\nQuestion:", "\n\nQuestion")
