@@ -129,6 +129,8 @@ def test_gsm8k_target_drops_the_calculator_notes_and_ends_with_the_answer():
         ("The answer is 8. Next question: 2 + 2", 8),  # anchor: the first number after it
         ("#### 72", 72),
         ("So 5-3 = 2", 2),  # a subtraction, not the number -3
+        ("The answer is 8 - 3", 8),
+        ("We get 5 - 3", 3),  # a sign only right before its digits
         ("I think \\boxed{42}, not 7", 42),
         ("2 then 3; the answer is 4, then 9. Answer: 6", 6),  # the last anchor wins
         ("no number at all", None),
@@ -151,11 +153,16 @@ def test_number_extraction(text, value):
         ("0.33", 0.3333333333, False),
         ("0.5", "1/2", True),
         ("no idea", 5, False),
+        ("5", float("nan"), None),  # not a reference: an error, not a silent wrong
     ],
 )
 def test_numbers_are_compared_as_numbers(prediction, gold, same):
     task = tasks.TASKS["svamp"]
     row = {"Body": "b.", "Question": "q?", "Answer": gold}
+    if same is None:
+        with pytest.raises(tasks.TaskError, match="row 1: reference answer nan is not a number"):
+            tasks.score(task, [prediction], [row])
+        return
     assert tasks.score(task, [prediction], [row])["correct"] == int(same)
 
 

@@ -25,6 +25,7 @@ exactly as fractions, or within a relative 1e-6 (a reference stored as the float
 
 from __future__ import annotations
 
+import math
 import re
 import threading
 from dataclasses import dataclass, field
@@ -54,7 +55,7 @@ _THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
 _LATEX_FRAC = re.compile(r"\\[dt]?frac\s*\{\s*(-?\d+(?:\.\d+)?)\s*\}\s*\{\s*(-?\d+(?:\.\d+)?)\s*\}")
 # a sign only where it cannot be a subtraction (not after a digit, letter or bracket)
 _NUMBER = re.compile(
-    r"(?<![\w.)\]])(?P<sign>-)?\s?(?P<num>\d+(?:\.\d+)?|\.\d+)(?:\s?/\s?(?P<den>\d+(?:\.\d+)?))?"
+    r"(?<![\w.)\]])(?P<sign>-)?(?P<num>\d+(?:\.\d+)?|\.\d+)(?:\s?/\s?(?P<den>\d+(?:\.\d+)?))?"
 )
 _REL_TOL = Fraction(1, 10**6)
 
@@ -88,7 +89,8 @@ def parse_number(value: Any) -> Fraction | None:
     if isinstance(value, int):
         return Fraction(value)
     if isinstance(value, float):
-        return Fraction(repr(value))  # 0.1 -> 1/10, the decimal a person wrote
+        # 0.1 -> 1/10, the decimal a person wrote; NaN and infinities are no answer
+        return Fraction(repr(value)) if math.isfinite(value) else None
     match = _NUMBER.search(_normalize_numbers(str(value)))
     return _value(match) if match else None
 
