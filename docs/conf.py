@@ -152,6 +152,15 @@ API_MODULES = [
     "mosgeo_lora.finetune.data.training",
     "mosgeo_lora.finetune.data.prompts",
     "mosgeo_lora.finetune.data.collate",
+    "mosgeo_lora.finetune.tasks",
+    "mosgeo_lora.finetune.tasks.base",
+    "mosgeo_lora.finetune.tasks.answers",
+    "mosgeo_lora.finetune.tasks.metrics",
+    "mosgeo_lora.finetune.tasks.math",
+    "mosgeo_lora.finetune.tasks.nlu",
+    "mosgeo_lora.finetune.tasks.registry",
+    "mosgeo_lora.finetune.tasks.sources",
+    "mosgeo_lora.finetune.tasks.mix",
 ]
 
 

@@ -1,4 +1,4 @@
-"""The ``mosgeo-lora`` command: ``finetune``, ``eval`` and ``compare``.
+"""The ``mosgeo-lora`` command: ``finetune``, ``eval``, ``score`` and ``compare``.
 
 Examples::
 
@@ -7,6 +7,9 @@ Examples::
     mosgeo-lora finetune --output-dir runs/demo --resume        # continue an interrupted run
     mosgeo-lora eval runs/demo/adapter                          # score a saved adapter
     mosgeo-lora eval --base                                     # score the base model
+    mosgeo-lora eval --base --task gsm8k=test.jsonl --output runs/eval/scores.json
+    mosgeo-lora score --task gsm8k --predictions runs/eval/predictions-gsm8k.jsonl \\
+        --references test.jsonl                                 # re-score saved generations
     mosgeo-lora compare --methods moselora,hydralora,lora --lrs 1e-3,2e-3 --seeds 0,1,2
 
 Every default comes from :class:`~mosgeo_lora.finetune.config.FinetuneConfig` and
@@ -31,10 +34,13 @@ from .base_models import DEFAULT_MODEL, TINY_MODEL, ModelError
 from .config import CompareConfig, ConfigError, FinetuneConfig
 from .data import EVAL_SETS, DataError
 from .methods import METHODS, MethodError
+from .tasks import TASK_NAMES
 
 __all__ = ["main", "build_parser"]
 
 _RUN = {f.name: f.default for f in fields(FinetuneConfig)}
+#: Where ``eval --task`` writes its scores (and, beside them, its generations) by default.
+_EVAL_OUTPUT = "runs/eval/scores.json"
 _GRID = {f.name: f.default for f in fields(CompareConfig) if f.name != "base"}
 
 
@@ -46,6 +52,31 @@ def _csv(kind: Callable[[str], object]) -> Callable[[str], tuple]:
             raise argparse.ArgumentTypeError(f"{text!r}: {e}") from e
 
     return parse
+
+
+class _Extend(argparse.Action):
+    """A repeatable option whose values (each comma-separated) add up to one tuple."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, tuple(getattr(namespace, self.dest) or ()) + values)
+
+
+_TASK_HELP = (
+    f"benchmark task to score, NAME or NAME=LOCAL_FILE (a file in the hub dataset's schema; "
+    f"without one, the hub), repeatable or comma-separated; tasks: {', '.join(TASK_NAMES)}"
+)
+
+
+def _add_tasks(p: argparse.ArgumentParser, default: tuple, extra: str = "") -> None:
+    p.add_argument(
+        "--task",
+        dest="tasks",
+        action=_Extend,
+        type=_csv(str),
+        default=default,
+        metavar="NAME[=PATH]",
+        help=_TASK_HELP + extra,
+    )
 
 
 def _joined(values: tuple) -> str:
@@ -99,6 +130,7 @@ def _add_run_options(p: argparse.ArgumentParser, single_run: bool) -> None:
         default=_RUN["eval_sets"],
         help=f"comma-separated, from {', '.join(EVAL_SETS)}; 'none' to skip (default: all)",
     )
+    _add_tasks(p, _RUN["tasks"], "; with --task and no --eval-sets, only the tasks are scored")
     p.add_argument(
         "--input-map",
         choices=INPUT_MAPS,
@@ -154,10 +186,42 @@ def build_parser() -> argparse.ArgumentParser:
         "--model", default=None, help="base model (default: the one the adapter was trained on)"
     )
     ev.add_argument("--eval-sets", type=_csv(str), default=_RUN["eval_sets"])
+    _add_tasks(ev, (), "; with --task and no --eval-sets, only the tasks are scored")
     ev.add_argument("--eval-limit", type=int, default=_RUN["eval_limit"])
     ev.add_argument("--batch-size", type=int, default=_RUN["eval_batch_size"])
-    ev.add_argument("--output", default=None, help="write the scores as JSON here")
+    ev.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=None,
+        help="longest generation per task answer (default: each task's own)",
+    )
+    ev.add_argument(
+        "--output",
+        default=None,
+        help="write the scores as JSON here; each task's generations go beside it as "
+        f"predictions-<task>.jsonl (with --task, default: {_EVAL_OUTPUT})",
+    )
+    ev.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_threads(ev)
+
+    sc = sub.add_parser(
+        "score", help="score saved generations of a task offline; prints one JSON object"
+    )
+    sc.add_argument("--task", required=True, help=f"the task: one of {', '.join(TASK_NAMES)}")
+    sc.add_argument(
+        "--predictions",
+        required=True,
+        help='JSONL, one {"prediction": "<generated text>"} per reference row, in order',
+    )
+    sc.add_argument(
+        "--references",
+        default=None,
+        help="the rows scored, in the hub dataset's schema (JSONL, JSON, Parquet or CSV); "
+        "default: the task's evaluation split from the hub",
+    )
+    sc.add_argument(
+        "--limit", type=int, default=0, help="score only the first N references (default: all)"
+    )
 
     cp = sub.add_parser("compare", help="methods × learning rates × seeds → Markdown table")
     _add_run_options(cp, single_run=False)
@@ -225,13 +289,31 @@ def _eval(ns: argparse.Namespace) -> int:
         eval_sets=ns.eval_sets,
         eval_limit=ns.eval_limit,
         batch_size=ns.batch_size,
+        tasks=ns.tasks,
+        output=ns.output or (_EVAL_OUTPUT if ns.tasks else None),
+        max_new_tokens=ns.max_new_tokens,
+        progress=not ns.no_progress,
     )
     print(f"{res['adapter'] or 'base model'} ({res['model']}):")
     for name, a in res["accuracy"].items():
-        print(f"  {name:22s} {100 * a:6.1f}%")
-    if ns.output:
-        with open(ns.output, "w", encoding="utf-8") as f:
-            json.dump(res, f, indent=1)
+        extra = "".join(
+            f", {k} {v:.3f}"
+            for k, v in res["tasks"].get(name, {}).items()
+            if k in ("matthews_correlation", "f1")
+        )
+        print(f"  {name:22s} {100 * a:6.1f}%{extra}")
+    for name, path in res.get("predictions", {}).items():
+        print(f"{'predictions ' + name:>24s}: {path}")
+    return 0
+
+
+def _score(ns: argparse.Namespace) -> int:
+    from .tasks import get_task, load_rows, read_predictions, score
+
+    task = get_task(ns.task)
+    predictions = read_predictions(ns.predictions)
+    references = load_rows(task, ns.references, limit=ns.limit)
+    print(json.dumps(score(task, predictions, references.rows)))
     return 0
 
 
@@ -263,7 +345,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         torch.set_num_threads(ns.threads)
     try:
-        return {"finetune": _finetune, "eval": _eval, "compare": _compare}[ns.command](ns)
+        commands = {"finetune": _finetune, "eval": _eval, "score": _score, "compare": _compare}
+        return commands[ns.command](ns)
     except (ConfigError, DataError, MethodError, ModelError) as e:
         print(f"mosgeo-lora {ns.command}: error: {e}", file=sys.stderr)
         return 2

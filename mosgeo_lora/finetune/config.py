@@ -15,6 +15,7 @@ from typing import Any
 from mosgeo_lora.constants import INPUT_MAPS
 
 from . import data as mdata
+from . import tasks as mtasks
 from .base_models import DEFAULT_MODEL
 from .methods import Method, parse_method
 
@@ -64,8 +65,13 @@ class FinetuneConfig:
     #: ``--train-examples``: problems to draw; 0 = steps × batch × accumulation ×
     #: processes (one epoch).
     train_examples: int = 0
-    #: ``--eval-sets``: test sets to score; ``()`` every shipped set, ``("none",)`` none.
+    #: ``--eval-sets``: test sets to score; ``()`` every shipped set (none when ``tasks``
+    #: are given), ``("none",)`` none.
     eval_sets: tuple[str, ...] = ()
+    #: ``--task``: benchmark tasks scored after training: ``NAME`` (its evaluation split on
+    #: the hub) or ``NAME=PATH`` (a local file in the hub dataset's schema); see
+    #: :data:`~mosgeo_lora.finetune.tasks.TASKS`.
+    tasks: tuple[str, ...] = ()
     #: ``--eval-limit``: problems per test set; 0 = all.
     eval_limit: int = 0
     #: ``--eval-before``: also score the model before training.
@@ -117,6 +123,11 @@ class FinetuneConfig:
         if unknown:
             shipped = ", ".join(mdata.EVAL_SETS)
             raise ConfigError(f"unknown eval set(s) {unknown}; shipped: {shipped}")
+        for spec in self.tasks:
+            try:
+                mtasks.parse_task_spec(spec)
+            except mtasks.TaskError as e:
+                raise ConfigError(str(e)) from None
         if self.data != MATH_DATA and not Path(self.data).is_file():
             raise ConfigError(f"data file not found: {self.data} (or use --data {MATH_DATA})")
         return method

@@ -1,9 +1,13 @@
-"""Scoring by greedy decoding and exact match: a model in memory (:func:`evaluate`) or a saved
-adapter folder (:func:`evaluate_adapter`, the ``mosgeo-lora eval`` command)."""
+"""Scoring by greedy decoding: the frozen math test sets by exact match (:func:`evaluate`),
+the benchmark tasks by their own answer rules and metrics (:func:`evaluate_tasks`), a model
+in memory or a saved adapter folder (:func:`evaluate_adapter`, the ``mosgeo-lora eval``
+command). Both generate through :func:`generate_texts`: batches, left padding, a progress bar.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -12,15 +16,26 @@ import torch
 from torch import nn
 
 from . import data as mdata
+from . import tasks as mtasks
 from .base_models import DEFAULT_MODEL, load
 from .config import ConfigError, FinetuneConfig
 
-__all__ = ["evaluate", "evaluate_adapter", "eval_examples", "accuracies"]
+__all__ = [
+    "evaluate",
+    "evaluate_tasks",
+    "evaluate_adapter",
+    "eval_examples",
+    "task_data",
+    "accuracies",
+    "generate_texts",
+    "predictions_path",
+]
 
 
 def eval_examples(cfg: FinetuneConfig) -> dict[str, list[mdata.Example]]:
-    """The test sets a run scores (``cfg.eval_sets``, ``cfg.eval_limit`` problems each)."""
-    if cfg.eval_sets == ("none",):
+    """The test sets a run scores (``cfg.eval_sets``, ``cfg.eval_limit`` problems each); none
+    when ``cfg.eval_sets`` is ``("none",)``, or empty while tasks are given."""
+    if cfg.eval_sets == ("none",) or (cfg.tasks and not cfg.eval_sets):
         return {}
     sets = mdata.eval_sets(list(cfg.eval_sets) or None)
     if cfg.eval_limit:
@@ -28,7 +43,67 @@ def eval_examples(cfg: FinetuneConfig) -> dict[str, list[mdata.Example]]:
     return sets
 
 
+def task_data(cfg: FinetuneConfig) -> list[mtasks.TaskData]:
+    """The rows of every task of ``cfg.tasks`` (``NAME`` from the hub, ``NAME=PATH`` from a
+    local file), ``cfg.eval_limit`` each; raises :class:`~.tasks.TaskError` on bad input."""
+    out = []
+    for spec in cfg.tasks:
+        task, path = mtasks.parse_task_spec(spec)
+        out.append(mtasks.load_rows(task, path, limit=cfg.eval_limit))
+    return out
+
+
+def predictions_path(folder: str | os.PathLike, task: str) -> Path:
+    """Where a task's generations are written: ``<folder>/predictions-<task>.jsonl``."""
+    return Path(folder) / f"predictions-{task}.jsonl"
+
+
 @torch.no_grad()
+def generate_texts(
+    model: nn.Module,
+    tokenizer,
+    prompts: Sequence[Sequence[int]],
+    batch_size: int = 32,
+    max_new_tokens: int = 16,
+    stop: Sequence[str] = (),
+    progress: bool = False,
+    desc: str | None = None,
+) -> list[str]:
+    """Greedy continuations of tokenized ``prompts``, decoded, in order.
+
+    Batches of ``batch_size`` are left-padded (every prompt ends where generation starts) and
+    moved to the model's device; generation stops at EOS or at a ``stop`` string, and the text
+    is cut before the first stop string. ``progress``: a tqdm bar over the batches.
+    """
+    from tqdm.auto import tqdm
+
+    pad = tokenizer.pad_token_id
+    device = next(model.parameters()).device
+    extra: dict[str, Any] = {"stop_strings": list(stop), "tokenizer": tokenizer} if stop else {}
+    texts: list[str] = []
+    starts = range(0, len(prompts), batch_size)
+    for start in tqdm(starts, desc=desc, unit="batch", disable=not progress, leave=False):
+        chunk = prompts[start : start + batch_size]
+        width = max(map(len, chunk))
+        ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in chunk], device=device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=device)
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=pad,
+            eos_token_id=tokenizer.eos_token_id,
+            **extra,
+        )
+        for row in out[:, width:].tolist():
+            text = tokenizer.decode(row, skip_special_tokens=True)
+            for s in stop:
+                text = text.split(s, 1)[0]
+            texts.append(text)
+    return texts
+
+
 def evaluate(
     model: nn.Module,
     tokenizer,
@@ -36,36 +111,23 @@ def evaluate(
     batch_size: int = 32,
     max_new_tokens: int = 16,
     samples: int = 3,
+    progress: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """Greedy-decode every question and score exact match: ``{set: {"accuracy", "n", …}}``."""
     was_training = model.training
     model.eval()
-    pad = tokenizer.pad_token_id
     results: dict[str, dict[str, Any]] = {}
     for name, examples in sets.items():
+        prompts = [mdata.prompt_ids(tokenizer, ex.question) for ex in examples]
+        texts = generate_texts(
+            model, tokenizer, prompts, batch_size, max_new_tokens, progress=progress, desc=name
+        )
         correct, shown = 0, []
-        for start in range(0, len(examples), batch_size):
-            chunk = examples[start : start + batch_size]
-            prompts = [mdata.prompt_ids(tokenizer, ex.question) for ex in chunk]
-            width = max(map(len, prompts))
-            # left padding: every prompt ends at the same position, where generation starts
-            ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
-            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-            out = model.generate(
-                input_ids=ids,
-                attention_mask=mask,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                pad_token_id=pad,
-                eos_token_id=tokenizer.eos_token_id,
-            )
-            for ex, row in zip(chunk, out[:, width:].tolist(), strict=True):
-                text = tokenizer.decode(row, skip_special_tokens=True)
-                pred = mdata.extract_answer(text)
-                ok = mdata.exact_match(pred, ex.answer)
-                correct += ok
-                if len(shown) < samples:
-                    shown.append({"question": ex.question, "answer": ex.answer, "output": pred})
+        for ex, text in zip(examples, texts, strict=True):
+            pred = mdata.extract_answer(text)
+            correct += mdata.exact_match(pred, ex.answer)
+            if len(shown) < samples:
+                shown.append({"question": ex.question, "answer": ex.answer, "output": pred})
         results[name] = {
             "accuracy": correct / max(1, len(examples)),
             "correct": correct,
@@ -76,8 +138,52 @@ def evaluate(
     return results
 
 
+def evaluate_tasks(
+    model: nn.Module,
+    tokenizer,
+    data: Sequence[mtasks.TaskData],
+    batch_size: int = 32,
+    max_new_tokens: int | None = None,
+    progress: bool = False,
+    predictions_dir: str | os.PathLike | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Generate every task's answers with its own settings and score them:
+    ``{task: scores}``, the dict ``mosgeo-lora score`` prints for the same generations.
+
+    ``max_new_tokens`` overrides the tasks' own. With ``predictions_dir``, each task's
+    generations are written to :func:`predictions_path` there.
+    """
+    was_training = model.training
+    model.eval()
+    results: dict[str, dict[str, Any]] = {}
+    for item in data:
+        task, gen = item.task, item.task.generation
+        prompts = [
+            mdata.text_prompt_ids(tokenizer, task.prompt(row), gen.chat_template)
+            for row in item.rows
+        ]
+        texts = generate_texts(
+            model,
+            tokenizer,
+            prompts,
+            batch_size,
+            max_new_tokens or gen.max_new_tokens,
+            stop=gen.stop,
+            progress=progress,
+            desc=task.name,
+        )
+        judged = mtasks.judge(task, texts, item.rows)
+        results[task.name] = mtasks.summarize(task, judged)
+        if predictions_dir is not None:
+            mtasks.write_predictions(
+                predictions_path(predictions_dir, task.name), task, texts, judged
+            )
+    model.train(was_training)
+    return results
+
+
 def accuracies(results: dict[str, dict[str, Any]]) -> dict[str, float]:
-    """``{set: accuracy}`` of :func:`evaluate`'s results."""
+    """``{set: accuracy}`` of :func:`evaluate`'s or :func:`evaluate_tasks`' results."""
     return {k: v["accuracy"] for k, v in results.items()}
 
 
@@ -87,23 +193,56 @@ def evaluate_adapter(
     eval_sets: Sequence[str] = (),
     eval_limit: int = 0,
     batch_size: int = 32,
+    tasks: Sequence[str] = (),
+    output: str | os.PathLike | None = None,
+    max_new_tokens: int | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
-    """Score a saved adapter folder (or, with ``adapter=None``, the base model)."""
+    """Score a saved adapter folder (or, with ``adapter=None``, the base model) on the test
+    sets and the benchmark ``tasks`` (``NAME`` or ``NAME=PATH``).
+
+    With ``output``, the result is written there as JSON and each task's generations beside
+    it (:func:`predictions_path`).
+    """
     if adapter is not None and not (Path(adapter) / "adapter_config.json").is_file():
         raise ConfigError(f"{adapter} is not a saved adapter (no adapter_config.json)")
     if model is None:
         model = _run_model(adapter) if adapter else DEFAULT_MODEL
-    cfg = FinetuneConfig(model=model, eval_sets=tuple(eval_sets), eval_limit=eval_limit)
+    cfg = FinetuneConfig(
+        model=model, eval_sets=tuple(eval_sets), eval_limit=eval_limit, tasks=tuple(tasks)
+    )
     cfg.validate()
     sets = eval_examples(cfg)
+    data = task_data(cfg)  # every row read and checked before the model is loaded
     loaded = load(model)
     net = loaded.model
     if adapter is not None:
         from peft import PeftModel
 
         net = PeftModel.from_pretrained(net, adapter)
-    results = evaluate(net, loaded.tokenizer, sets, batch_size=batch_size)
-    return {"model": model, "adapter": adapter, "eval": results, "accuracy": accuracies(results)}
+    results = evaluate(net, loaded.tokenizer, sets, batch_size=batch_size, progress=progress)
+    folder = None if output is None else Path(output).parent
+    task_results = evaluate_tasks(
+        net,
+        loaded.tokenizer,
+        data,
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        progress=progress,
+        predictions_dir=folder,
+    )
+    res: dict[str, Any] = {
+        "model": model,
+        "adapter": adapter,
+        "eval": results,
+        "accuracy": {**accuracies(results), **accuracies(task_results)},
+        "tasks": task_results,
+    }
+    if folder is not None:
+        res["predictions"] = {t: str(predictions_path(folder, t)) for t in task_results}
+        folder.mkdir(parents=True, exist_ok=True)
+        Path(output).write_text(json.dumps(res, indent=1), encoding="utf-8")
+    return res
 
 
 def _run_model(adapter: str) -> str:

@@ -26,7 +26,14 @@ from . import data as mdata
 from .base_models import LoadedModel, load
 from .callbacks import AdaLoraAllocator, CheckpointCurvatures, JsonlLog, StepStats, peak_rss_mb
 from .config import MATH_DATA, ConfigError, FinetuneConfig
-from .evaluate import accuracies, eval_examples, evaluate
+from .evaluate import (
+    accuracies,
+    eval_examples,
+    evaluate,
+    evaluate_tasks,
+    predictions_path,
+    task_data,
+)
 from .methods import activated_parameters, peft_config
 
 __all__ = ["finetune", "last_checkpoint"]
@@ -134,6 +141,7 @@ def finetune(
     examples = _examples(cfg, n_train)  # DataError on a bad JSONL, before loading the model
     eval_sets = eval_examples(cfg)
     after_sets = {**eval_sets, **(extra_eval or {})}
+    tasks = task_data(cfg)  # TaskError on a bad task file or row, before loading the model
 
     if loaded is None:
         loaded = load(cfg.model)
@@ -162,8 +170,10 @@ def finetune(
     )
 
     before = None
-    if cfg.eval_before and eval_sets and rank == 0:
-        before = evaluate(model, tok, eval_sets, batch_size=cfg.eval_batch_size)
+    progress = not cfg.disable_tqdm
+    if cfg.eval_before and (eval_sets or tasks) and rank == 0:
+        before = evaluate(model, tok, eval_sets, cfg.eval_batch_size, progress=progress)
+        before.update(evaluate_tasks(model, tok, tasks, cfg.eval_batch_size, progress=progress))
         _say(f"before: {_fmt(before)}")
 
     groups = param_groups(model, cfg.lr, cfg.curvature_lr, cfg.weight_decay)
@@ -219,11 +229,16 @@ def finetune(
         (out / "routing_stats.json").write_text(json.dumps(routing, indent=1))
         files["routing_stats"] = str(out / "routing_stats.json")
         files.update({p.stem: str(p) for p in curv.files})
-    if after_sets:
-        after = evaluate(model, tok, after_sets, batch_size=cfg.eval_batch_size)
+    if after_sets or tasks:
+        after = evaluate(model, tok, after_sets, cfg.eval_batch_size, progress=progress)
+        scored = evaluate_tasks(
+            model, tok, tasks, cfg.eval_batch_size, progress=progress, predictions_dir=out
+        )
         metrics["eval"] = after
-        metrics["accuracy"] = accuracies(after)
-        _say(f"after:  {_fmt(after)}")
+        metrics["tasks"] = scored
+        metrics["accuracy"] = {**accuracies(after), **accuracies(scored)}
+        files.update({f"predictions {t}": str(predictions_path(out, t)) for t in scored})
+        _say(f"after:  {_fmt({**after, **scored})}")
         if before is not None:
             metrics["eval_before"] = before
             metrics["accuracy_before"] = accuracies(before)

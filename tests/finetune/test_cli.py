@@ -18,13 +18,16 @@ SHARED = {
     "--model", "--data", "--rank", "--steps", "--batch-size", "--grad-accum", "--curvature-lr",
     "--weight-decay", "--warmup-steps", "--max-length", "--train-examples", "--eval-sets",
     "--eval-limit", "--save-steps", "--logging-steps", "--input-map", "--aux-loss-coef",
-    "--no-progress", "--threads", "--output-dir", "-h", "--help", "--compile",
+    "--no-progress", "--threads", "--output-dir", "-h", "--help", "--compile", "--task",
 }  # fmt: skip
-#: the flags of each command (0.1.0's, unchanged by the package layout change)
+#: the flags of each command (0.1.0's, unchanged by the package layout change; since then
+#: added: --task on finetune, eval and compare, eval's --max-new-tokens and --no-progress, and
+#: the score command)
 FLAGS = {
     "finetune": SHARED | {"--method", "--lr", "--seed", "--resume", "--eval-before"},
     "eval": {"--base", "--model", "--eval-sets", "--eval-limit", "--batch-size", "--output",
-             "--threads", "-h", "--help"},
+             "--threads", "-h", "--help", "--task", "--max-new-tokens", "--no-progress"},
+    "score": {"--task", "--predictions", "--references", "--limit", "-h", "--help"},
     "compare": SHARED | {"--methods", "--lrs", "--seeds", "--validation-per-module"},
 }  # fmt: skip
 

@@ -19,7 +19,7 @@ Every public name is re-exported here: ``from mosgeo_lora.finetune import data``
 
 from __future__ import annotations
 
-from .collate import CausalLMCollator, check_fits, prompt_ids, tokenize_example
+from .collate import CausalLMCollator, check_fits, prompt_ids, text_prompt_ids, tokenize_example
 from .examples import DataError, Example, load_jsonl, to_jsonl
 from .frozen import (
     EVAL_DIR,
@@ -65,6 +65,7 @@ __all__ = [
     "exact_match",
     "tokenize_example",
     "prompt_ids",
+    "text_prompt_ids",
     "check_fits",
     "CausalLMCollator",
 ]

@@ -13,7 +13,7 @@ import torch
 from .examples import DataError, Example
 from .prompts import build_prompt, target_text
 
-__all__ = ["tokenize_example", "prompt_ids", "check_fits", "CausalLMCollator"]
+__all__ = ["tokenize_example", "prompt_ids", "text_prompt_ids", "check_fits", "CausalLMCollator"]
 
 
 def _encode(tokenizer: Any, text: str) -> list[int]:
@@ -60,7 +60,18 @@ def tokenize_example(tokenizer: Any, ex: Example, max_length: int) -> dict[str, 
 def prompt_ids(tokenizer: Any, question: str) -> list[int]:
     """The token ids a model is prompted with at evaluation: exactly the prompt part of
     :func:`tokenize_example` (BOS where the tokenizer adds one, then :func:`build_prompt`)."""
-    return _leading_bos(tokenizer) + _encode(tokenizer, build_prompt(question))
+    return text_prompt_ids(tokenizer, build_prompt(question))
+
+
+def text_prompt_ids(tokenizer: Any, text: str, chat_template: bool = False) -> list[int]:
+    """The token ids of a prompt ``text``: BOS where the tokenizer adds one, then the text;
+    with ``chat_template`` and a tokenizer that has one, the text as the one user message of
+    the chat template, followed by the assistant's turn (``add_generation_prompt``)."""
+    if chat_template and getattr(tokenizer, "chat_template", None):
+        chat = [{"role": "user", "content": text}]
+        rendered = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+        return _encode(tokenizer, rendered)  # the template writes its own BOS, if any
+    return _leading_bos(tokenizer) + _encode(tokenizer, text)
 
 
 def check_fits(tokenizer: Any, examples: Sequence[Example], max_length: int) -> None:
