@@ -1,5 +1,5 @@
-"""The paper's baselines that PEFT does not ship (MELoRA, HMoRA) as PEFT tuners, on tiny
-random models."""
+"""The paper's baselines that PEFT does not ship (MELoRA, HMoRA) as PEFT tuners, and the
+command line running them, on tiny random models."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from peft import PeftModel, get_peft_model  # noqa: E402
 from tiny_models import tiny_gpt2, tiny_llama  # noqa: E402
 from torch import nn  # noqa: E402
 
-from mosgeo_lora.finetune import base_models  # noqa: E402
+from mosgeo_lora.finetune import base_models, cli  # noqa: E402
 from mosgeo_lora.finetune.baselines import HMoRAConfig, MELoraConfig, hmora  # noqa: E402
 from mosgeo_lora.finetune.baselines.hmora import HMoRALayer, gjs_loss  # noqa: E402
 from mosgeo_lora.finetune.baselines.melora import MELoraLayer  # noqa: E402
@@ -320,3 +320,31 @@ def test_hmora_trains_on_a_tiny_model():
         opt.zero_grad()
         losses.append(loss.item())
     assert losses[-1] < losses[0] - 0.5, losses
+
+
+# ----------------------------------------------------------------------------- command line
+@pytest.mark.parametrize("method", ["melora", "hmora"])
+def test_cli_finetune_runs_the_baseline_and_eval_reloads_it(tmp_path, capsys, method):
+    data = tmp_path / "qa.jsonl"
+    data.write_text(
+        "".join(
+            json.dumps({"question": q, "answer": a}) + "\n"
+            for q, a in [("What is 2 + 3?", "5"), ("What is 7 - 4?", "3")]
+        )
+    )
+    run = tmp_path / "run"
+    common = ["--eval-limit", "2", "--eval-sets", "comparison__pair"]
+    code = cli.main(
+        ["finetune", "--model", "tiny-llama", "--data", str(data), "--method", method]
+        + ["--steps", "2", "--batch-size", "2", "--output-dir", str(run), "--no-progress"]
+        + ["--max-length", "160", *common]
+    )
+    assert code == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["steps"] == 2 and metrics["final_loss"] == metrics["final_loss"]
+    saved = json.loads((run / "adapter" / "adapter_config.json").read_text())
+    assert saved["peft_type"] == method.upper()
+    capsys.readouterr()
+    code = cli.main(["eval", str(run / "adapter"), "--output", str(tmp_path / "s.json"), *common])
+    assert code == 0
+    assert json.loads((tmp_path / "s.json").read_text())["accuracy"] == metrics["accuracy"]

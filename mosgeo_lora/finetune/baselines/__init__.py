@@ -8,9 +8,10 @@ module              holds
 ==================  ==========================================================================
 
 Importing this package registers both with PEFT (peft_types ``MELORA`` and ``HMORA``), so
-``get_peft_model``, ``save_pretrained`` and ``PeftModel.from_pretrained`` know them. They
-are baselines of the application, not part of the MoSELoRA tuner: ``import mosgeo_lora``
-never loads them, and a process that loads a saved MELoRA or HMoRA adapter must ``import
+``get_peft_model``, ``save_pretrained`` and ``PeftModel.from_pretrained`` know them; the
+application imports it through :mod:`mosgeo_lora.finetune.methods`. They are baselines of
+the application, not part of the MoSELoRA tuner: ``import mosgeo_lora`` never loads them, and
+another process that loads a saved MELoRA or HMoRA adapter must ``import
 mosgeo_lora.finetune.baselines`` first (``docs/design.md`` §4.1).
 """
 
