@@ -12,6 +12,7 @@ module                  holds
 :mod:`.evaluate`        greedy decoding and exact match; scoring a saved adapter
 :mod:`.compare`         methods × learning rates × seeds, one table
 :mod:`.methods`         method names → PEFT configs; activated parameters
+:mod:`.baselines`       MELoRA and HMoRA as PEFT tuners (the paper's baselines PEFT lacks)
 :mod:`.base_models`     the embedded SmolLM2, model folders, GGUF files, tiny test models
 :mod:`.callbacks`       the application's ``TrainerCallback`` classes
 :mod:`.data`            math problems, frozen test sets, prompts, scoring, collation

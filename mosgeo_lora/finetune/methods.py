@@ -1,41 +1,62 @@
-"""Fine-tuning methods by name: MoSELoRA presets and PEFT's LoRA family, on the same FFN targets.
+"""Fine-tuning methods by name: MoSELoRA presets, PEFT's LoRA family and the paper's other
+baselines, on the same FFN targets.
 
-Every row of the paper's Table 1/3 that we can run is one name away:
+Every row of the paper's Table 1/3 is one name away:
 
 * ``moselora``: 3 hyperbolic + 3 spherical + 2 Euclidean experts, top-4 (the paper's);
 * ``moselora-h`` / ``moselora-s`` / ``moselora-e``: one space only;
 * ``hydralora``: shared A, 8 Euclidean B heads, dense softmax router (HydraLoRA);
 * ``lora``: PEFT LoRA; ``lora-r32`` etc. for another rank;
 * ``dora``: PEFT DoRA (weight-decomposed LoRA); ``dora-r32`` etc.;
-* ``adalora``: PEFT AdaLoRA, rank budget from ``init_r = 1.5 r`` down to ``r``.
+* ``adalora``: PEFT AdaLoRA, rank budget from ``init_r = 1.5 r`` down to ``r``;
+* ``melora``: MELoRA, 8 mini LoRAs of rank ``r / 8`` on a block-diagonal ΔW (equivalent rank
+  ``r``, the setting of MELoRA's own Llama-2 runs); ``melora-r32`` etc. (a multiple of 8);
+* ``hmora``: HMoRA, 8 LoRA experts with a shared ``A``, hybrid token/task routing mixed by
+  depth, the constrained GJS loss; the block's output projection (``down_proj``) gets a plain
+  LoRA, as in HMoRA's training command;
+* ``lora-rmatch:M``: LoRA whose rank makes its activated parameters per token nearest to
+  method ``M``'s (at the run's ``--rank``) on the model being trained, e.g.
+  ``lora-rmatch:moselora`` (rank 22 on SmolLM2-135M).
 
 All methods adapt the feed-forward projections
-(:data:`mosgeo_lora.constants.FFN_TARGET_MODULES`) and use ``alpha = 2 r``.
+(:data:`mosgeo_lora.constants.FFN_TARGET_MODULES`) and use ``alpha = 2 r``. MELoRA and HMoRA
+are PEFT tuners of the application (:mod:`mosgeo_lora.finetune.baselines`, registered with
+PEFT when this module is imported).
 """
 
 from __future__ import annotations
 
+import copy
 import re
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from mosgeo_lora.constants import PRESETS
 from mosgeo_lora.constants import ffn_targets as _ffn_targets
 
+from . import baselines
+
 __all__ = [
     "METHODS",
+    "MELORA_MINI",
     "MethodError",
     "Method",
     "parse_method",
     "peft_config",
     "ffn_targets",
     "activated_parameters",
+    "matched_rank",
 ]
 
-#: Every method name (plus ``lora-rN`` / ``dora-rN`` for another rank).
-METHODS = (*PRESETS, "lora", "dora", "adalora")
-_RANKED = re.compile(r"^(lora|dora)-r(\d+)$")
+#: Every method name (plus ``lora-rN`` / ``dora-rN`` / ``melora-rN`` for another rank and
+#: ``lora-rmatch:M`` for LoRA matched to method ``M``).
+METHODS = (*PRESETS, "lora", "dora", "adalora", "melora", "hmora")
+#: The number of mini LoRAs of ``melora`` (the rank must be a multiple of it).
+MELORA_MINI = 8
+_RANKED = re.compile(r"^(lora|dora|melora)-r(\d+)$")
+_RMATCH = "lora-rmatch:"
 
 
 class MethodError(ValueError):
@@ -48,10 +69,13 @@ class Method:
 
     #: As given, e.g. ``"lora-r32"``.
     name: str
-    #: ``"moselora"`` (any preset), ``"lora"``, ``"dora"`` or ``"adalora"``.
+    #: ``"moselora"`` (any preset), ``"lora"``, ``"dora"``, ``"adalora"``, ``"melora"`` or
+    #: ``"hmora"``.
     family: str
-    #: The adapter rank.
+    #: The adapter rank (for ``lora-rmatch:M``: the rank of ``M``; LoRA's is chosen to match).
     rank: int
+    #: ``lora-rmatch:M``: the method ``M`` whose activated parameters LoRA's rank matches.
+    match: str | None = None
 
     @property
     def is_moselora(self) -> bool:
@@ -60,17 +84,24 @@ class Method:
 
 
 def parse_method(name: str, rank: int = 8) -> Method:
-    """``"moselora"`` → Method(family="moselora", rank); ``"lora-r32"`` → rank 32."""
+    """``"moselora"`` → Method(family="moselora", rank); ``"lora-r32"`` → rank 32;
+    ``"lora-rmatch:moselora"`` → LoRA matched to MoSELoRA of rank ``rank``."""
     if name in PRESETS:
         return Method(name, "moselora", rank)
-    if name in ("lora", "dora", "adalora"):
+    if name in ("lora", "dora", "adalora", "melora", "hmora"):
         return Method(name, name, rank)
     m = _RANKED.match(name)
     if m:
         return Method(name, m.group(1), int(m.group(2)))
+    if name.startswith(_RMATCH):
+        target = name.removeprefix(_RMATCH)
+        if target.startswith(_RMATCH):
+            raise MethodError(f"{name!r}: lora-rmatch matches a method, not another match")
+        return Method(name, "lora", parse_method(target, rank).rank, match=target)
     raise MethodError(
         f"unknown method {name!r}; choose one of {', '.join(METHODS)} "
-        "(or lora-rN / dora-rN for LoRA / DoRA with rank N)"
+        "(or lora-rN / dora-rN / melora-rN for rank N, lora-rmatch:M for LoRA with the "
+        "activated parameters of method M)"
     )
 
 
@@ -85,7 +116,11 @@ def ffn_targets(model: nn.Module) -> list[str] | str:
 
 
 def peft_config(method: Method, model: nn.Module, total_steps: int, **moselora_overrides):
-    """The PEFT config of ``method`` for ``model`` (FFN targets, ``alpha = 2 r``)."""
+    """The PEFT config of ``method`` for ``model`` (FFN targets, ``alpha = 2 r``).
+
+    ``lora-rmatch:M`` builds ``M`` on a weightless copy of ``model`` to count its activated
+    parameters (:func:`matched_rank`); ``model`` itself is not touched.
+    """
     targets = ffn_targets(model)
     alpha = 2 * method.rank
     if method.is_moselora:
@@ -105,12 +140,41 @@ def peft_config(method: Method, model: nn.Module, total_steps: int, **moselora_o
         )
     from peft import AdaLoraConfig, LoraConfig
 
+    if method.match is not None:
+        rank = matched_rank(parse_method(method.match, method.rank), model)[0]
+        return LoraConfig(
+            r=rank, lora_alpha=2 * rank, target_modules=targets, task_type="CAUSAL_LM"
+        )
     if method.family in ("lora", "dora"):
         return LoraConfig(
             r=method.rank,
             lora_alpha=alpha,
             target_modules=targets,
             use_dora=method.family == "dora",
+            task_type="CAUSAL_LM",
+        )
+    if method.family == "melora":
+        if method.rank % MELORA_MINI:
+            raise MethodError(
+                f"{method.name} needs a rank divisible by {MELORA_MINI} (its {MELORA_MINI} mini "
+                f"LoRAs have rank r / {MELORA_MINI}), got {method.rank}"
+            )
+        return baselines.MELoraConfig(
+            r=method.rank,
+            num_mini=MELORA_MINI,
+            alpha=alpha,
+            target_modules=targets,
+            task_type="CAUSAL_LM",
+        )
+    if method.family == "hmora":
+        # HMoRA's training command gives the block's output projection a plain LoRA; it is
+        # the last name of every FFN_TARGET_MODULES list (a regex entry: experts everywhere)
+        plain = [targets[-1]] if isinstance(targets, list) and len(targets) > 1 else None
+        return baselines.HMoRAConfig(
+            r=method.rank,
+            alpha=alpha,
+            target_modules=targets,
+            lora_modules=plain,
             task_type="CAUSAL_LM",
         )
     # AdaLoRA prunes from init_r to target_r between tinit and total_step - tfinal; it needs
@@ -135,12 +199,15 @@ def activated_parameters(model: nn.Module) -> tuple[int, int]:
     """(trainable, activated per token) adapter parameters.
 
     For MoSELoRA only ``top_k`` of the ``N`` up-projections act on a token, so activated =
-    A + router + κ + (top_k / N)·B; for LoRA-family adapters every trainable weight acts.
+    A + router + κ + (top_k / N)·B. For HMoRA every expert acts (soft routing) but its task
+    encoder runs once per sequence and is not counted, the paper's count
+    (:func:`~mosgeo_lora.finetune.baselines.hmora.inactive_per_token`). For LoRA-family
+    adapters and MELoRA every trainable weight acts.
     """
     from mosgeo_lora import MoSELoraLayer
 
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    activated = trainable
+    activated = trainable - baselines.hmora.inactive_per_token(model)
     for module in model.modules():
         if isinstance(module, MoSELoraLayer):
             for name, b in module.moselora_B.items():
@@ -148,3 +215,37 @@ def activated_parameters(model: nn.Module) -> tuple[int, int]:
                 if b.weight.requires_grad:
                     activated -= round(b.weight.numel() * (1 - k / n))
     return trainable, activated
+
+
+def _weightless_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model``'s architecture on the meta device (no memory, no weights)."""
+    try:
+        with torch.device("meta"):
+            return type(model)(copy.deepcopy(model.config))
+    except Exception as e:  # an architecture that cannot be rebuilt from its config
+        raise MethodError(
+            f"lora-rmatch cannot rebuild {type(model).__name__} from its config to count a "
+            f"method's parameters ({type(e).__name__}: {e})"
+        ) from None
+
+
+def matched_rank(target: Method, model: nn.Module) -> tuple[int, int, int]:
+    """``(rank, lora_activated, target_activated)``: the LoRA rank (≥ 1) whose activated
+    parameters per token on ``model``'s FFN targets are nearest to ``target``'s (the smaller
+    rank on a tie); counted on weightless copies of ``model``, which is not touched."""
+    from peft import get_peft_model
+
+    if target.match is not None:
+        raise MethodError("lora-rmatch matches a method, not another match")
+
+    def activated(method: Method) -> int:
+        copy_ = _weightless_copy(model)
+        with torch.device("meta"):
+            wrapped = get_peft_model(copy_, peft_config(method, copy_, total_steps=1000))
+        return activated_parameters(wrapped)[1]
+
+    goal = activated(target)
+    per_rank = activated(Method("lora", "lora", 1))  # LoRA's count is linear in the rank
+    low = max(1, goal // per_rank)
+    rank = min((low, low + 1), key=lambda r: (abs(r * per_rank - goal), r))
+    return rank, rank * per_rank, goal
