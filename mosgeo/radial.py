@@ -92,13 +92,22 @@ def inverse_radius2(k: Tensor, eps: float) -> Tensor:
     ``R_κ = (1 − eps)/√|κ|`` for κ < 0 (``|κ|`` at least ``min_norm²``, so tiny κ gives a
     finite radius), ``max_norm/max(1, √κ)`` for κ ≥ 0; ``project(x) = x/max(1, ‖x‖/R_κ)``.
     In ``k``'s dtype, with that dtype's guards."""
+    return _inverse_radius2(k, eps)[0]
+
+
+def _inverse_radius2(k: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """``(1/R_κ², follows)``: ``follows`` where the radius follows κ, i.e. the clamp of
+    ``|κ|`` (at ``min_norm²``, κ < 0) or of ``√κ`` (at 1, κ ≥ 0) is not active (at the clamp's
+    edge too: the derivative autograd takes through ``clamp_min``)."""
     g = guards(k.dtype)
     e2 = (1.0 - eps) ** 2
-    m2 = g.max_norm**2
-    tiny = g.min_norm**2
-    return torch.where(
-        k < 0, (k * (-1.0 / e2)).clamp_min(tiny / e2), (k * (1.0 / m2)).clamp_min(1.0 / m2)
-    )
+    neg = k < 0
+    free = torch.where(neg, k * (-1.0 / e2), k * (1.0 / g.max_norm**2))
+    # the clamps, in k's dtype (a where of two Python floats would be the default dtype's)
+    floor = torch.full_like(k, 1.0 / g.max_norm**2).masked_fill_(neg, g.min_norm**2 / e2)
+    # clamp, not maximum: at the edge (κ = 1, a preset's initial value) the whole derivative
+    # goes to κ, as ``follows`` says (maximum would split it in two)
+    return torch.clamp(free, min=floor), free >= floor
 
 
 def gate_scale(eps: float, weight: float = 1.0) -> float:
@@ -120,6 +129,8 @@ class CurvatureTerms(NamedTuple):
     ir2: Tensor | None
     #: ``κR_κ²``.
     kr2: Tensor | None
+    #: Where ``R_κ`` follows κ (its clamp is not active).
+    follows: Tensor | None
 
 
 def curvature_terms(k: Tensor, eps: float, input_map: str) -> CurvatureTerms:
@@ -127,22 +138,20 @@ def curvature_terms(k: Tensor, eps: float, input_map: str) -> CurvatureTerms:
 
     For curvatures ``k`` (compute dtype) and the storage dtype's margin ``eps``."""
     if input_map == "lift":
-        return CurvatureTerms(k, None, None, None)
-    ir2 = inverse_radius2(k, eps)
-    return CurvatureTerms(k, ir2.sqrt(), ir2, k / ir2)
+        return CurvatureTerms(k, None, None, None, None)
+    ir2, follows = _inverse_radius2(k, eps)
+    return CurvatureTerms(k, ir2.sqrt(), ir2, k / ir2, follows)
 
 
 def _kp(terms: CurvatureTerms) -> Tensor:
-    """``Kp = d log(ir·(1 + κR²))/dκ`` per expert: ``1/(2κ)`` where the radius follows κ
-    (κ ≤ −min_norm², κ ≥ 1: at the clamp's edge the derivative autograd takes through
-    :func:`inverse_radius2`), ``1/(ir² + κ)`` where it is clamped."""
+    """``Kp = d log(ir·(1 + κR²))/dκ`` per expert: ``1/(2κ)`` where the radius follows κ,
+    ``1/(ir² + κ)`` where it is clamped."""
     k = terms.k
-    follows = (k <= -(guards(k.dtype).min_norm ** 2)) | (k >= 1.0)
-    return torch.where(follows, k + k, terms.ir2 + k).reciprocal()
+    return torch.where(terms.follows, k + k, terms.ir2 + k).reciprocal()
 
 
 def scale_forward(
-    z2: Tensor,
+    nz: Tensor | None,
     q: Tensor,
     terms: CurvatureTerms,
     gates: Tensor,
@@ -150,31 +159,27 @@ def scale_forward(
     *,
     eps: float,
     inside: bool = False,
-    nz: Tensor | None = None,
     save: bool = True,
 ) -> tuple[Tensor, tuple | None]:
     r"""``γ̃`` (module docstring) and what :func:`scale_backward` needs.
 
     Args:
-        z2: ``‖z̃‖²``, shape ``(T, 1)``.
+        nz: ``‖z̃‖``, shape ``(T, 1)`` (``None`` for the lift, which does not read it).
         q: ``z̃ᵀG_iz̃``, shape ``(T, N)``.
         terms: :func:`curvature_terms` of the experts' κ.
         gates: ``(T, N)``, already multiplied by :func:`gate_scale`.
         mu: the per-token factor ``μ`` (``(T, 1)``), or ``None`` for 1.
         eps: the margin of the storage dtype.
         inside: keep ``o_i`` strictly inside the ball (a half-precision storage dtype).
-        nz: ``√z2`` if the caller has it.
         save: return the saved state (else ``None``).
 
     Returns:
-        ``(γ̃, saved)``, all in ``z2``'s dtype (the compute dtype).
+        ``(γ̃, saved)``, all in ``q``'s dtype (the compute dtype).
     """
     stereo = terms.ir is not None
     f2 = 4.0 if stereo else 1.0
     lim = (1.0 - eps) ** 2 / f2
     if stereo:
-        if nz is None:
-            nz = z2.sqrt()
         n = nz if mu is None else nz * mu
         u = n * terms.ir
         d = torch.addcmul(u.clamp_min(1.0), u * u.clamp_max(1.0), terms.kr2)
@@ -198,7 +203,7 @@ def scale_forward(
     pin = y > lim
     if inside:
         pin = pin | rim
-    eta = torch.where(pin, torch.reciprocal(y * -2.0), torch.reciprocal(s * s1 * (2.0 / f2)))
+    eta = torch.where(pin, y * -2.0, s * s1 * (2.0 / f2)).reciprocal()
     zeta = torch.where(pin, 0.0, s.reciprocal())
     ea = eta if a is None else eta * a
     e_kq = ea * ka  # ∂log γ̃/∂Q
@@ -206,7 +211,7 @@ def scale_forward(
     dw = dk = None
     if stereo:
         pr = u > 1.0
-        dw = torch.where(pr, (z2 + z2).reciprocal(), ka if mu is None else ka * mu)
+        dw = torch.where(pr, nz.pow(-2) * 0.5, ka if mu is None else ka * mu)
         dk = torch.where(pr, _kp(terms), (n * nz) * a)
     return gamma, (gamma, ac, zeta, e_kq, e_aq, dw, dk)
 
@@ -215,8 +220,8 @@ def scale_backward(saved: tuple, grad: Tensor) -> tuple[Tensor | None, Tensor, T
     r"""The gradients of :func:`scale_forward`'s ``γ̃`` for ``grad = ∂L/∂γ̃``.
 
     Returns:
-        ``(−∂L/∂z2 or None (lift), ∂L/∂q, ∂L/∂κ, ∂L/∂gates)``; the first is negated (the
-        caller folds the sign into its own ``addcmul``).
+        ``(−∂L/∂(‖z̃‖²) or None (lift), ∂L/∂q, ∂L/∂κ, ∂L/∂gates)``; the first is negated
+        (the caller folds the sign into its own ``addcmul``).
     """
     gamma, ac, zeta, e_kq, e_aq, dw, dk = saved
     big = grad * gamma  # Γ
@@ -238,7 +243,8 @@ class _AdapterScale(torch.autograd.Function):
     def forward(ctx, z2, q, k, gates, mu, input_map, eps, weight, inside):
         terms = curvature_terms(k, eps, input_map)
         ctx.scale = gate_scale(eps, weight)
-        gamma, saved = scale_forward(z2, q, terms, gates * ctx.scale, mu, eps=eps, inside=inside)
+        nz = None if terms.ir is None else z2.sqrt()
+        gamma, saved = scale_forward(nz, q, terms, gates * ctx.scale, mu, eps=eps, inside=inside)
         ctx.save_for_backward(*(t for t in saved if t is not None))
         ctx.stereo = saved[-1] is not None
         ctx.shapes = (z2.shape, k.shape)
