@@ -7,9 +7,9 @@ counted after a warm-up call with ``benchmarks/_report.aten_ops`` (the measure
 widths). The adapter is the paper's default (r = 8, 8 experts, top-4, stereographic input
 map, learnable κ, balance loss on, fused), with B non-zero.
 
-Counts (torch 2.13, CPU): PEFT LoRA r = 8: 34 top-level / 42 kernel-level; MoSELoRA: 436 /
-492, autograd through every elementwise factor of the fused path. The issue's goal is 85
-top-level; the bound below is what the fused layer reaches.
+Counts (torch 2.13, CPU): PEFT LoRA r = 8: 34 top-level / 42 kernel-level; MoSELoRA before
+the fused layer (``mosgeo_lora.fused``): 436 / 492; now 132 / 235. The issue's goal, 85
+top-level, is not met: what is left is listed in ``docs/design.md`` §2.2.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from tiny_models import tiny_llama  # noqa: E402
 import mosgeo_lora  # noqa: E402
 
 #: MoSELoRA's bounds: the counts above, with a few ops of slack for other torch versions
-MAX_TOPLEVEL = 140
-MAX_KERNEL = 250
+MAX_TOPLEVEL = 136
+MAX_KERNEL = 245
 TARGETS = ["gate_proj", "up_proj", "down_proj"]
 
 
