@@ -195,7 +195,7 @@ def scale_forward(
     if inside:  # ball_factor of from_spacelike's point: |κ|‖o‖² = −f²Y·(e/f)²ĉ²/e² ≤ 1
         x = c * c * y
         rim = x < -1.0
-        c = c * torch.where(rim, (-x).rsqrt(), 1.0)
+        c = c * (-x).clamp_min(1.0).rsqrt()  # 1 where X ≤ 1
     ac = c if a is None else a * c
     gamma = gates * ac
     if not save:
@@ -204,7 +204,7 @@ def scale_forward(
     if inside:
         pin = pin | rim
     eta = torch.where(pin, y * -2.0, s * s1 * (2.0 / f2)).reciprocal()
-    zeta = torch.where(pin, 0.0, s.reciprocal())
+    zeta = s.reciprocal().masked_fill_(pin, 0.0)
     ea = eta if a is None else eta * a
     e_kq = ea * ka  # ∂log γ̃/∂Q
     e_aq = ea * aq  # ∂log γ̃/∂κ through Y

@@ -8,7 +8,7 @@ widths). The adapter is the paper's default (r = 8, 8 experts, top-4, stereograp
 map, learnable κ, balance loss on, fused), with B non-zero.
 
 Counts (torch 2.13, CPU): PEFT LoRA r = 8: 34 top-level / 42 kernel-level; MoSELoRA before
-the fused layer (``mosgeo_lora.fused``): 436 / 492; now 132 / 235. The issue's goal, 85
+the fused layer (``mosgeo_lora.fused``): 436 / 492; now 132 / 234. The issue's goal, 85
 top-level, is not met: what is left is listed in ``docs/design.md`` §2.2.
 """
 
