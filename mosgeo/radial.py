@@ -55,8 +55,10 @@ the clip radius (``−½ d log κ``), not 0.
 **Range.** Every intermediate is a ratio or a product of bounded factors: ``A·Q`` and ``κA``
 are multiplied last, so ``Y`` stays finite where ``‖B_i s_i‖²`` would overflow (tiny
 negative κ, whose ball is huge); with ``μ`` the largest ``|z_j|``, ``w ≤ r`` and
-``Q ≤ r‖B_i‖²``, so a token of norm ``1e20`` in float32 is exact. The lift input map does
-not project, and needs ``κ‖B_i z‖²`` finite in the compute dtype.
+``Q ≤ r‖B_i‖²``, so a token of norm ``1e20`` in float32 is exact. Two limits: ``D``
+overflows where ``κR_κ² ≈ max_norm²`` (κ ≥ 1) meets ``‖z‖ ≳ 1e29/√κ`` in float32 (those
+experts' ``γ̃``, some 1e-10 of the others', is then 0); and the lift input map does not
+project, so it needs ``κ‖B_i z‖²`` finite in the compute dtype.
 """
 
 from __future__ import annotations
