@@ -1,5 +1,6 @@
 """What every benchmark here shares: interleaved timing, the machine line, the command line
-that reproduces a run, Markdown tables and the JSON + Markdown result files.
+that reproduces a run, Markdown tables and the JSON + Markdown result files, and the count
+of aten ops of a call (``tests/tuner/test_ops.py`` counts with it too).
 
 Timing rule (the house rule of ``benchmarks/``): every contender runs once per repetition,
 in a rotated order, in the same process, so that a slow spell of the machine hits all of
@@ -15,11 +16,14 @@ import platform
 import re
 import statistics
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch.profiler import ProfilerActivity, profile
+from torch.utils._python_dispatch import TorchDispatchMode
 
 #: The default output folder of every benchmark.
 RESULTS = Path(__file__).parent / "results"
@@ -36,7 +40,44 @@ __all__ = [
     "command_line",
     "write_results",
     "sync",
+    "aten_ops",
 ]
+
+
+class _DispatchCounter(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def aten_ops(fn: Callable[[], Any]) -> tuple[Counter, int]:
+    """The aten ops of one call of ``fn`` (after a warm-up call), two ways.
+
+    * top-level: profiler events named ``aten::…`` with no ``aten::`` ancestor — the ops
+      eager mode dispatches from Python or the autograd engine (a composite op such as
+      ``linear`` counts once), by name;
+    * kernel-level: every op a ``TorchDispatchMode`` sees, after decomposition (views
+      included; each non-view op is at least one kernel launch on a GPU).
+    """
+    fn()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    top = Counter()
+    for event in prof.events():
+        if not event.name.startswith("aten::"):
+            continue
+        parent = event.cpu_parent
+        while parent is not None and not parent.name.startswith("aten::"):
+            parent = parent.cpu_parent
+        if parent is None:
+            top[event.name] += 1
+    with _DispatchCounter() as counter:
+        fn()
+    return top, counter.count
 
 
 def sync(device: str) -> None:

@@ -41,6 +41,7 @@ from .numerics import (
     sqnorm_norm,
 )
 from .numerics import as_curvature as _k
+from .radial import inverse_radius2
 
 Tensor = torch.Tensor
 
@@ -379,15 +380,10 @@ def project_factor(n: Tensor, k: Curvature, eps: float | None = None) -> Tensor:
 
 @float32_island
 def _project_factor(n: Tensor, k: Curvature, eps: float) -> Tensor:
-    g = guards(n.dtype)
-    k = _k(k, n)
-    # compare √|κ|·‖x‖ with the limit instead of ‖x‖ with 1/√|κ|: d(κ^{-1/2})/dκ overflows
-    # for tiny κ and 0·inf in the unused where-branch would poison the κ-gradient
-    sk = k.abs().clamp_min(g.min_norm**2).sqrt()
-    m = torch.where(k < 0, sk, torch.maximum(sk, torch.ones_like(sk))) * n
-    lim = torch.where(k < 0, torch.full_like(sk, 1.0 - eps), torch.full_like(sk, g.max_norm))
-    over = m > lim
-    return torch.where(over, lim / torch.where(over, m, torch.ones_like(m)), torch.ones_like(m))
+    # √(1/R²)·‖x‖ against 1 (not ‖x‖ against R): the radius's κ-derivative stays finite for
+    # tiny κ, where R = (1 − eps)/√|κ| would overflow; mosgeo.radial's fused adapter scalar
+    # reads the same inverse_radius2
+    return torch.reciprocal((n * inverse_radius2(_k(k, n), eps).sqrt()).clamp_min(1.0))
 
 
 def _conf_half_inv(x2: Tensor, k: Tensor) -> Tensor:

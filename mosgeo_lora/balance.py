@@ -49,12 +49,14 @@ import torch
 from torch import nn
 
 from .constants import task_type_of
+from .router import route_backward, route_forward
 
 __all__ = [
     "CALL_KWARG",
     "CallState",
     "CallRecorder",
     "BalanceGradient",
+    "balance_terms",
     "balance_loss_and_grad",
     "install",
     "recorder_of",
@@ -116,6 +118,61 @@ class BalanceGradient(torch.autograd.Function):
         return g + ctx.balance, None, None
 
 
+def balance_terms(
+    probs: torch.Tensor,
+    mask: torch.Tensor | None,
+    top_k: int,
+    weights: torch.Tensor | None = None,
+    *,
+    value: float = 1.0,
+    scale: torch.Tensor | float = 1.0,
+    grad: bool = True,
+    aux: bool = False,
+) -> tuple[torch.Tensor | None, torch.Tensor | None, float, torch.Tensor | None]:
+    r"""The Switch loss of one layer from the routing of :func:`mosgeo_lora.router.route_forward`
+    (module docstring), without autograd: one formula for the fused layer and
+    :func:`balance_loss_and_grad`.
+
+    Args:
+        probs: the softmax ``p``, shape ``(T, N)``.
+        mask: ``value`` times the 0/1 mask of chosen experts, or ``None`` (dense routing).
+        top_k: experts per token.
+        weights: ``w``, shape ``(T, 1)`` (1 = real token), or ``None`` (every token counts).
+        value: the constant folded into ``mask``.
+        scale: the factor of the loss in the objective (a float or a 0-dim tensor).
+        grad: also return the gradient's coefficients.
+        aux: also return the loss value.
+
+    Returns:
+        ``(counts, c, alpha, aux)``: ``counts = value · Σ_t w_t m_t`` (``None`` when dense),
+        the coefficients ``alpha · c`` of :func:`mosgeo_lora.router.route_backward` with
+        ``scale · ∂aux/∂logits = p ⊙ (alpha·c − ⟨alpha·c, p⟩)`` (``None``: no gradient; dense
+        routing has none, f being uniform), and the loss value (or ``None``).
+    """
+    n = probs.shape[-1]
+    total = probs.shape[0] if weights is None else weights.sum().clamp_min(1.0)
+    psum = None
+    if aux:
+        psum = probs.sum(0) if weights is None else (probs * weights).sum(0)
+    if mask is None:  # f_i = 1/N: aux = Σ_i P_i, and its gradient vanishes
+        return None, None, 1.0, (None if psum is None else psum.sum() / total)
+    counts = mask.sum(0) if weights is None else (mask * weights).sum(0)
+    base = n / (min(top_k, n) * value)  # aux = base · ⟨counts, Σ_t w_t p_t⟩ / W²
+    value_aux = None
+    if aux:
+        value_aux = torch.dot(counts, psum) * (base / total**2)
+    c, alpha = None, 1.0
+    if grad:  # c_ti = N f_i w_t / W · scale = base · scale · w_t counts_i / W²
+        if weights is None:
+            if isinstance(scale, torch.Tensor):
+                c, alpha = counts * scale, base / total**2
+            else:
+                c, alpha = counts, base * scale / total**2
+        else:
+            c, alpha = (weights * counts) * (scale / (total * total)), base
+    return counts, c, alpha, value_aux
+
+
 def balance_loss_and_grad(
     logits: torch.Tensor, top_k: int, token_mask: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -123,21 +180,15 @@ def balance_loss_and_grad(
     gradient with respect to the router ``logits`` (module docstring), without autograd."""
     with torch.no_grad():
         n = logits.shape[-1]
-        wide = torch.float64 if logits.dtype == torch.float64 else torch.float32
-        p = torch.softmax(logits.reshape(-1, n), dim=-1, dtype=wide)
-        if top_k >= n:
-            m = torch.ones_like(p)
-        else:
-            m = torch.zeros_like(p).scatter_(-1, p.topk(top_k, dim=-1).indices, 1.0)
-        if token_mask is None:
-            w = torch.ones_like(p[:, :1])
-        else:
+        gates, p, m = route_forward(logits.reshape(-1, n), top_k)
+        w = None
+        if token_mask is not None:
             w = token_mask.expand(logits.shape[:-1]).reshape(-1, 1).to(p.dtype)
-        total = w.sum().clamp_min(1.0)
-        f = (m * w).sum(0) / (total * min(top_k, n))
-        aux = n * (f * (p * w).sum(0) / total).sum()
-        c = (n / total) * w * f
-        grad = p * (c - (c * p).sum(-1, keepdim=True))
+        _, c, alpha, aux = balance_terms(p, m, top_k, w, aux=True)
+        if c is None:
+            grad = torch.zeros_like(p)
+        else:
+            grad = route_backward(None, p, gates, m, top_k, balance=c, alpha=alpha)
         return aux, grad.reshape(logits.shape).to(logits.dtype)
 
 

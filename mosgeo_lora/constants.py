@@ -8,6 +8,8 @@ its default targets from :data:`FFN_TARGET_MODULES`.
 
 from __future__ import annotations
 
+from mosgeo import radial as _radial
+
 __all__ = [
     "NAME",
     "PREFIX",
@@ -47,8 +49,9 @@ def preset_mix(preset: str, n: int) -> tuple[int, int, int]:
     }[preset]
 
 
-#: The input maps of an expert: paper eq. 5 with the ball projection, or ``z`` itself.
-INPUT_MAPS = ("stereographic", "lift")
+#: The input maps of an expert: paper eq. 5 with the ball projection, or ``z`` itself
+#: (:data:`mosgeo.radial.INPUT_MAPS`, the geometry that evaluates them).
+INPUT_MAPS = _radial.INPUT_MAPS
 
 #: The three spaces, in the order experts are laid out (hyperbolic first, Euclidean last).
 SPACES = ("hyperbolic", "spherical", "euclidean")

@@ -1,4 +1,4 @@
-r"""The mixture-of-space experts of one adapted layer: literal reference and fused path.
+r"""The mixture of space experts of one adapted layer: literal reference and fused path.
 
 For the low-rank code ``z = A x`` (``r``-dim) and expert ``i`` with curvature ``κ_i`` and
 up-projection ``B_i`` (``d_out × r``), paper eq. 5–8 (``docs/design.md`` §2.1):
@@ -17,10 +17,14 @@ the norm of ``B_i s_i`` comes from the ``r × r`` Gram matrix, and
 .. math::
     out = B_{cat}\,(γ ⊗ z),\quad γ_i = g_i c_i a_i,\quad B_{cat} = [B_1 … B_N],
 
-one ``(T × N·r)·(N·r × d_out)`` matmul with no per-expert ``d_out`` tensor. Both paths call
-the formulas of :mod:`mosgeo` (``project``/``project_factor``, ``to_spacelike``/
-``spacelike_scale``, ``clip_spacelike``/``clip_spacelike_factor``,
-``from_spacelike``/``spacelike_inverse_scale``); nothing is re-derived here.
+one ``(T × N·r)·(N·r × d_out)`` matmul with no per-expert ``d_out`` tensor. The scalar
+``γ`` and its derivatives are :mod:`mosgeo.radial`'s (the composition of ``project_factor``,
+``spacelike_scale``, ``clip_spacelike_factor`` and ``spacelike_inverse_scale``, in closed
+form); nothing is re-derived here. :func:`mix_forward` / :func:`mix_backward` are the fused
+path without an autograd graph — the Gram matrices once per call, ``zᵀG_iz`` and ``γ ⊗ z``
+as contractions, each token divided by its largest entry first (the mixture does not
+depend on that factor; no square of a huge token overflows) — for the fused layer
+(:mod:`mosgeo_lora.fused`); :func:`experts_fused` is the same as a differentiable function.
 
 ``B_cat`` is stored as one ``(d_out, N·r)`` matrix (expert ``i`` owns columns
 ``i·r … (i+1)·r − 1``) and ``k`` has shape ``(N,)``.
@@ -29,18 +33,28 @@ the formulas of :mod:`mosgeo` (``project``/``project_factor``, ``to_spacelike``/
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
-from mosgeo import charts
+from mosgeo import charts, radial
 from mosgeo import math as pmath
-from mosgeo.numerics import compute_dtype, default_eps, safe_sqrt, sqnorm
+from mosgeo.numerics import compute_dtype, default_eps, safe_sqrt
 
 from .constants import INPUT_MAPS
 
 Tensor = torch.Tensor
 
-__all__ = ["experts_reference", "experts_fused", "input_factor"]
+__all__ = [
+    "experts_reference",
+    "experts_fused",
+    "input_factor",
+    "MixState",
+    "mix_forward",
+    "mix_backward",
+]
 
 
 def _check(z: Tensor, b_cat: Tensor, k: Tensor, input_map: str) -> int:
@@ -93,6 +107,133 @@ def input_factor(z2: Tensor, k: Tensor, input_map: str, eps: float | None = None
     return p * charts.spacelike_scale(p * p * z2, k)
 
 
+class MixState(NamedTuple):
+    """What :func:`mix_backward` needs of one :func:`mix_forward` call."""
+
+    #: ``z̃ = z/μ`` (compute dtype), ``(T, r)``.
+    zt: Tensor
+    #: ``μ``, the largest ``|z_j|`` of each token, ``(T, 1)``.
+    mu: Tensor
+    #: ``B_cat`` as stored, ``(d_out, N·r)``.
+    b_cat: Tensor
+    #: ``B_cat`` in the compute dtype, viewed ``(d_out, N, r)``.
+    bv: Tensor
+    #: ``G_i z̃``, ``(T, N, r)``.
+    zg: Tensor
+    #: ``γ̃``, ``(T, N)``.
+    gamma: Tensor
+    #: ``h = γ̃ ⊗ z̃`` in the storage dtype, ``(T, N·r)``.
+    h: Tensor
+    #: :func:`mosgeo.radial.scale_forward`'s state.
+    scale: tuple
+
+
+def mix_forward(
+    z: Tensor,
+    b_cat: Tensor,
+    k: Tensor,
+    gates: Tensor,
+    *,
+    input_map: str,
+    base: Tensor | None = None,
+    save: bool = True,
+) -> tuple[Tensor, MixState | None]:
+    r"""``base + Σ_i γ_i B_i z`` (module docstring) for ``(T, r)`` codes, no autograd graph.
+
+    ``gates`` (``(T, N)``, compute dtype) are already multiplied by
+    :func:`mosgeo.radial.gate_scale` of the storage dtype's margin and the output weight;
+    ``base`` (``(T, d_out)``, or ``None``) is added by the up-projection's matmul. Each token is
+    divided by its largest ``|z_j|`` (``μ``, detached: the mixture does not depend on it),
+    so that ``‖z‖²`` and the Gram forms cannot overflow. Returns ``(out, state)``."""
+    dtype = z.dtype
+    cdt = compute_dtype(dtype)
+    eps = default_eps(dtype)  # the literal path's margins: those of the storage dtype
+    t, r = z.shape
+    d_out = b_cat.shape[0]
+    n = k.shape[-1]
+    zc = z if dtype == cdt else z.to(cdt)
+    mu = torch.linalg.vector_norm(zc, float("inf"), dim=-1, keepdim=True)
+    mu = mu.clamp_min(torch.finfo(cdt).tiny)
+    zt = zc / mu
+    bv = (b_cat if b_cat.dtype == cdt else b_cat.to(cdt)).view(d_out, n, r)
+    gram = torch.einsum("dnr,dns->nrs", bv, bv)  # B_iᵀB_i, once per call
+    zg = torch.einsum("tr,nrs->tns", zt, gram)
+    q = torch.einsum("tns,ts->tn", zg, zt)
+    terms = radial.curvature_terms(k, eps, input_map)
+    nz = None
+    if terms.ir is not None:  # the stereographic map reads ‖z̃‖ (in [1, √r], or 0)
+        nz = torch.linalg.vector_norm(zt, dim=-1, keepdim=True)
+    gamma, scale = radial.scale_forward(
+        nz, q, terms, gates, mu, eps=eps, inside=cdt != dtype, save=save
+    )
+    h = torch.einsum("tn,tr->tnr", gamma, zt).reshape(t, n * r)
+    if cdt != dtype:
+        h = h.to(dtype)
+    out = F.linear(h, b_cat) if base is None else torch.addmm(base, h, b_cat.t())
+    if not save:
+        return out, None
+    return out, MixState(zt, mu, b_cat, bv, zg, gamma, h, scale)
+
+
+def mix_backward(
+    state: MixState, grad: Tensor, need_b: bool = True
+) -> tuple[Tensor, Tensor | None, Tensor, Tensor]:
+    r"""The gradients of :func:`mix_forward` for ``grad = ∂L/∂out`` (``(T, d_out)``).
+
+    Returns ``(∂L/∂z, ∂L/∂B_cat or None, ∂L/∂κ, ∂L/∂gates)``: ``q = z̃ᵀG_iz̃`` gives
+    ``2 G_i z̃`` to ``z̃`` and ``z̃z̃ᵀ`` to ``G_i``; ``G_i = B_iᵀB_i`` gives ``2 B_i ∂G_i`` to
+    ``B_i``; ``μ`` is a constant (the mixture does not depend on it)."""
+    zt, mu, b_cat, bv, zg, gamma, h, scale = state
+    t, r = zt.shape
+    n = gamma.shape[-1]
+    cdt = zt.dtype
+    g_h = grad @ b_cat
+    if g_h.dtype != cdt:
+        g_h = g_h.to(cdt)
+    g_h = g_h.view(t, n, r)
+    g_gamma = torch.einsum("tnr,tr->tn", g_h, zt)
+    g_z2_neg, g_q, g_k, g_gates = radial.scale_backward(scale, g_gamma)
+    g_zt = torch.einsum("tnr,tn->tr", g_h, gamma)
+    g_zt = g_zt.add_(torch.einsum("tnr,tn->tr", zg, g_q), alpha=2.0)
+    if g_z2_neg is not None:
+        g_zt = g_zt.addcmul_(zt, g_z2_neg, value=-2.0)
+    g_z = g_zt / mu
+    g_b = None
+    if need_b:
+        g_b = grad.t() @ h
+        g_gram = torch.einsum("tn,tr,ts->nrs", g_q, zt, zt)
+        g_bv = torch.einsum("dnr,nrs->dns", bv, g_gram).reshape(b_cat.shape)
+        g_b = g_b.add_(g_bv if g_bv.dtype == g_b.dtype else g_bv.to(g_b.dtype), alpha=2.0)
+    return g_z, g_b, g_k, g_gates
+
+
+class _FusedExperts(torch.autograd.Function):
+    """:func:`experts_fused` with the closed-form backward of :func:`mix_backward` (not
+    twice differentiable: the backward is not recorded)."""
+
+    @staticmethod
+    def forward(ctx, z, b_cat, k, gates, input_map):
+        ctx.value = radial.gate_scale(default_eps(z.dtype))
+        cdt = compute_dtype(z.dtype)
+        out, state = mix_forward(
+            z, b_cat, k.to(cdt), gates.to(cdt) * ctx.value, input_map=input_map
+        )
+        ctx.save_for_backward(*state[:7], *(s for s in state.scale if s is not None))
+        ctx.stereo = state.scale[-1] is not None
+        ctx.dtypes = (z.dtype, k.dtype, gates.dtype)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        saved = ctx.saved_tensors
+        scale = saved[7:] if ctx.stereo else (*saved[7:], None, None)
+        state = MixState(*saved[:7], scale)
+        g_z, g_b, g_k, g_gates = mix_backward(state, grad, ctx.needs_input_grad[1])
+        zdt, kdt, gdt = ctx.dtypes
+        return g_z.to(zdt), g_b, g_k.to(kdt), (g_gates * ctx.value).to(gdt), None
+
+
 def experts_fused(
     z: Tensor,
     b_cat: Tensor,
@@ -104,7 +245,8 @@ def experts_fused(
     r"""``Σ_i g_i o_i`` of shape ``(..., d_out)`` by the radial identity (module docstring).
 
     ``gates`` has shape ``(..., N)``. Cost beyond the matmul: the Gram matrices
-    ``B_iᵀB_i`` (``N·r²·d_out``) and ``zᵀG_iz`` (``T·N·r²``).
+    ``B_iᵀB_i`` (``N·r²·d_out``) and ``zᵀG_iz`` (``T·N·r²``); the radial scalars and their
+    derivatives are :mod:`mosgeo.radial`'s, in a fixed number of ``(T, N)`` passes.
 
     Half precision (float16/bfloat16 weights, no autocast): the radial scalars ``γ_i`` —
     norms, Gram forms and factors — are computed in float32 with the storage dtype's
@@ -112,21 +254,6 @@ def experts_fused(
     including ``from_spacelike``'s: its point is kept strictly inside the ball), the two
     matmuls that touch ``d_out`` stay in the storage dtype."""
     n = _check(z, b_cat, k, input_map)
-    r = z.shape[-1]
-    d_out = b_cat.shape[0]
-    eps = default_eps(z.dtype)  # the literal path's margins: those of the storage dtype
-    cdt = compute_dtype(z.dtype)
-    zc, kc = z.to(cdt), k.to(cdt)
-    z2 = sqnorm(zc)
-    a = input_factor(z2, kc, input_map, eps)  # (..., N)
-    bv = b_cat.to(cdt).view(d_out, n, r)
-    gram = torch.einsum("dnr,dns->nrs", bv, bv)  # (N, r, r)
-    q = (torch.einsum("...r,nrs->...ns", zc, gram) * zc.unsqueeze(-2)).sum(-1)  # zᵀ G_i z
-    v2 = a * a * q.clamp_min(0.0)  # ‖B_i s_i‖²
-    c = charts.clip_spacelike_factor(safe_sqrt(v2), kc, eps)
-    c = c * charts.spacelike_inverse_scale(c * c * v2, kc)
-    if cdt != z.dtype:  # from_spacelike's point strictly inside the storage dtype's ball
-        c = c * pmath.ball_factor(c * safe_sqrt(v2), kc, eps)
-    gamma = (gates.to(cdt) * c * a).to(z.dtype)
-    h = (gamma.unsqueeze(-1) * z.unsqueeze(-2)).flatten(-2)  # (..., N·r)
-    return h @ b_cat.T
+    shape = z.shape
+    out = _FusedExperts.apply(z.reshape(-1, shape[-1]), b_cat, k, gates.reshape(-1, n), input_map)
+    return out.view(*shape[:-1], b_cat.shape[0])

@@ -33,10 +33,14 @@ import torch
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
+from mosgeo.numerics import HALF_DTYPES
+
 from ._compat import BufferDict, in_out_features
 from .balance import CALL_KWARG, BalanceGradient, CallState, balance_loss_and_grad
 from .config import MoSELoraConfig
-from .experts import experts_fused, experts_reference
+from .experts import experts_reference
+from .fused import Spec
+from .fused import adapter as fused_adapter
 from .router import route
 
 __all__ = ["MoSELoraLayer", "MoSELoraLinear", "moselora_layers"]
@@ -160,9 +164,14 @@ class MoSELoraLayer(BaseTunerLayer):
 
     # ------------------------------------------------------------------ forward
     def adapter_delta(
-        self, x: torch.Tensor, adapter_name: str, call: CallState | None = None
+        self,
+        x: torch.Tensor,
+        adapter_name: str,
+        call: CallState | None = None,
+        base: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``(α/r) Σ_i g_i o_i`` for input ``x`` (the adapter's additive output).
+        """``(α/r) Σ_i g_i o_i`` for input ``x`` (the adapter's additive output), plus ``base``
+        when one is given (the fused path adds it inside its up-projection).
 
         ``call`` is the state of the wrapped model's forward pass (its token mask and weight);
         without one (a layer called on its own) every token counts and the balance term
@@ -175,20 +184,116 @@ class MoSELoraLayer(BaseTunerLayer):
             token_mask = None  # e.g. cached generation: one new token, the mask covers all
         recording = call is not None and not call.closed  # not a recomputation in backward
         with torch.autocast(device_type=x.device.type, enabled=False):
-            z = a_lin(self.moselora_dropout[adapter_name](x).to(dtype))
-            logits = self.moselora_router[adapter_name](z)
-            logits = self._balance(logits, cfg, call, token_mask, recording)
-            gates, probs, mask = route(logits, cfg["top_k"])
-            gates = gates.to(z.dtype)
-            k = self.curvatures(adapter_name).to(z.dtype)
-            b_cat = self.moselora_B[adapter_name].weight
+            x = self.moselora_dropout[adapter_name](x)
+            if x.dtype != dtype:
+                x = x.to(dtype)
+            # the fused path adds base in its up-projection's addmm; not in half precision,
+            # where the delta is rounded to the storage dtype first, as the literal path's is
+            # (one addmm would round once, differently)
+            inner = cfg["fused"] and base is not None and base.dtype == dtype
+            inner = inner and dtype not in HALF_DTYPES
             if cfg["fused"]:
-                out = experts_fused(z, b_cat, k, gates, input_map=cfg["input_map"])
+                out = self._fused_delta(
+                    x, base if inner else None, adapter_name, call, token_mask, recording
+                )
             else:
-                per_expert = experts_reference(z, b_cat, k, input_map=cfg["input_map"])
-                out = (per_expert * gates.unsqueeze(-1)).sum(-2)
-            if recording or call is None:
-                self._count_routing(adapter_name, mask, token_mask)
+                out = self._reference_delta(x, adapter_name, call, token_mask, recording)
+        if base is None or inner:
+            return out
+        return base + out.to(base.dtype)
+
+    def _fused_delta(
+        self,
+        x: torch.Tensor,
+        base: torch.Tensor | None,
+        adapter_name: str,
+        call: CallState | None,
+        token_mask: torch.Tensor | None,
+        recording: bool,
+    ) -> torch.Tensor:
+        cfg = self.settings[adapter_name]
+        weights = self._weights(adapter_name)
+        coef = cfg["aux_loss_coef"]
+        grad_on = torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (x, weights[0], weights[1])
+        )  # the router's logits need a gradient
+        counting = recording or call is None
+        spec = Spec(
+            top_k=cfg["top_k"],
+            input_map=cfg["input_map"],
+            scaling=self.scaling[adapter_name],
+            balance=coef > 0 and grad_on,
+            counts=counting,
+            aux=coef > 0 and recording and (grad_on or self.training),
+        )
+        w = None
+        if token_mask is not None and (spec.balance or spec.counts or spec.aux):
+            wide = torch.float64 if x.dtype == torch.float64 else torch.float32
+            w = token_mask.reshape(-1, 1).to(wide)
+        scale = (call.scale(coef) if call is not None else coef) if spec.balance else 1.0
+        out, counts, value, aux = fused_adapter(x, base, weights, spec, w, scale)
+        if recording and aux is not None:
+            call.record(aux)
+        if counting:
+            self._count_fused(adapter_name, counts, value, w, x)
+        return out
+
+    def _weights(self, adapter_name: str) -> tuple:
+        """``(A, W_g, B_cat, κ_learnable (bounds applied) or None, κ_fixed)``."""
+        k = self.moselora_k[adapter_name] if adapter_name in self.moselora_k else None
+        bounds = self.settings[adapter_name]["curvature_bounds"]
+        if k is not None and bounds is not None:
+            k = k.clamp(*bounds)
+        return (
+            self.moselora_A[adapter_name].weight,
+            self.moselora_router[adapter_name].weight,
+            self.moselora_B[adapter_name].weight,
+            k,
+            self.moselora_k_fixed[adapter_name],
+        )
+
+    def _count_fused(
+        self,
+        adapter_name: str,
+        counts: torch.Tensor | None,
+        value: float,
+        w: torch.Tensor | None,
+        x: torch.Tensor,
+    ) -> None:
+        """Add the call's routing slots (``counts / value``) and real tokens, on the device."""
+        with torch.no_grad():
+            tokens = x.numel() // x.shape[-1] if w is None else w.sum()  # no host sync
+            if counts is None:  # dense routing: every token to every expert
+                n = self.settings[adapter_name]["num_experts"]
+                counts, value = torch.ones(n, device=x.device) * tokens, 1.0
+            prev = self.route_counts.get(adapter_name)
+            self.route_counts[adapter_name] = (
+                counts * (1.0 / value) if prev is None else prev.add(counts, alpha=1.0 / value)
+            )
+            self.route_tokens[adapter_name] = self.route_tokens.get(adapter_name, 0) + tokens
+
+    def _reference_delta(
+        self,
+        x: torch.Tensor,
+        adapter_name: str,
+        call: CallState | None,
+        token_mask: torch.Tensor | None,
+        recording: bool,
+    ) -> torch.Tensor:
+        """The literal path (``fused=False``): autograd through :func:`experts_reference`,
+        the balance term added to the logits' gradient by :class:`BalanceGradient`."""
+        cfg = self.settings[adapter_name]
+        z = self.moselora_A[adapter_name](x)
+        logits = self.moselora_router[adapter_name](z)
+        logits = self._balance(logits, cfg, call, token_mask, recording)
+        gates, probs, mask = route(logits, cfg["top_k"])
+        gates = gates.to(z.dtype)
+        k = self.curvatures(adapter_name).to(z.dtype)
+        b_cat = self.moselora_B[adapter_name].weight
+        per_expert = experts_reference(z, b_cat, k, input_map=cfg["input_map"])
+        out = (per_expert * gates.unsqueeze(-1)).sum(-2)
+        if recording or call is None:
+            self._count_routing(adapter_name, mask, token_mask)
         return out * self.scaling[adapter_name]
 
     def _balance(
@@ -248,7 +353,7 @@ class MoSELoraLinear(nn.Module, MoSELoraLayer):
             return result
         for name in self.active_adapters:
             if name in self.moselora_A.keys():
-                result = result + self.adapter_delta(x, name, call).to(result.dtype)
+                result = self.adapter_delta(x, name, call, base=result)
         return result
 
     def __repr__(self) -> str:

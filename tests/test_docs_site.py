@@ -244,6 +244,7 @@ MOSGEO_MODULES = [
     "mosgeo.math",
     "mosgeo.charts",
     "mosgeo.numerics",
+    "mosgeo.radial",
     "mosgeo.manifold",
     "mosgeo.distributions",
 ]

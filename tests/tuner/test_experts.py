@@ -189,3 +189,58 @@ def test_kappa_gradient_at_the_spherical_clip(kf, dtype) -> None:
             (gk,) = torch.autograd.grad(out.sum(), k)
             tol = {torch.float64: 1e-9, torch.float32: 2e-3}[dtype]
             assert abs(gk.item() - exact) <= tol * abs(exact), (scale, fused, gk.item(), exact)
+
+
+def _fused_vs_reference(z, b, k, gates, input_map="stereographic", tol=None):
+    """Values and the gradients in z, B, κ and the gates of both paths; returns the relative
+    differences per output."""
+    leaves = [[v.clone().requires_grad_() for v in (z, b, k, gates)] for _ in range(2)]
+    fus = experts_fused(*leaves[0], input_map=input_map)
+    zr, br, kr, gr = leaves[1]
+    ref = (experts_reference(zr, br, kr, input_map=input_map) * gr.unsqueeze(-1)).sum(-2)
+    up = torch.randn(ref.shape, generator=torch.Generator().manual_seed(5), dtype=ref.dtype)
+    g_f = torch.autograd.grad((fus * up).sum(), leaves[0])
+    g_r = torch.autograd.grad((ref * up).sum(), leaves[1])
+    for name, a, c in zip(("out", "z", "b", "k", "gates"), (fus, *g_f), (ref, *g_r), strict=True):
+        assert torch.isfinite(a).all() and torch.isfinite(c).all(), name
+        scale = c.abs().max().clamp_min(torch.finfo(c.dtype).tiny)
+        torch.testing.assert_close(a / scale, c / scale, **(tol or TOL[c.dtype]), msg=name)
+
+
+KAPPAS = {
+    "through-0": [0.0, 1e-8, -1e-8, 1e-30, -1e-30],
+    "inits": [-1.0, 1.0, 0.0, 1.0, -1.0],  # the presets' κ, on the clamps' edges (κ = 1)
+    "mixed": [-2.5, -0.1, 0.0, 0.4, 3.0],
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("kappas", list(KAPPAS))
+@pytest.mark.parametrize("input_map", ["stereographic", "lift"])
+def test_fused_equals_reference_through_kappa_zero(dtype, kappas, input_map):
+    """κ exactly 0, ±1e-8, ±1e-30, the presets' initial values and mixed signs: tokens inside,
+    on and beyond the ball radius and the spherical clip (norms 1e-3 … 30, B ~ N(0, 0.7²))."""
+    z, b, _, w, _ = _problem(11, dtype)
+    k = torch.tensor(KAPPAS[kappas], dtype=dtype)
+    gates, _, _ = route(z.detach() @ w.detach().T, 3)
+    _fused_vs_reference(z.detach(), b.detach(), k, gates.to(dtype), input_map)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "norm", "b_scale"),
+    [(torch.float32, 1e20, 1.0), (torch.float32, 1e20, 1e3), (torch.float32, 1e10, 30.0),
+     (torch.float64, 1e160, 1.0), (torch.float64, 1e20, 1e3)],
+)  # fmt: skip
+def test_huge_tokens_are_exact(dtype, norm, b_scale):
+    """‖z‖ = 1e20 in float32 (‖z‖² overflows; the old fused path returned NaN) or 1e160 in
+    float64, large B: every expert projects the token and the fused path equals the literal
+    one in values and every gradient. A zero token in the same batch stays exact too (its
+    gradient in z is B's, not 0/0)."""
+    g = torch.Generator().manual_seed(4)
+    n, r, d = 5, 4, 6
+    z = torch.randn(4, r, generator=g, dtype=dtype)
+    z = z / z.norm(dim=-1, keepdim=True) * torch.tensor([[norm], [norm], [1.0], [0.0]], dtype=dtype)
+    b = torch.randn(d, n * r, generator=g, dtype=dtype) * b_scale
+    k = torch.tensor([-1.0, 0.0, 1.0, 4.0, -0.3], dtype=dtype)
+    gates = torch.rand(4, n, generator=g, dtype=dtype)
+    _fused_vs_reference(z, b, k, gates)

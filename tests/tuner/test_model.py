@@ -98,13 +98,17 @@ def test_ffn_targets_table_and_errors():
 
 
 def test_adapter_saved_by_0_1_0_loads_with_the_same_logits():
+    """The recorded logits (|logit| ≤ 0.38) to float32 rounding: the fused path of 0.1.0
+    reproduced them bit for bit, the literal per-expert path of the same version is 1.3e-6
+    away and today's fused path (mosgeo_lora.fused: the same formulas, other roundings, which
+    tokens on the projected rim amplify ~1/(2ε)) 1.2e-6; a wrong load is off by > 1e-3."""
     expected = load_file(FIXTURE / "expected.safetensors")
     base = LlamaForCausalLM.from_pretrained(FIXTURE / "base").eval()
     model = PeftModel.from_pretrained(base, FIXTURE / "adapter").eval()
     assert model.peft_config["default"].peft_type == mosgeo_lora.MOSELORA
     with torch.no_grad():
         logits = model(input_ids=expected["input_ids"]).logits
-    torch.testing.assert_close(logits, expected["logits"], rtol=0, atol=1e-6)
+    torch.testing.assert_close(logits, expected["logits"], rtol=0, atol=4e-6)
     kappas = next(iter(mosgeo_lora.curvatures(model).values()))
     assert kappas == pytest.approx([-0.7, 0.8, 1.1, 0.0])
 

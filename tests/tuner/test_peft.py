@@ -327,9 +327,16 @@ def test_gradient_checkpointing_keeps_the_balance_gradient(use_reentrant):
     copy.deepcopy(ckpt)
 
 
-def test_balance_loss_value_and_gradient(monkeypatch):
+@pytest.mark.parametrize("fused", [False, True], ids=["reference", "fused"])
+def test_balance_loss_value_and_gradient(monkeypatch, fused):
     """``outputs.aux_loss`` is the mean Switch loss over the adapted layers on the real tokens;
-    ``outputs.loss`` is the task loss; the gradient is that of ``loss + coef · aux``."""
+    ``outputs.loss`` is the task loss; the gradient is that of ``loss + coef · aux``.
+
+    The reference path routes with :func:`~mosgeo_lora.router.route` (spied on); the fused path
+    routes inside its autograd Function (``fused.route_forward`` spied on, its mask divided by
+    the folded output scale), so its explicit loss is rebuilt with autograd from each layer's
+    input: ``route(W_g A x)``."""
+    from mosgeo_lora import fused as fused_module
     from mosgeo_lora.router import load_balancing_loss, route
 
     ids = tokens()
@@ -340,8 +347,15 @@ def test_balance_loss_value_and_gradient(monkeypatch):
         seen.append((probs, mask, top_k))
         return gates, probs, mask
 
+    def spy_fused(logits, top_k, value=1.0):
+        gates, probs, mask = fused_module_route_forward(logits, top_k, value)
+        seen.append((probs, mask / value, top_k))
+        return gates, probs, mask
+
+    fused_module_route_forward = fused_module.route_forward
     monkeypatch.setattr(layer_module, "route", spy)
-    model = wrapped(init_weights=False, aux_loss_coef=0.5).train()
+    monkeypatch.setattr(fused_module, "route_forward", spy_fused)
+    model = wrapped(init_weights=False, aux_loss_coef=0.5, fused=fused).train()
     out = model(input_ids=ids, labels=ids)
     assert len(seen) == 6  # one per adapted layer
     explicit = torch.stack([load_balancing_loss(p, m, k) for p, m, k in seen]).mean()
@@ -354,8 +368,21 @@ def test_balance_loss_value_and_gradient(monkeypatch):
 
     model.zero_grad()
     monkeypatch.setattr(layer_module, "balance_loss_and_grad", _no_balance)
+    monkeypatch.setattr(fused_module, "balance_terms", _no_balance_terms)
+    inputs = []
+    hooks = [
+        layer.register_forward_pre_hook(lambda m, a: inputs.append((m, a[0])))
+        for layer in adapted_layers(model).values()
+    ]
     seen.clear()
     out = model(input_ids=ids, labels=ids)
+    for h in hooks:
+        h.remove()
+    if fused:  # the same routing, rebuilt with autograd from each layer's input
+        seen[:] = [
+            (*route(m.moselora_router["default"](m.moselora_A["default"](x)), k)[1:], k)
+            for (m, x), (_, _, k) in zip(inputs, seen, strict=True)
+        ]
     explicit = torch.stack([load_balancing_loss(p, m, k) for p, m, k in seen]).mean()
     (out.loss + 0.5 * explicit).backward()
     for n, p in model.named_parameters():
@@ -371,6 +398,13 @@ def test_balance_loss_value_and_gradient(monkeypatch):
 
 def _no_balance(logits, top_k, token_mask=None):
     return torch.zeros(()), torch.zeros_like(logits)
+
+
+def _no_balance_terms(probs, mask, top_k, weights=None, **kwargs):
+    from mosgeo_lora.balance import balance_terms
+
+    counts, _, _, aux = balance_terms(probs, mask, top_k, weights, **{**kwargs, "grad": False})
+    return counts, None, 1.0, aux
 
 
 def test_balance_loss_leaves_padding_out():
@@ -499,12 +533,15 @@ def test_bf16_autocast_and_bf16_base_model():
 
 
 # --------------------------------------------------------------------------- fused vs reference
+@pytest.mark.parametrize("padded", [False, True], ids=["dense", "padded"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_fused_and_reference_paths_agree(dtype):
+def test_fused_and_reference_paths_agree(dtype, padded):
     """Same weights, fused=True vs the literal per-expert path: same logits, loss, aux loss
     and gradients (to rounding; float32 is loose because B ~ N(0, 0.5²) drives most tokens
-    into the spherical clip, which amplifies rounding)."""
-    ids = tokens()
+    into the spherical clip, which amplifies rounding). With padding, the fused layer's
+    balance gradient (added in its router backward, weighted by the attention mask) equals
+    the reference path's ``BalanceGradient``."""
+    ids, mask = _padded(tokens()) if padded else (tokens(), None)
     fused = wrapped(init_weights=False, fused=True).to(dtype)
     _randomise_curvatures(fused)
     reference = wrapped(init_weights=False, fused=False, adapter_seed=99).to(dtype)
@@ -514,7 +551,7 @@ def test_fused_and_reference_paths_agree(dtype):
     reference.load_state_dict(fused.state_dict())
     for layer in adapted_layers(reference).values():
         assert layer.settings["default"]["fused"] is False
-    outs = [_train_forward_backward(m, ids) for m in (fused, reference)]
+    outs = [_train_forward_backward(m, ids, mask) for m in (fused, reference)]
     tol = 1e-10 if dtype == torch.float64 else 1e-4
     torch.testing.assert_close(outs[0].logits, outs[1].logits, rtol=tol, atol=tol)
     torch.testing.assert_close(outs[0].loss, outs[1].loss, rtol=tol, atol=tol)
@@ -530,6 +567,30 @@ def test_fused_and_reference_paths_agree(dtype):
             # (transformers 5.25 weights). float64 is the strict check of the same formulas.
             rel = 1e-2 if dtype == torch.float32 and ".moselora_k." in n else 10 * tol
             torch.testing.assert_close(p.grad, grads[n], rtol=0, atol=rel * scale, msg=n)
+
+
+@pytest.mark.parametrize("where", ["float64", "bf16-base"])
+def test_dropout_is_applied_once_on_both_paths(where):
+    """Adapter dropout > 0: the fused and literal paths draw the same mask (one dropout call
+    per layer, before the paths fork), so with the same seed they agree — also where the
+    frozen layer's output has another dtype than the adapter (a bfloat16 base model), where
+    the fused layer adds it outside its Function. (Found: that branch re-entered the
+    adapter and dropped the input out twice.)"""
+    ids = tokens()
+    outs = []
+    for fused in (True, False):
+        if where == "float64":
+            model = wrapped(init_weights=False, fused=fused, dropout=0.5).to(torch.float64)
+        else:
+            torch.manual_seed(1)
+            model = mosgeo_lora.wrap(
+                base_model().to(torch.bfloat16),
+                small_config(init_weights=False, fused=fused, dropout=0.5),
+            )
+        torch.manual_seed(3)
+        outs.append(model.train()(input_ids=ids).logits)
+    tol = 1e-10 if where == "float64" else 0.0625  # bfloat16 logits: 8 ulps at |logit| ≤ 1
+    torch.testing.assert_close(outs[0], outs[1], rtol=tol, atol=tol)
 
 
 def _first_b(model) -> str:

@@ -56,3 +56,71 @@ def test_balance_loss_ignores_padding_and_has_router_gradient() -> None:
     loss.backward()
     assert logits.grad[0, 3:].abs().sum() == 0  # padding gets no gradient
     assert logits.grad[0, :3].abs().sum() > 0
+
+
+def _literal_route(logits, top_k):
+    """The gates by autograd: softmax, the top-k mask, renormalised (top_k > 1)."""
+    probs = torch.softmax(logits, -1)
+    if top_k >= logits.shape[-1]:
+        return probs, probs
+    mask = torch.zeros_like(probs).scatter_(-1, probs.topk(top_k, -1).indices, 1.0)
+    kept = probs * mask
+    return (kept if top_k == 1 else kept / kept.sum(-1, keepdim=True)), probs
+
+
+@pytest.mark.parametrize("top_k", [1, 2, 3, 4])
+def test_closed_form_backward_equals_autograd(top_k) -> None:
+    """``route``'s gates and probabilities and their gradients, from the closed-form
+    backward, equal autograd through the literal softmax-mask-renormalise (float64)."""
+    g = torch.Generator().manual_seed(top_k)
+    logits = torch.randn(2, 7, 4, generator=g, dtype=torch.float64) * 3
+    up_g, up_p = (torch.randn(2, 7, 4, generator=g, dtype=torch.float64) for _ in range(2))
+    a = logits.clone().requires_grad_()
+    b = logits.clone().requires_grad_()
+    gates, probs, _ = route(a, top_k)
+    ref_gates, ref_probs = _literal_route(b, top_k)
+    torch.testing.assert_close(gates, ref_gates)
+    torch.testing.assert_close(probs, ref_probs)
+    (ga,) = torch.autograd.grad((gates * up_g + probs * up_p).sum(), a)
+    (gb,) = torch.autograd.grad((ref_gates * up_g + ref_probs * up_p).sum(), b)
+    torch.testing.assert_close(ga, gb, rtol=1e-12, atol=1e-14)
+
+
+def test_ties_are_broken_as_topk_breaks_them() -> None:
+    """Tied probabilities (a zero token: every logit equal) pick exactly k experts, the ones
+    ``torch.topk`` picks: deterministic, and equal to the mask of the literal route."""
+    logits = torch.zeros(3, 4)
+    logits[1] = torch.tensor([1.0, 1.0, 1.0, 0.0])
+    _, probs, mask = route(logits, 2)
+    assert (mask.sum(-1) == 2).all()
+    ref = torch.zeros_like(probs).scatter_(-1, probs.topk(2, -1).indices, 1.0)
+    assert torch.equal(mask, ref)
+
+
+@pytest.mark.parametrize("tensor_scale", [False, True])
+@pytest.mark.parametrize("padded", [False, True])
+def test_balance_terms_give_the_loss_and_its_gradient(padded, tensor_scale) -> None:
+    """:func:`~mosgeo_lora.balance.balance_terms` (the fused layer's balance term) equals
+    :func:`load_balancing_loss` and ``scale`` times its autograd gradient in the logits, with
+    the attention mask's padding left out and the scale a float or a 0-dim tensor."""
+    from mosgeo_lora.balance import balance_terms
+    from mosgeo_lora.router import route_backward, route_forward
+
+    g = torch.Generator().manual_seed(2)
+    logits = torch.randn(2, 6, 5, generator=g, dtype=torch.float64).requires_grad_()
+    token_mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1] * 6]) if padded else None
+    scale = torch.tensor(0.3, dtype=torch.float64) if tensor_scale else 0.3
+    _, p, m = route(logits, 2)
+    loss = load_balancing_loss(p, m, 2, token_mask)
+    (grad,) = torch.autograd.grad(loss * scale, logits)
+    value = 0.7  # a constant folded into the mask, as the fused layer folds α/r
+    flat = logits.detach().reshape(-1, 5)
+    gates, probs, mask = route_forward(flat, 2, value)
+    w = None if token_mask is None else token_mask.reshape(-1, 1).to(torch.float64)
+    counts, c, alpha, aux = balance_terms(probs, mask, 2, w, value=value, scale=scale, aux=True)
+    torch.testing.assert_close(aux, loss.detach())
+    torch.testing.assert_close(counts / value, (m.reshape(-1, 5) * (1 if w is None else w)).sum(0))
+    got = route_backward(None, probs, gates, mask, 2, value, c, alpha)
+    torch.testing.assert_close(got.reshape(grad.shape), grad)
+    if padded:
+        assert not got.reshape(2, 6, 5)[0, 4:].any()  # padding gets no balance gradient

@@ -1,0 +1,308 @@
+r"""The per-(token, expert) scalar of a mixture of radial chart maps, and its derivatives.
+
+A mixture-of-space expert (``mosgeo_lora``, paper eq. 5–8) maps a code ``z`` through maps
+that are all *radial* (a vector times a scalar of its norm)::
+
+    s_i = to_spacelike(project(z, κ_i), κ_i)     # input_map="stereographic" (s_i = z: "lift")
+    o_i = from_spacelike(clip_spacelike(B_i s_i, κ_i), κ_i)
+
+so ``Σ_i g_i o_i = Σ_i γ_i B_i z`` for one scalar ``γ_i`` per token and expert, a function of
+``‖z‖²``, of the Gram form ``q_i = zᵀ(B_iᵀB_i)z = ‖B_i z‖²``, of ``κ_i`` and of the gate
+``g_i``. :func:`adapter_scale` computes ``γ`` and its derivatives in a fixed, small number of
+elementwise passes over ``(tokens, experts)`` tensors (the fused MoSELoRA layer calls
+:func:`scale_forward` / :func:`scale_backward` inside its own autograd Function).
+
+**The formula.** The inputs are taken for ``z̃ = z/μ``, ``μ > 0`` a free per-token factor
+(the result does not depend on it; the layer uses the largest ``|z_j|``, so that no square of
+a huge ``z`` overflows): ``w = ‖z̃‖²``, ``Q_i = z̃ᵀG_iz̃``. With ``f = 2`` (stereographic)
+or ``1`` (lift) and ``e = 1 − ε`` (``ε`` the margin of ``project`` and ``clip_spacelike``):
+
+.. code-block:: text
+
+    n   = μ √w                          ‖z‖
+    u   = n / R_κ                       R_κ: the radius of project (inverse_radius2)
+    D   = max(1, u) + κR_κ² · u·min(1, u)       = max(1,u)·(1 + κy²), y = ‖project(z)‖
+    A   = μ / D       (lift: A = μ)     s_i = f·A·z̃  (A = project factor × λ / 2)
+    Y   = (κA)(A Q)                     = κ‖B_i s_i‖² / f²
+    C   = max(e²/f², Y)                 the clip of clip_spacelike (κ > 0)
+    s   = √(1 − f² min(Y, e²/f²))       from_spacelike's √(1 − κ‖u‖²) of the clipped u
+    ĉ   = C^(−1/2) / (1 + s)
+    γ̃_i = e·weight · g_i · A · ĉ         Σ_i γ̃_i B_i z̃ = weight · Σ_i g_i o_i
+
+(half precision: ``ĉ`` is further multiplied by ``min(1, 1/√(−Y ĉ²))``, the ``ball_factor``
+that keeps ``o_i`` strictly inside the storage dtype's ball for κ < 0). Each line is the
+radial factor of the map named beside it (:func:`mosgeo.math.project_factor`,
+:func:`mosgeo.charts.spacelike_scale`, :func:`~mosgeo.charts.clip_spacelike_factor`,
+:func:`~mosgeo.charts.spacelike_inverse_scale`) written on ``κ‖v‖²`` instead of ``‖v‖``;
+the projection radius is the same function (:func:`inverse_radius2`) in both.
+
+**Derivatives** (``Γ = ∂L/∂γ̃ · γ̃``), in closed form:
+
+.. code-block:: text
+
+    d log γ̃ = d log g + ζ d log A + η (A·AQ dκ + κA·A dQ)
+    η = d log ĉ / dY = −1/(2Y)  where the norm is pinned (clipped, or on the half-precision rim)
+                     = f²/(2s(1 + s))  elsewhere;      ζ = 1 + 2ηY  (0 pinned, 1/s free)
+    d log A = −(1/(2w)) dw − Kp dκ          projected tokens (u > 1)
+            = −κμA dw − n√w·A dκ            inside the radius
+    Kp = 1/(2κ) where R_κ ∝ |κ|^(−1/2), else 1/(R_κ^(−2) + κ)
+
+so ``∂L/∂Q = Γ η κA·A``, ``∂L/∂w = Σ_i Γ ζ ∂log A/∂w``, ``∂L/∂κ = Σ_t Γ(ζ ∂log A/∂κ + η A·AQ)``
+and ``∂L/∂g = ∂L/∂γ̃ · γ̃/g``. At a pinned norm the result does not depend on ``A`` (ζ = 0): a
+clipped expert's output has norm ``e/√κ`` whatever the input, and its κ-gradient is that of
+the clip radius (``−½ d log κ``), not 0.
+
+**Range.** Every intermediate is a ratio or a product of bounded factors: ``A·Q`` and ``κA``
+are multiplied last, so ``Y`` stays finite where ``‖B_i s_i‖²`` would overflow (tiny
+negative κ, whose ball is huge); with ``μ`` the largest ``|z_j|``, ``w ≤ r`` and
+``Q ≤ r‖B_i‖²``, so a token of norm ``1e20`` in float32 is exact. Two limits: ``D``
+overflows where ``κR_κ² ≈ max_norm²`` (κ ≥ 1) meets ``‖z‖ ≳ 1e29/√κ`` in float32 (those
+experts' ``γ̃``, some 1e-10 of the others', is then 0); and the lift input map does not
+project, so it needs ``κ‖B_i z‖²`` finite in the compute dtype.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from .numerics import HALF_DTYPES, compute_dtype, guards
+
+Tensor = torch.Tensor
+
+__all__ = [
+    "INPUT_MAPS",
+    "inverse_radius2",
+    "gate_scale",
+    "CurvatureTerms",
+    "curvature_terms",
+    "scale_forward",
+    "scale_backward",
+    "adapter_scale",
+]
+
+#: The input maps of an expert: ``project`` then ``to_spacelike`` (paper eq. 5), or ``z``
+#: itself as the space-like coordinate (an ablation).
+INPUT_MAPS = ("stereographic", "lift")
+
+
+def inverse_radius2(k: Tensor, eps: float) -> Tensor:
+    r"""``1/R_κ²``, ``R_κ`` the radius of :func:`mosgeo.math.project`.
+
+    ``R_κ = (1 − eps)/√|κ|`` for κ < 0 (``|κ|`` at least ``min_norm²``, so tiny κ gives a
+    finite radius), ``max_norm/max(1, √κ)`` for κ ≥ 0; ``project(x) = x/max(1, ‖x‖/R_κ)``.
+    In ``k``'s dtype, with that dtype's guards."""
+    return _inverse_radius2(k, eps)[0]
+
+
+def _inverse_radius2(k: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """``(1/R_κ², follows)``: ``follows`` where the radius follows κ, i.e. the clamp of
+    ``|κ|`` (at ``min_norm²``, κ < 0) or of ``√κ`` (at 1, κ ≥ 0) is not active (at the clamp's
+    edge too: the derivative autograd takes through ``clamp_min``)."""
+    g = guards(k.dtype)
+    e2 = (1.0 - eps) ** 2
+    neg = k < 0
+    free = torch.where(neg, k * (-1.0 / e2), k * (1.0 / g.max_norm**2))
+    # the clamps, in k's dtype (a where of two Python floats would be the default dtype's)
+    floor = torch.full_like(k, 1.0 / g.max_norm**2).masked_fill_(neg, g.min_norm**2 / e2)
+    # clamp, not maximum: at the edge (κ = 1, a preset's initial value) the whole derivative
+    # goes to κ, as ``follows`` says (maximum would split it in two)
+    return torch.clamp(free, min=floor), free >= floor
+
+
+def gate_scale(eps: float, weight: float = 1.0) -> float:
+    """The constant ``e·weight`` (``e = 1 − eps``) of the gates of :func:`scale_forward`.
+
+    :func:`scale_forward` expects its gates multiplied by it (a router can fold it into the
+    gates for free)."""
+    return (1.0 - eps) * weight
+
+
+class CurvatureTerms(NamedTuple):
+    """The per-expert constants of one call, shape ``(N,)``."""
+
+    #: κ itself.
+    k: Tensor
+    #: ``1/R_κ`` (stereographic; ``None`` for lift).
+    ir: Tensor | None
+    #: ``1/R_κ²``.
+    ir2: Tensor | None
+    #: ``κR_κ²``.
+    kr2: Tensor | None
+    #: Where ``R_κ`` follows κ (its clamp is not active).
+    follows: Tensor | None
+
+
+def curvature_terms(k: Tensor, eps: float, input_map: str) -> CurvatureTerms:
+    """The per-expert constants of :func:`scale_forward`.
+
+    For curvatures ``k`` (compute dtype) and the storage dtype's margin ``eps``."""
+    if input_map == "lift":
+        return CurvatureTerms(k, None, None, None, None)
+    ir2, follows = _inverse_radius2(k, eps)
+    return CurvatureTerms(k, ir2.sqrt(), ir2, k / ir2, follows)
+
+
+def _kp(terms: CurvatureTerms) -> Tensor:
+    """``Kp = d log(ir·(1 + κR²))/dκ`` per expert: ``1/(2κ)`` where the radius follows κ,
+    ``1/(ir² + κ)`` where it is clamped."""
+    k = terms.k
+    return torch.where(terms.follows, k + k, terms.ir2 + k).reciprocal()
+
+
+def scale_forward(
+    nz: Tensor | None,
+    q: Tensor,
+    terms: CurvatureTerms,
+    gates: Tensor,
+    mu: Tensor | None,
+    *,
+    eps: float,
+    inside: bool = False,
+    save: bool = True,
+) -> tuple[Tensor, tuple | None]:
+    r"""``γ̃`` (module docstring) and what :func:`scale_backward` needs.
+
+    Args:
+        nz: ``‖z̃‖``, shape ``(T, 1)`` (``None`` for the lift, which does not read it).
+        q: ``z̃ᵀG_iz̃``, shape ``(T, N)``.
+        terms: :func:`curvature_terms` of the experts' κ.
+        gates: ``(T, N)``, already multiplied by :func:`gate_scale`.
+        mu: the per-token factor ``μ`` (``(T, 1)``), or ``None`` for 1.
+        eps: the margin of the storage dtype.
+        inside: keep ``o_i`` strictly inside the ball (a half-precision storage dtype).
+        save: return the saved state (else ``None``).
+
+    Returns:
+        ``(γ̃, saved)``, all in ``q``'s dtype (the compute dtype).
+    """
+    stereo = terms.ir is not None
+    f2 = 4.0 if stereo else 1.0
+    lim = (1.0 - eps) ** 2 / f2
+    if stereo:
+        n = nz if mu is None else nz * mu
+        u = n * terms.ir
+        d = torch.addcmul(u.clamp_min(1.0), u * u.clamp_max(1.0), terms.kr2)
+        a = d.reciprocal() if mu is None else mu / d
+    else:
+        a = mu
+    ka = terms.k if a is None else a * terms.k  # κA
+    aq = q if a is None else a * q  # A·Q
+    y = ka * aq  # κA²Q, multiplied last: no overflow for tiny κ and huge ‖z‖
+    s = torch.rsub(y.clamp_max(lim), 1.0, alpha=f2).sqrt()
+    s1 = s + 1.0
+    c = y.clamp_min(lim).rsqrt() / s1
+    if inside:  # ball_factor of from_spacelike's point: |κ|‖o‖² = −f²Y·(e/f)²ĉ²/e² ≤ 1
+        x = c * c * y
+        rim = x < -1.0
+        c = c * (-x).clamp_min(1.0).rsqrt()  # 1 where X ≤ 1
+    ac = c if a is None else a * c
+    gamma = gates * ac
+    if not save:
+        return gamma, None
+    pin = y > lim
+    if inside:
+        pin = pin | rim
+    eta = torch.where(pin, y * -2.0, s * s1 * (2.0 / f2)).reciprocal()
+    zeta = s.reciprocal().masked_fill_(pin, 0.0)
+    ea = eta if a is None else eta * a
+    e_kq = ea * ka  # ∂log γ̃/∂Q
+    e_aq = ea * aq  # ∂log γ̃/∂κ through Y
+    dw = dk = None
+    if stereo:
+        pr = u > 1.0
+        dw = torch.where(pr, nz.pow(-2) * 0.5, ka if mu is None else ka * mu)
+        dk = torch.where(pr, _kp(terms), (n * nz) * a)
+    return gamma, (gamma, ac, zeta, e_kq, e_aq, dw, dk)
+
+
+def scale_backward(saved: tuple, grad: Tensor) -> tuple[Tensor | None, Tensor, Tensor, Tensor]:
+    r"""The gradients of :func:`scale_forward`'s ``γ̃`` for ``grad = ∂L/∂γ̃``.
+
+    Returns:
+        ``(−∂L/∂(‖z̃‖²) or None (lift), ∂L/∂q, ∂L/∂κ, ∂L/∂gates)``; the first is negated
+        (the caller folds the sign into its own ``addcmul``).
+    """
+    gamma, ac, zeta, e_kq, e_aq, dw, dk = saved
+    big = grad * gamma  # Γ
+    g_gates = grad * ac
+    g_q = big * e_kq
+    if dw is None:  # lift: A does not depend on w or κ
+        return None, g_q, (big * e_aq).sum(0), g_gates
+    bz = big * zeta
+    g_z2_neg = (bz * dw).sum(-1, keepdim=True)
+    g_k = torch.addcmul(big * e_aq, bz, dk, value=-1.0).sum(0)
+    return g_z2_neg, g_q, g_k, g_gates
+
+
+class _AdapterScale(torch.autograd.Function):
+    """:func:`adapter_scale` with the closed-form backward of :func:`scale_backward` (not
+    twice differentiable: the backward is not recorded)."""
+
+    @staticmethod
+    def forward(ctx, z2, q, k, gates, mu, input_map, eps, weight, inside):
+        terms = curvature_terms(k, eps, input_map)
+        ctx.scale = gate_scale(eps, weight)
+        nz = None if terms.ir is None else z2.sqrt()
+        gamma, saved = scale_forward(nz, q, terms, gates * ctx.scale, mu, eps=eps, inside=inside)
+        ctx.save_for_backward(*(t for t in saved if t is not None))
+        ctx.stereo = saved[-1] is not None
+        ctx.shapes = (z2.shape, k.shape)
+        return gamma
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        saved = ctx.saved_tensors
+        if not ctx.stereo:
+            saved = (*saved, None, None)
+        g_z2_neg, g_q, g_k, g_gates = scale_backward(saved, grad)
+        g_z2 = None
+        if ctx.needs_input_grad[0]:
+            g_z2 = torch.zeros(ctx.shapes[0], dtype=grad.dtype, device=grad.device)
+            if g_z2_neg is not None:
+                g_z2 = -g_z2_neg.sum_to_size(ctx.shapes[0])
+        g_k = g_k.sum_to_size(ctx.shapes[1])
+        return g_z2, g_q, g_k, g_gates * ctx.scale, None, None, None, None, None
+
+
+def adapter_scale(
+    z2: Tensor,
+    q: Tensor,
+    k: Tensor,
+    gates: Tensor,
+    *,
+    input_map: str = "stereographic",
+    eps: float | None = None,
+    mu: Tensor | None = None,
+    weight: float = 1.0,
+) -> Tensor:
+    r"""``γ̃``, with ``Σ_i γ̃_i B_i (z/μ) = weight · Σ_i g_i o_i(z)`` (module docstring).
+
+    Args:
+        z2: ``‖z/μ‖²``, shape ``(T, 1)``.
+        q: ``(z/μ)ᵀ(B_iᵀB_i)(z/μ)``, shape ``(T, N)``.
+        k: the experts' curvatures, shape ``(N,)``.
+        gates: the gates ``g_i``, shape ``(T, N)``.
+        input_map: ``"stereographic"`` (paper eq. 5) or ``"lift"``.
+        eps: the margin of ``project``/``clip_spacelike`` (default: that of the inputs'
+            dtype, :func:`mosgeo.numerics.default_eps`).
+        mu: the per-token factor ``μ > 0`` (``(T, 1)``; default 1).
+        weight: a constant factor of the result.
+
+    Returns:
+        ``γ̃`` of shape ``(T, N)``, differentiable in ``z2``, ``q``, ``k`` and ``gates`` by
+        a closed-form backward. Half precision: computed in float32 with the storage dtype's
+        margin, ``o_i`` kept strictly inside that dtype's ball, the result cast back.
+    """
+    if input_map not in INPUT_MAPS:
+        raise ValueError(f"input_map must be one of {INPUT_MAPS}, got {input_map!r}")
+    dtype = z2.dtype
+    if eps is None or eps < 0:
+        eps = guards(dtype).ball_eps
+    cdt = compute_dtype(dtype)
+    args = [t.to(cdt) if t is not None else None for t in (z2, q, k, gates, mu)]
+    gamma = _AdapterScale.apply(*args, input_map, eps, weight, dtype in HALF_DTYPES)
+    return gamma.to(dtype)

@@ -1,0 +1,162 @@
+r"""The fused adapter of one layer: ``A``, the router, the gates, the balance term and the
+mixture of space experts as one autograd node.
+
+.. math::
+    out = base + \frac{α}{r} \sum_i g_i(z)\, o_i(z), \qquad z = A x
+
+Forward and backward are closed forms, each a fixed number of kernels whatever the number of
+experts: the two small linears, :func:`mosgeo_lora.router.route_forward` /
+:func:`~mosgeo_lora.router.route_backward` (the load-balancing loss's gradient
+``scale · ∂aux/∂logits`` of :func:`mosgeo_lora.balance.balance_terms` is added to the
+router's softmax backward, where the old ``BalanceGradient`` node added it to the logits'
+gradient), :func:`mosgeo_lora.experts.mix_forward` / :func:`~mosgeo_lora.experts.mix_backward`
+(one Gram matrix per call) and :mod:`mosgeo.radial`'s per-(token, expert) scalar. The output
+scale ``α/r`` and the clip margin are folded into the gates; ``base`` (the frozen layer's
+output) is added by the up-projection's ``addmm``.
+
+What autograd would keep per elementwise op — a node, its saved inputs, its backward kernels —
+is one node here: one adapted layer's forward+backward runs 132 top-level aten ops instead of
+436 (``tests/tuner/test_ops.py``; ``docs/design.md`` §2.2 lists what is left), the difference
+being kernel launches on a GPU. The balance coefficients are kept on the node (not saved for
+backward), so activation checkpointing's recomputation cannot change them
+(:mod:`mosgeo_lora.balance`). Not twice differentiable (the backward is not recorded).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+
+from mosgeo import radial
+from mosgeo.numerics import compute_dtype, default_eps
+
+from .balance import balance_terms
+from .experts import MixState, mix_backward, mix_forward
+from .router import route_backward, route_forward
+
+Tensor = torch.Tensor
+
+__all__ = ["Spec", "adapter"]
+
+
+class Spec(NamedTuple):
+    """The static part of one call (Python values: a compiled graph specialises on them)."""
+
+    #: Experts per token.
+    top_k: int
+    #: ``"stereographic"`` or ``"lift"``.
+    input_map: str
+    #: The output scale ``α/r``.
+    scaling: float
+    #: The balance loss's gradient is added in backward.
+    balance: bool
+    #: The routing counts are returned (routing statistics).
+    counts: bool
+    #: The balance loss's value is returned.
+    aux: bool
+
+
+class _Adapter(torch.autograd.Function):
+    """:func:`adapter` with its closed-form backward."""
+
+    @staticmethod
+    def forward(ctx, x, base, a_w, g_w, b_w, k_learn, k_fixed, weights, scale, spec):
+        ctx.set_materialize_grads(False)  # no zero tensors for the outputs without a gradient
+        shape = x.shape
+        x2 = x if x.dim() == 2 else x.reshape(-1, shape[-1])
+        z = F.linear(x2, a_w)
+        logits = F.linear(z, g_w)
+        dtype = z.dtype
+        cdt = compute_dtype(dtype)
+        value = radial.gate_scale(default_eps(dtype), spec.scaling)
+        gates, probs, mask = route_forward(logits, spec.top_k, value)
+        counts = c = aux = None
+        alpha = 1.0
+        if spec.balance or spec.counts or spec.aux:
+            counts, c, alpha, aux = balance_terms(
+                probs, mask, spec.top_k, weights, value=value, scale=scale,
+                grad=spec.balance, aux=spec.aux,
+            )  # fmt: skip
+        k = k_fixed
+        if k_learn is not None:
+            k = torch.cat((k_learn, k_fixed if k_fixed.dtype == k_learn.dtype else
+                           k_fixed.to(k_learn.dtype)))  # fmt: skip
+        if k.dtype != cdt:
+            k = k.to(cdt)
+        if gates.dtype != cdt:
+            gates = gates.to(cdt)
+        d_out = b_w.shape[0]
+        base2 = None
+        if base is not None:
+            base2 = base if base.dim() == 2 else base.reshape(-1, d_out)
+        out, state = mix_forward(z, b_w, k, gates, input_map=spec.input_map, base=base2)
+        if x.dim() != 2:
+            out = out.view(*shape[:-1], d_out)
+        ctx.balance = (c, alpha)  # on the node, not saved: checkpointing must not recompute it
+        ctx.meta = (spec, value, shape, dtype, mask is None, 0 if k_learn is None else
+                    k_learn.shape[0], None if k_learn is None else k_learn.dtype)  # fmt: skip
+        ctx.save_for_backward(x2, z, a_w, g_w, probs, gates, mask, *state[:7], *state.scale)
+        ctx.mark_non_differentiable(*(t for t in (counts, aux) if t is not None))
+        return out, counts, value, aux
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad, *_):
+        spec, value, shape, dtype, dense, n_learn, k_dtype = ctx.meta
+        x2, z, a_w, g_w, probs, gates, mask, *rest = ctx.saved_tensors
+        state = MixState(*rest[:7], tuple(rest[7:]))
+        need = ctx.needs_input_grad
+        g2 = grad if grad.dim() == 2 else grad.reshape(-1, grad.shape[-1])
+        g_z, g_b, g_k, g_gates = mix_backward(state, g2, need[4])
+        c, alpha = ctx.balance
+        g_logits = route_backward(g_gates, probs, gates, mask, spec.top_k, value, c, alpha)
+        if g_logits.dtype != dtype:
+            g_logits = g_logits.to(dtype)
+        if g_z.dtype != dtype:
+            g_z = g_z.to(dtype)
+        g_z = torch.addmm(g_z, g_logits, g_w)
+        g_x = g_a = g_gw = g_kl = None
+        if need[0]:
+            g_x = g_z @ a_w
+            if len(shape) != 2:
+                g_x = g_x.view(shape)
+        if need[2]:
+            g_a = g_z.t() @ x2
+        if need[3]:
+            g_gw = g_logits.t() @ z
+        if need[5]:
+            g_kl = g_k[:n_learn]
+            if g_kl.dtype != k_dtype:
+                g_kl = g_kl.to(k_dtype)
+        g_base = grad if need[1] else None
+        return g_x, g_base, g_a, g_gw, g_b, g_kl, None, None, None, None
+
+
+def adapter(
+    x: Tensor,
+    base: Tensor | None,
+    weights: tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor],
+    spec: Spec,
+    token_weights: Tensor | None = None,
+    scale: Tensor | float = 1.0,
+) -> tuple[Tensor, Tensor | None, float, Tensor | None]:
+    r"""``base + (α/r) Σ_i g_i o_i(A x)`` and the call's routing data.
+
+    Args:
+        x: the layer input ``(..., d_in)``, in the adapter's dtype.
+        base: the frozen layer's output ``(..., d_out)`` in the adapter's dtype, or ``None``
+            (the adapter's output alone).
+        weights: ``(A, W_g, B_cat, κ_learnable or None, κ_fixed)``.
+        spec: the static settings (:class:`Spec`).
+        token_weights: ``w`` (``(T, 1)``, float32 at least: 1 = real token), or ``None``.
+        scale: the balance loss's factor in the objective.
+
+    Returns:
+        ``(out, counts, value, aux)``: ``counts / value`` are the routing slots per expert
+        (``None`` when not asked for or dense), and ``aux`` the balance loss (or ``None``).
+    """
+    a_w, g_w, b_w, k_learn, k_fixed = weights
+    return _Adapter.apply(x, base, a_w, g_w, b_w, k_learn, k_fixed, token_weights, scale, spec)

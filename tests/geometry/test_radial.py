@@ -1,0 +1,211 @@
+r""":mod:`mosgeo.radial`, the fused per-(token, expert) scalar ``γ`` of a mixture of radial chart
+maps, against the generic radial factors it fuses.
+
+* Values and every gradient (``‖z‖²``, the Gram form ``q``, κ, the gates) equal those of the
+  composition ``project_factor → spacelike_scale → clip_spacelike_factor →
+  spacelike_inverse_scale`` (autograd through the generic functions), float32 and float64,
+  κ through 0 (0, ±1e-8, mixed signs), tokens inside, at and beyond the projection radius and
+  the spherical clip (hypothesis).
+* ``gradcheck`` of the closed-form backward in float64 at ordinary points and just beside
+  each branch switch (projection radius, clip radius), never on a kink.
+* The per-token factor μ changes nothing, and makes a token of norm 1e160 (float64) exact.
+* Half precision: computed in float32 with the storage dtype's margin, the output point kept
+  strictly inside the storage dtype's ball, the result cast back.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import curvatures
+from hypothesis import given
+from hypothesis import strategies as st
+from torch.autograd import gradcheck
+
+import mosgeo.charts as pc
+import mosgeo.math as pm
+from mosgeo import radial
+from mosgeo.numerics import default_eps, safe_sqrt
+
+MAPS = list(radial.INPUT_MAPS)
+
+
+def composed(z2, q, k, gates, input_map, eps, inside=False):
+    """γ from the generic radial factors (the literal expert's maps, radially)."""
+    n = safe_sqrt(z2)
+    if input_map == "stereographic":
+        p = pm.project_factor(n, k, eps)
+        a = p * pc.spacelike_scale(p * p * z2, k)
+    else:
+        a = torch.ones_like(q)
+    v = a * safe_sqrt(q)  # ‖B_i s_i‖
+    c1 = pc.clip_spacelike_factor(v, k, eps)
+    c = c1 * pc.spacelike_inverse_scale((c1 * v) ** 2, k)
+    if inside:
+        c = c * pm.ball_factor(c * v, k, eps)
+    return gates * a * c
+
+
+def problem(seed, dtype, n=6, r=4, d=7, t=9, k=None):
+    """Tokens of norm 1e-3 … 30 (beyond every κ < 0 ball radius), B ~ N(0, 0.7²) (many κ > 0
+    tokens clipped), κ: 0, ±1e-8, then the given or random curvatures."""
+    g = torch.Generator().manual_seed(seed)
+    scale = torch.logspace(-3, 1.5, t, dtype=torch.float64).unsqueeze(-1)
+    z = torch.randn(t, r, generator=g, dtype=torch.float64)
+    z = z / z.norm(dim=-1, keepdim=True) * scale
+    b = torch.randn(d, n * r, generator=g, dtype=torch.float64) * 0.7
+    gram = torch.einsum("dnr,dns->nrs", b.view(d, n, r), b.view(d, n, r))
+    z2 = (z * z).sum(-1, keepdim=True)
+    q = torch.einsum("tr,nrs,ts->tn", z, gram, z)
+    if k is None:
+        k = (torch.rand(n, generator=g, dtype=torch.float64) - 0.5) * 6
+        k[:3] = torch.tensor([0.0, 1e-8, -1e-8])
+    gates = torch.rand(t, n, generator=g, dtype=torch.float64)
+    return [v.to(dtype) for v in (z2, q, torch.as_tensor(k, dtype=torch.float64), gates)]
+
+
+#: float64: the composition carries rounding noise of ~1e-12 of the gradient scale where the
+#: fused backward is exactly 0 (a clipped expert does not depend on ‖z‖). float32: a token on
+#: the projected rim, where to_spacelike amplifies rounding by ~1/(2·ball_eps) ≈ 1.4e3, is
+#: ~4e-4 off the float64 value in both float32 paths (the bound of tests/tuner/test_experts.py)
+TOL = {torch.float64: dict(rtol=1e-10, atol=1e-10), torch.float32: dict(rtol=2e-4, atol=2e-4)}
+
+
+def _compare(args, input_map, dtype, k_rtol=None, ref_dtype=torch.float64):
+    """The fused γ in ``dtype`` against the composition in ``ref_dtype`` with ``dtype``'s
+    margin (float64 by default: the float32 composition is itself ~1e-4 off near the clip)."""
+    eps = default_eps(dtype)
+    fused_args = [v.to(dtype).requires_grad_() for v in args]
+    ref_args = [v.to(ref_dtype).requires_grad_() for v in args]
+    fused = radial.adapter_scale(*fused_args, input_map=input_map)
+    ref = composed(*ref_args, input_map, eps)
+    torch.testing.assert_close(fused, ref.to(dtype), **TOL[dtype])
+    up = torch.randn(fused.shape, generator=torch.Generator().manual_seed(1), dtype=dtype)
+    g_f = torch.autograd.grad((fused * up).sum(), fused_args)
+    g_r = torch.autograd.grad((ref * up.to(ref_dtype)).sum(), ref_args, materialize_grads=True)
+    for name, a, c in zip(("z2", "q", "k", "gates"), g_f, g_r, strict=True):
+        c = c.to(dtype)
+        assert torch.isfinite(a).all(), name
+        if input_map == "lift" and name == "z2":
+            assert not a.any()  # the lift does not read ‖z‖
+            continue
+        if name == "k" and k_rtol is not None:  # per expert: sizes differ by many decades
+            torch.testing.assert_close(a, c, rtol=k_rtol, atol=0, msg="grad k")
+        s = c.abs().amax(0, keepdim=True).clamp_min(1.0)
+        torch.testing.assert_close(a / s, c / s, **TOL[dtype], msg=f"grad {name}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("input_map", MAPS)
+@given(seed=st.integers(0, 2**31 - 1))
+def test_equals_the_composed_radial_factors(dtype, input_map, seed):
+    _compare(problem(seed, dtype), input_map, dtype)
+
+
+@pytest.mark.parametrize("input_map", MAPS)
+@given(ks=st.lists(curvatures, min_size=4, max_size=4), seed=st.integers(0, 2**31 - 1))
+def test_equals_the_composed_radial_factors_for_every_curvature(input_map, ks, seed):
+    _compare(problem(seed, torch.float64, n=4, k=ks), input_map, torch.float64)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("k", [[0.0, 0.5, 1.0, 3.0, -1.0], [1e-30, -1e-30, 1e-8, -1e-8, 20.0]])
+def test_tokens_beyond_the_max_norm_bound(dtype, k):
+    """κ ≥ 0 projects at ``max_norm/max(1, √κ)`` (≈ 2e9 in float32, 6e76 in float64): tokens
+    around that bound, where the radius is clamped (0 ≤ κ ≤ 1) or follows κ (κ > 1)."""
+    top = {torch.float32: 9.7, torch.float64: 77.2}[dtype]
+    z2, q, kk, gates = problem(2, torch.float64, n=5, k=k)
+    norms = torch.logspace(top - 1.5, top + 1.0, z2.shape[0], dtype=torch.float64).unsqueeze(-1)
+    args = [z2 / z2 * norms**2, q / z2 * norms**2, kk, gates]
+    # in dtype: the bound is dtype's max_norm
+    _compare(args, "stereographic", dtype, 1e-9 if dtype == torch.float64 else 1e-3, dtype)
+
+
+def _near_switches(side: float):
+    """float64 (z2, q, κ, gates) with one expert's token just beyond (side > 0) or inside
+    (side < 0) the projection radius, and one expert's token just beyond or inside the clip
+    (relative distance 1e-3: the finite differences of gradcheck stay on one side)."""
+    eps = default_eps(torch.float64)
+    k = torch.tensor([-1.0, 0.8, 2.0, -0.3], dtype=torch.float64)
+    radius = (1 - eps) / k[0].abs().sqrt()
+    z2 = torch.tensor([[(radius * (1 + side * 1e-3)) ** 2], [0.3]], dtype=torch.float64)
+    q = torch.full((2, 4), 0.4, dtype=torch.float64)
+    a = 2 / (1 + k[1] * z2[1, 0])  # token 1 is inside every radius: a = λ
+    q[1, 1] = (1 - eps) ** 2 * (1 + side * 1e-3) / (k[1] * a * a)  # κ‖B s‖² at the clip
+    gates = torch.tensor([[0.3, 0.2, 0.4, 0.1], [0.25, 0.25, 0.25, 0.25]], dtype=torch.float64)
+    return z2, q, k, gates
+
+
+@pytest.mark.parametrize("input_map", MAPS)
+@pytest.mark.parametrize("side", [-1.0, 1.0], ids=["inside", "beyond"])
+def test_gradcheck_beside_the_branch_switches(input_map, side):
+    args = [v.requires_grad_() for v in _near_switches(side)]
+    mu = torch.tensor([[0.7], [1.3]], dtype=torch.float64)
+
+    def fn(z2, q, k, g):
+        return radial.adapter_scale(z2, q, k, g, input_map=input_map, mu=mu)
+
+    assert gradcheck(fn, args)
+    # and the switches are where the test puts them: same values as the composition
+    _compare(_near_switches(side), input_map, torch.float64)
+
+
+@pytest.mark.parametrize("input_map", MAPS)
+def test_gradcheck_at_ordinary_points_and_kappa_zero(input_map):
+    z2, q, k, gates = problem(3, torch.float64, n=5, t=6, k=[0.0, 1e-8, -1e-8, -1.5, 0.9])
+    args = [v.requires_grad_() for v in (z2, q, k, gates)]
+    assert gradcheck(lambda *a: radial.adapter_scale(*a, input_map=input_map), args)
+
+
+@pytest.mark.parametrize("input_map", MAPS)
+def test_the_per_token_factor_changes_nothing(input_map):
+    """γ̃ multiplies z/μ: γ̃/μ (the coefficient of z) is the same for every μ, and a token of
+    norm 1e160 (its ‖z‖² overflows float64) is exact through μ = its largest entry."""
+    z2, q, k, gates = problem(5, torch.float64)
+    mu = torch.logspace(-3, 3, z2.shape[0], dtype=torch.float64).unsqueeze(-1)
+    plain = radial.adapter_scale(z2, q, k, gates, input_map=input_map)
+    scaled = radial.adapter_scale(z2 / mu**2, q / mu**2, k, gates, input_map=input_map, mu=mu)
+    torch.testing.assert_close(scaled / mu, plain, rtol=1e-12, atol=0)
+    if input_map == "lift":
+        return  # the lift does not project: κ‖B z‖² must be finite
+    # 1e160 and 1e100 are beyond every expert's projection radius (κ ≥ 0: max_norm ≈ 6e76):
+    # the same projected points, so the same coefficient of z/μ
+    unit = z2[:1] / z2[:1]
+    got = radial.adapter_scale(unit, q[:1] / z2[:1], k, gates[:1], mu=unit * 1e160)
+    ref = radial.adapter_scale(unit, q[:1] / z2[:1], k, gates[:1], mu=unit * 1e100)
+    assert torch.isfinite(got).all() and (got != 0).all()
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
+@pytest.mark.parametrize("input_map", MAPS)
+def test_half_precision_is_the_float32_island(dtype, input_map):
+    """float16/bfloat16 arguments: the float32 computation with the storage dtype's margin and
+    the output point kept strictly inside the storage dtype's ball (from_spacelike's rule),
+    cast back; finite gradients in the storage dtype."""
+    z2, q, k, gates = problem(7, torch.float32)
+    z2, q = z2 * 4, q * 4  # tokens far beyond the κ < 0 balls: o_i near their rim
+    args = [v.to(dtype).requires_grad_() for v in (z2, q, k, gates)]
+    got = radial.adapter_scale(*args, input_map=input_map)
+    assert got.dtype == dtype
+    up = [v.detach().float() for v in args]
+    ref = composed(*up, input_map, default_eps(dtype), inside=True).to(dtype)
+    torch.testing.assert_close(got, ref, rtol=2 * torch.finfo(dtype).eps, atol=0)
+    grads = torch.autograd.grad(got.float().sum(), args)
+    assert all(g.dtype == dtype and torch.isfinite(g).all() for g in grads)
+
+
+def test_bad_input_map_raises():
+    z2, q, k, gates = problem(0, torch.float64)
+    with pytest.raises(ValueError, match="input_map"):
+        radial.adapter_scale(z2, q, k, gates, input_map="poincare")
+
+
+def test_project_factor_reads_the_same_radius():
+    """``project_factor`` is ``1/max(1, ‖x‖·√inverse_radius2)``: the radius the fused scalar
+    uses, whatever κ (tiny, 0, the κ ≥ 0 bound)."""
+    k = torch.tensor([-4.0, -1e-30, 0.0, 1e-30, 0.5, 9.0], dtype=torch.float64)
+    eps = default_eps(torch.float64)
+    n = torch.logspace(-3, 40, 50, dtype=torch.float64).unsqueeze(-1)
+    radius = radial.inverse_radius2(k, eps).rsqrt()
+    torch.testing.assert_close(pm.project_factor(n, k), (radius / n).clamp_max(1.0))
