@@ -81,21 +81,23 @@ def _routing_summary(history: list[dict]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _training_args(cfg: FinetuneConfig, out: Path):
+def _training_args(cfg: FinetuneConfig, out: Path, steps: int):
+    """The Trainer's arguments for a run of ``steps`` optimizer steps."""
     from transformers import TrainingArguments
 
-    save_steps = cfg.save_steps or max(1, cfg.steps // 2)
+    save_steps = cfg.save_steps or max(1, steps // 2)
     cuda = torch.cuda.is_available()
     return TrainingArguments(
         output_dir=str(out),
-        max_steps=cfg.steps,
+        max_steps=steps,
         per_device_train_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.grad_accum,
         learning_rate=cfg.lr,
         weight_decay=cfg.weight_decay,
-        warmup_steps=cfg.warmup_steps,
+        warmup_steps=cfg.total_warmup(steps),
         lr_scheduler_type="linear",
-        logging_steps=min(cfg.logging_steps, cfg.steps),
+        bf16=cfg.bf16,
+        logging_steps=min(cfg.logging_steps, steps),
         save_strategy="steps",
         save_steps=save_steps,
         save_total_limit=2,
@@ -137,8 +139,12 @@ def finetune(
     resume_from = last_checkpoint(out) if cfg.resume else None
     if cfg.resume and resume_from is None:
         raise ConfigError(f"--resume: no checkpoint-* folder in {out} to resume from")
-    n_train = cfg.train_examples or cfg.steps * cfg.batch_size * cfg.grad_accum * world
+    if cfg.epochs:  # the training set's size sets the steps (a file: all its rows)
+        n_train = cfg.train_examples
+    else:
+        n_train = cfg.train_examples or cfg.steps * cfg.batch_size * cfg.grad_accum * world
     examples = _examples(cfg, n_train)  # DataError on a bad JSONL, before loading the model
+    steps = cfg.total_steps(len(examples), world)
     eval_sets = eval_examples(cfg)
     after_sets = {**eval_sets, **(extra_eval or {})}
     tasks = task_data(cfg)  # TaskError on a bad task file or row, before loading the model
@@ -146,8 +152,9 @@ def finetune(
     if loaded is None:
         loaded = load(cfg.model)
     tok = loaded.tokenizer
-    mdata.check_fits(tok, examples, cfg.max_length)  # DataError names the too-long example
-    train_set = [mdata.tokenize_example(tok, ex, cfg.max_length) for ex in examples]
+    # DataError names the too-long example (with --truncate: an answer that alone is too long)
+    mdata.check_fits(tok, examples, cfg.max_length, cfg.truncate)
+    train_set = [mdata.tokenize_example(tok, ex, cfg.max_length, cfg.truncate) for ex in examples]
 
     if rank == 0:
         if not cfg.resume and out.is_dir():  # a fresh run does not resume stale checkpoints
@@ -161,12 +168,13 @@ def finetune(
     set_seed(cfg.seed)  # adapter initialisation
     from peft import get_peft_model
 
-    config = peft_config(method, loaded.model, cfg.steps, **cfg.moselora_overrides())
+    config = peft_config(method, loaded.model, steps, **cfg.moselora_overrides())
     model = get_peft_model(loaded.model, config)
     trainable, activated = activated_parameters(model)
     _say(
         f"{cfg.method} on {loaded.name} ({loaded.source}): {trainable:,} trainable, "
-        f"{activated:,} activated per token; {len(train_set)} training examples"
+        f"{activated:,} activated per token; {len(train_set)} training examples, "
+        f"{steps} steps"
     )
 
     before = None
@@ -176,7 +184,13 @@ def finetune(
         before.update(evaluate_tasks(model, tok, tasks, cfg.eval_batch_size, progress=progress))
         _say(f"before: {_fmt(before)}")
 
-    groups = param_groups(model, cfg.lr, cfg.curvature_lr, cfg.weight_decay)
+    groups = param_groups(
+        model,
+        cfg.lr,
+        cfg.curvature_lr,
+        cfg.weight_decay,
+        separate=cfg.optimizer_groups == "sep",
+    )
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
     stats = StepStats()
     cbs: list[Any] = [stats, JsonlLog(out / "train_log.jsonl"), *callbacks]
@@ -192,7 +206,7 @@ def finetune(
 
     trainer = Trainer(
         model=model,
-        args=_training_args(cfg, out),
+        args=_training_args(cfg, out, steps),
         train_dataset=train_set,
         data_collator=mdata.CausalLMCollator(tok),
         optimizers=(optimizer, None),

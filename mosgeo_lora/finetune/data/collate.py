@@ -35,20 +35,33 @@ def _describe(ex: Example) -> str:
     return f"example{source} {question!r} -> {ex.answer!r}"
 
 
-def tokenize_example(tokenizer: Any, ex: Example, max_length: int) -> dict[str, list[int]]:
+def tokenize_example(
+    tokenizer: Any, ex: Example, max_length: int, truncate: bool = False
+) -> dict[str, list[int]]:
     """input_ids / attention_mask / labels for one example: prompt tokens (and BOS) are
     labelled -100, answer tokens and the appended EOS are trained on. Prompt and answer are
-    tokenized separately so the label boundary is exact. Never truncates: raises DataError."""
+    tokenized separately so the label boundary is exact.
+
+    An example over ``max_length`` tokens raises DataError; with ``truncate`` its prompt
+    loses its first tokens instead (after the BOS, if any), so the end of the question and
+    the whole answer are kept. An answer that does not fit on its own is an error either way.
+    """
     eos = tokenizer.eos_token_id
     if eos is None:
         raise DataError("the tokenizer has no eos_token_id; set tokenizer.eos_token")
-    prompt = _leading_bos(tokenizer) + _encode(tokenizer, build_prompt(ex.question))
+    bos = _leading_bos(tokenizer)
+    prompt = bos + _encode(tokenizer, build_prompt(ex.question))
     target = _encode(tokenizer, target_text(ex.answer)) + [eos]
     length = len(prompt) + len(target)
+    room = max_length - len(target) - len(bos)  # prompt tokens that fit after the BOS
+    if length > max_length and truncate and room >= 1:
+        prompt = bos + prompt[len(prompt) - room :]
+        length = len(prompt) + len(target)
     if length > max_length:
+        why = " (the answer alone does not fit)" if truncate else ""
         raise DataError(
             f"{_describe(ex)} is {length} tokens (prompt {len(prompt)} + answer {len(target)}),"
-            f" over max_length={max_length}"
+            f" over max_length={max_length}{why}"
         )
     return {
         "input_ids": prompt + target,
@@ -74,14 +87,17 @@ def text_prompt_ids(tokenizer: Any, text: str, chat_template: bool = False) -> l
     return _leading_bos(tokenizer) + _encode(tokenizer, text)
 
 
-def check_fits(tokenizer: Any, examples: Sequence[Example], max_length: int) -> None:
-    """Raise DataError, before any training, if any example exceeds `max_length` tokens."""
+def check_fits(
+    tokenizer: Any, examples: Sequence[Example], max_length: int, truncate: bool = False
+) -> None:
+    """Raise DataError, before any training, if any example exceeds `max_length` tokens (with
+    ``truncate``: if any answer alone does not fit, see :func:`tokenize_example`)."""
     if not examples:
         raise DataError("no examples to check")
     errors: list[str] = []
     for ex in examples:
         try:
-            tokenize_example(tokenizer, ex, max_length)
+            tokenize_example(tokenizer, ex, max_length, truncate)
         except DataError as e:
             errors.append(str(e))
     if errors:
