@@ -341,10 +341,16 @@ def _report(m: dict) -> None:
     )
     acc, before = m.get("accuracy", {}), m.get("accuracy_before", {})
     if acc:
-        print(f"{'exact match':24s} {'before':>8s} {'after':>8s}" if before else "exact match")
+        print(f"{'accuracy':24s} {'before':>8s} {'after':>8s}" if before else "accuracy")
         for name, a in acc.items():
             b = f"{100 * before[name]:7.1f}%" if name in before else ""
             print(f"  {name:22s} {b:>8s} {100 * a:7.1f}%")
+    for name, scores in m.get("tasks", {}).items():  # a task's own metrics (CoLA, MRPC)
+        old = m.get("eval_before", {}).get(name, {})
+        for key in ("matthews_correlation", "f1"):
+            if key in scores:
+                b = f"{old[key]:8.3f}" if key in old else ""
+                print(f"  {name + ' ' + key:22s} {b:>8s} {scores[key]:8.3f}")
     for label, path in m.get("files", {}).items():
         print(f"{label:>20s}: {path}")
 
@@ -407,6 +413,11 @@ def _compare(ns: argparse.Namespace) -> int:
     )
     for m in cfg.methods:  # validate names and the base settings before any run
         replace(base, method=m).validate()
+    if base.classification_task() is not None:
+        raise ConfigError(
+            "compare does not take a classification task (cola, mrpc) yet: it picks learning "
+            "rates on generated math problems; run finetune --task once per method and seed"
+        )
     compare(cfg)
     print((Path(cfg.output_dir) / "compare.md").read_text())
     return 0

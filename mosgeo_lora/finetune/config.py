@@ -69,7 +69,9 @@ class FinetuneConfig:
 
     #: ``--model``: the base model (see :func:`~mosgeo_lora.finetune.base_models.load`).
     model: str = DEFAULT_MODEL
-    #: ``--data``: ``"math"`` (the generated training mix) or a question/answer JSONL file.
+    #: ``--data``: ``"math"`` (the generated training mix) or a question/answer JSONL file;
+    #: with a classification task (``--task cola``), a file of training rows in the task's
+    #: schema, ``"math"`` standing for the task's training split on the hub.
     data: str = MATH_DATA
     #: ``--method``: a MoSELoRA preset or a PEFT baseline
     #: (:data:`~mosgeo_lora.finetune.methods.METHODS`).
@@ -183,7 +185,10 @@ class FinetuneConfig:
             )
         if self.recipe and self.recipe not in RECIPES:
             raise ConfigError(f"unknown recipe {self.recipe!r}; recipes: {', '.join(RECIPES)}")
-        if self.epochs and self.data == MATH_DATA and not self.train_examples:
+        if self.recipe == "paper-nlu" and self.classification_task() is None:
+            raise ConfigError("--recipe paper-nlu trains a GLUE task: add --task cola or mrpc")
+        generated = self.data == MATH_DATA and self.classification_task() is None
+        if self.epochs and generated and not self.train_examples:
             raise ConfigError(
                 "epochs of generated problems need a training-set size: give train_examples "
                 "(--train-examples N), or steps instead of epochs"
@@ -204,6 +209,39 @@ class FinetuneConfig:
         if self.data != MATH_DATA and not Path(self.data).is_file():
             raise ConfigError(f"data file not found: {self.data} (or use --data {MATH_DATA})")
         return method
+
+    def classification_task(self) -> mtasks.Task | None:
+        """The task of ``tasks`` trained as a sequence classifier (CoLA, MRPC), or ``None``:
+        then the run trains a causal LM. Unknown task names are left to :meth:`validate`."""
+        for spec in self.tasks:
+            try:
+                task = mtasks.get_task(spec.partition("=")[0])
+            except mtasks.TaskError:
+                continue
+            if task.classifies:
+                return task
+        return None
+
+    def check_classifier_run(self) -> mtasks.Task | None:
+        """The task a fine-tuning run trains as a sequence classifier (:meth:`classification_task`),
+        after checking that the run can be one: that task is its only task, and no generated
+        math set is to be scored (``eval`` may still score such a task by generation).
+
+        Raises:
+            ConfigError: a classification task with another task, or with ``eval_sets``.
+        """
+        classified = self.classification_task()
+        if classified is not None and len(self.tasks) > 1:
+            raise ConfigError(
+                f"{classified.name} trains a sequence classifier with its own head: give it "
+                f"as the only --task of the run, not with {len(self.tasks) - 1} other(s)"
+            )
+        if classified is not None and self.eval_sets not in ((), ("none",)):
+            raise ConfigError(
+                f"a {classified.name} run is a sequence classifier: it scores its task, not "
+                "the generated math sets (--eval-sets)"
+            )
+        return classified
 
     def moselora_overrides(self) -> dict[str, Any]:
         """The ``MoSELoraConfig`` fields this run sets (``--input-map``, ``--aux-loss-coef``)."""

@@ -1,4 +1,5 @@
-"""Fine-tune a causal LM with MoSELoRA or a PEFT baseline, with the HF ``Trainer`` (no subclass).
+"""Fine-tune a causal LM (or, for CoLA and MRPC, a sequence classifier) with MoSELoRA or a PEFT
+baseline, with the HF ``Trainer`` (no subclass).
 
 ``finetune(FinetuneConfig(...))`` does everything the ``mosgeo-lora finetune`` command does:
 validate every input before the model is loaded, build the data, wrap the model, train
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import statistics
 import warnings
@@ -23,6 +25,7 @@ import torch
 from mosgeo_lora import CurvatureCallback, curvatures, param_groups
 
 from . import data as mdata
+from . import tasks as mtasks
 from .base_models import LoadedModel, load
 from .callbacks import AdaLoraAllocator, CheckpointCurvatures, JsonlLog, StepStats, peak_rss_mb
 from .config import MATH_DATA, ConfigError, FinetuneConfig
@@ -30,6 +33,7 @@ from .evaluate import (
     accuracies,
     eval_examples,
     evaluate,
+    evaluate_classifier,
     evaluate_tasks,
     predictions_path,
     task_data,
@@ -143,18 +147,47 @@ def finetune(
         n_train = cfg.train_examples
     else:
         n_train = cfg.train_examples or cfg.steps * cfg.batch_size * cfg.grad_accum * world
-    examples = _examples(cfg, n_train)  # DataError on a bad JSONL, before loading the model
-    steps = cfg.total_steps(len(examples), world)
-    eval_sets = eval_examples(cfg)
-    after_sets = {**eval_sets, **(extra_eval or {})}
+    classified = cfg.check_classifier_run()
     tasks = task_data(cfg)  # TaskError on a bad task file or row, before loading the model
+    if classified is None:
+        examples = _examples(cfg, n_train)  # DataError on a bad JSONL, before loading the model
+        n_examples = len(examples)
+    else:
+        rows = _classification_rows(cfg, classified, n_train)
+        n_examples = len(rows)
+    steps = cfg.total_steps(n_examples, world)
+    eval_sets = eval_examples(cfg)
+    if classified is not None and extra_eval:
+        raise ConfigError(f"{classified.name} is scored as a classifier; extra_eval sets are not")
+    after_sets = {**eval_sets, **(extra_eval or {})}
 
     if loaded is None:
-        loaded = load(cfg.model)
+        labels = None if classified is None else len(classified.answer.names)
+        loaded = load(cfg.model, num_labels=labels)
     tok = loaded.tokenizer
-    # DataError names the too-long example (with --truncate: an answer that alone is too long)
-    mdata.check_fits(tok, examples, cfg.max_length, cfg.truncate)
-    train_set = [mdata.tokenize_example(tok, ex, cfg.max_length, cfg.truncate) for ex in examples]
+    if classified is None:
+        # DataError names the too-long example (with --truncate: an answer alone too long)
+        mdata.check_fits(tok, examples, cfg.max_length, cfg.truncate)
+        train_set = [
+            mdata.tokenize_example(tok, ex, cfg.max_length, cfg.truncate) for ex in examples
+        ]
+        collator: Any = mdata.CausalLMCollator(tok)
+    else:
+        train_set = [
+            mdata.tokenize_text(
+                tok,
+                classified.classifier_text(row),
+                classified.answer.gold(classified.reference(row)),
+                cfg.max_length,
+                cfg.truncate,
+            )
+            for row in rows
+        ]
+        for item in tasks:  # every scored text fits too, before training
+            for row in item.rows:
+                text = classified.classifier_text(row)
+                mdata.tokenize_text(tok, text, None, cfg.max_length, cfg.truncate)
+        collator = mdata.ClassificationCollator(tok)
 
     if rank == 0:
         if not cfg.resume and out.is_dir():  # a fresh run does not resume stale checkpoints
@@ -181,7 +214,7 @@ def finetune(
     progress = not cfg.disable_tqdm
     if cfg.eval_before and (eval_sets or tasks) and rank == 0:
         before = evaluate(model, tok, eval_sets, cfg.eval_batch_size, progress=progress)
-        before.update(evaluate_tasks(model, tok, tasks, cfg.eval_batch_size, progress=progress))
+        before.update(_score_tasks(cfg, model, tok, tasks, classified is not None, None))
         _say(f"before: {_fmt(before)}")
 
     groups = param_groups(
@@ -208,7 +241,7 @@ def finetune(
         model=model,
         args=_training_args(cfg, out, steps),
         train_dataset=train_set,
-        data_collator=mdata.CausalLMCollator(tok),
+        data_collator=collator,
         optimizers=(optimizer, None),
         callbacks=cbs,
     )
@@ -245,9 +278,7 @@ def finetune(
         files.update({p.stem: str(p) for p in curv.files})
     if after_sets or tasks:
         after = evaluate(model, tok, after_sets, cfg.eval_batch_size, progress=progress)
-        scored = evaluate_tasks(
-            model, tok, tasks, cfg.eval_batch_size, progress=progress, predictions_dir=out
-        )
+        scored = _score_tasks(cfg, model, tok, tasks, classified is not None, out)
         metrics["eval"] = after
         metrics["tasks"] = scored
         metrics["accuracy"] = {**accuracies(after), **accuracies(scored)}
@@ -259,6 +290,53 @@ def finetune(
     metrics["files"] = files
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     return metrics
+
+
+def _score_tasks(
+    cfg: FinetuneConfig,
+    model: Any,
+    tok: Any,
+    tasks: list[mtasks.TaskData],
+    classifier: bool,
+    predictions_dir: Path | None,
+) -> dict[str, dict[str, Any]]:
+    """The tasks' scores: by generation, or by the classifier's labels."""
+    progress = not cfg.disable_tqdm
+    if classifier:
+        return evaluate_classifier(
+            model,
+            tok,
+            tasks,
+            cfg.max_length,
+            cfg.truncate,
+            cfg.eval_batch_size,
+            progress=progress,
+            predictions_dir=predictions_dir,
+        )
+    return evaluate_tasks(
+        model, tok, tasks, cfg.eval_batch_size, progress=progress, predictions_dir=predictions_dir
+    )
+
+
+def _classification_rows(cfg: FinetuneConfig, task: mtasks.Task, n: int) -> list[dict]:
+    """The training rows of a classification run: ``cfg.data`` (a file in the task's schema)
+    or the task's training split on the hub; ``n`` of them (0: all), sampled by ``cfg.seed``,
+    a small set cycled to fill ``n``."""
+    path = None if cfg.data == MATH_DATA else cfg.data
+    try:
+        rows = mtasks.load_rows(task, path, split=task.train_split).rows
+    except mtasks.TaskError as e:
+        if path is not None:
+            raise
+        raise mtasks.TaskError(
+            f"training rows of {task.name}: {e}; offline, give --data TRAIN_FILE (rows in the "
+            f"schema of {task.hub}: {', '.join(task.fields)})"
+        ) from None
+    if not n or n == len(rows):
+        return rows
+    if n < len(rows):
+        return random.Random(cfg.seed).sample(rows, n)
+    return [rows[i % len(rows)] for i in range(n)]
 
 
 def _fmt(results: dict[str, dict[str, Any]]) -> str:

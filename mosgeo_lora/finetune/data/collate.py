@@ -13,7 +13,15 @@ import torch
 from .examples import DataError, Example
 from .prompts import build_prompt, target_text
 
-__all__ = ["tokenize_example", "prompt_ids", "text_prompt_ids", "check_fits", "CausalLMCollator"]
+__all__ = [
+    "tokenize_example",
+    "tokenize_text",
+    "prompt_ids",
+    "text_prompt_ids",
+    "check_fits",
+    "CausalLMCollator",
+    "ClassificationCollator",
+]
 
 
 def _encode(tokenizer: Any, text: str) -> list[int]:
@@ -68,6 +76,28 @@ def tokenize_example(
         "attention_mask": [1] * length,
         "labels": [-100] * len(prompt) + target,
     }
+
+
+def tokenize_text(
+    tokenizer: Any, text: str, label: int | None, max_length: int, truncate: bool = False
+) -> dict[str, Any]:
+    """input_ids / attention_mask (/ labels: the class ``label``) of a text a sequence
+    classifier reads: BOS where the tokenizer adds one, then the text (no EOS: the classifier
+    pools the last token, and the EOS often doubles as the pad).
+
+    A text over ``max_length`` tokens raises DataError; with ``truncate`` it loses its last
+    tokens.
+    """
+    ids = _leading_bos(tokenizer) + _encode(tokenizer, text)
+    if len(ids) > max_length:
+        if not truncate:
+            shown = text if len(text) <= 60 else text[:57] + "..."
+            raise DataError(f"text {shown!r} is {len(ids)} tokens, over max_length={max_length}")
+        ids = ids[:max_length]
+    out: dict[str, Any] = {"input_ids": ids, "attention_mask": [1] * len(ids)}
+    if label is not None:
+        out["labels"] = int(label)
+    return out
 
 
 def prompt_ids(tokenizer: Any, question: str) -> list[int]:
@@ -139,3 +169,27 @@ class CausalLMCollator:
             batch["attention_mask"].append(mask + [0] * pad)
             batch["labels"].append(labels + [-100] * pad)
         return {key: torch.tensor(rows, dtype=torch.long) for key, rows in batch.items()}
+
+
+class ClassificationCollator:
+    """Right-pads tokenized texts (:func:`tokenize_text`) into a batch: input_ids with the pad
+    id, attention_mask with 0, and ``labels`` as one class index per text (when given)."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.pad_id = CausalLMCollator(tokenizer).pad_id
+
+    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        if not features:
+            raise DataError("cannot collate an empty batch")
+        width = max(len(f["input_ids"]) for f in features)
+        ids = [
+            list(f["input_ids"]) + [self.pad_id] * (width - len(f["input_ids"])) for f in features
+        ]
+        mask = [[1] * len(f["input_ids"]) + [0] * (width - len(f["input_ids"])) for f in features]
+        batch = {
+            "input_ids": torch.tensor(ids, dtype=torch.long),
+            "attention_mask": torch.tensor(mask, dtype=torch.long),
+        }
+        if "labels" in features[0]:
+            batch["labels"] = torch.tensor([int(f["labels"]) for f in features], dtype=torch.long)
+        return batch
