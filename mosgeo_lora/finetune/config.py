@@ -22,6 +22,8 @@ from .methods import Method, parse_method
 
 __all__ = [
     "MATH_DATA",
+    "PAPER_MIX",
+    "PAPER_MIX_SIZE",
     "OPTIMIZER_GROUPS",
     "TABLE4",
     "RECIPES",
@@ -33,6 +35,11 @@ __all__ = [
 
 #: ``--data math``: the generated training mix (:func:`.data.training_examples`).
 MATH_DATA = "math"
+#: ``--data paper-mix``: the paper's training mix of GSM8K, MAWPS, SVAMP and AQuA
+#: (:func:`.tasks.training_mix`, read from the hub), each row as its task's prompt and target.
+PAPER_MIX = "paper-mix"
+#: The size of the paper's training mix, used when ``train_examples`` is 0.
+PAPER_MIX_SIZE = 13262
 #: ``--optimizer-groups``: ``"sep"`` (κ in its own group with ``--curvature-lr``, no weight
 #: decay) or ``"uni"`` (one group, the paper's Table 2 ablation); see
 #: :func:`mosgeo_lora.optim.param_groups`.
@@ -51,10 +58,12 @@ TABLE4: dict[str, Any] = {
 }
 
 #: ``--recipe NAME``: presets of :class:`FinetuneConfig` fields. Both hold :data:`TABLE4`;
-#: ``paper-nlu`` also lengthens ``max_length`` to 256 tokens (GLUE sentence pairs), which
-#: Table 4 does not give. A flag given on the command line overrides a preset's value.
+#: ``paper-math`` also trains on the paper's mix (``data = "paper-mix"``) with room for worked
+#: solutions (``max_length`` 1024, ``truncate``), ``paper-nlu`` lengthens ``max_length`` to
+#: 256 tokens (GLUE sentence pairs); Table 4 gives none of these.
+#: A flag given on the command line overrides a preset's value.
 RECIPES: dict[str, dict[str, Any]] = {
-    "paper-math": {**TABLE4},
+    "paper-math": {**TABLE4, "data": PAPER_MIX, "max_length": 1024, "truncate": True},
     "paper-nlu": {**TABLE4, "max_length": 256},
 }
 
@@ -69,7 +78,8 @@ class FinetuneConfig:
 
     #: ``--model``: the base model (see :func:`~mosgeo_lora.finetune.base_models.load`).
     model: str = DEFAULT_MODEL
-    #: ``--data``: ``"math"`` (the generated training mix) or a question/answer JSONL file;
+    #: ``--data``: ``"math"`` (the generated training mix), ``"paper-mix"`` (the paper's,
+    #: :data:`PAPER_MIX`) or a question/answer JSONL file;
     #: with a classification task (``--task cola``), a file of training rows in the task's
     #: schema, ``"math"`` standing for the task's training split on the hub.
     data: str = MATH_DATA
@@ -206,8 +216,14 @@ class FinetuneConfig:
                 mtasks.parse_task_spec(spec)
             except mtasks.TaskError as e:
                 raise ConfigError(str(e)) from None
-        if self.data != MATH_DATA and not Path(self.data).is_file():
-            raise ConfigError(f"data file not found: {self.data} (or use --data {MATH_DATA})")
+        if self.data not in (MATH_DATA, PAPER_MIX) and not Path(self.data).is_file():
+            raise ConfigError(
+                f"data file not found: {self.data} (or use --data {MATH_DATA} or {PAPER_MIX})"
+            )
+        if self.data == PAPER_MIX and self.classification_task() is not None:
+            raise ConfigError(
+                f"--data {PAPER_MIX} is math; a classification task trains on its own"
+            )
         return method
 
     def classification_task(self) -> mtasks.Task | None:

@@ -28,7 +28,7 @@ from . import data as mdata
 from . import tasks as mtasks
 from .base_models import LoadedModel, load
 from .callbacks import AdaLoraAllocator, CheckpointCurvatures, JsonlLog, StepStats, peak_rss_mb
-from .config import MATH_DATA, ConfigError, FinetuneConfig
+from .config import MATH_DATA, PAPER_MIX, PAPER_MIX_SIZE, ConfigError, FinetuneConfig
 from .evaluate import (
     accuracies,
     eval_examples,
@@ -149,7 +149,10 @@ def finetune(
         n_train = cfg.train_examples or cfg.steps * cfg.batch_size * cfg.grad_accum * world
     classified = cfg.check_classifier_run()
     tasks = task_data(cfg)  # TaskError on a bad task file or row, before loading the model
-    if classified is None:
+    if cfg.data == PAPER_MIX:  # TaskError offline, before loading the model
+        mix = mtasks.training_mix(n_train or PAPER_MIX_SIZE, seed=cfg.seed)
+        n_examples = len(mix)
+    elif classified is None:
         examples = _examples(cfg, n_train)  # DataError on a bad JSONL, before loading the model
         n_examples = len(examples)
     else:
@@ -165,13 +168,26 @@ def finetune(
         labels = None if classified is None else len(classified.answer.names)
         loaded = load(cfg.model, num_labels=labels)
     tok = loaded.tokenizer
-    if classified is None:
+    if cfg.data == PAPER_MIX:  # each row as its task prompts it at evaluation
+        train_set = [
+            mdata.tokenize_prompted(
+                tok,
+                ex.prompt,
+                ex.target,
+                cfg.max_length,
+                cfg.truncate,
+                mtasks.get_task(ex.task).generation.chat_template,
+            )
+            for ex in mix
+        ]
+        collator: Any = mdata.CausalLMCollator(tok)
+    elif classified is None:
         # DataError names the too-long example (with --truncate: an answer alone too long)
         mdata.check_fits(tok, examples, cfg.max_length, cfg.truncate)
         train_set = [
             mdata.tokenize_example(tok, ex, cfg.max_length, cfg.truncate) for ex in examples
         ]
-        collator: Any = mdata.CausalLMCollator(tok)
+        collator = mdata.CausalLMCollator(tok)
     else:
         train_set = [
             mdata.tokenize_text(

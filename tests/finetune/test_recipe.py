@@ -72,7 +72,9 @@ def test_each_recipe_is_table4(name):
 
 def test_recipes_differ_only_where_documented():
     math, nlu = RECIPES["paper-math"], RECIPES["paper-nlu"]
-    assert {k: v for k, v in nlu.items() if k != "max_length"} == math
+    table4 = {k: v for k, v in nlu.items() if k != "max_length"}
+    assert table4 == {k: v for k, v in math.items() if k not in ("data", "max_length", "truncate")}
+    assert math["data"] == "paper-mix" and math["truncate"]
 
 
 def test_flags_given_override_the_recipe():
@@ -226,3 +228,49 @@ def test_compare_takes_the_recipe(monkeypatch, tmp_path):
     )
     assert cli.main([*argv, "--output-dir", str(out), "--lrs", "1e-4,2e-4"]) == 0
     assert seen["cfg"].lrs == (1e-4, 2e-4)
+
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "tasks"
+
+
+def test_paper_mix_trains_on_each_tasks_prompt_and_target(tmp_path, monkeypatch):
+    from mosgeo_lora.finetune import tasks
+
+    real = tasks.training_mix
+    asked = {}
+
+    def offline_mix(size, seed, **kw):  # the hub's training splits, from the test fixtures
+        asked.update(size=size, seed=seed)
+        return real(size, seed, sources={t: FIXTURES / f"{t}.jsonl" for t in tasks.MIX_TASKS})
+
+    monkeypatch.setattr(tasks, "training_mix", offline_mix)
+    seen = []
+
+    class Batches(TrainerCallback):
+        def on_train_begin(self, args, state, control, train_dataloader=None, **kw):
+            seen.extend(train_dataloader.dataset)
+
+    cfg = FinetuneConfig(
+        model="tiny-llama",
+        data="paper-mix",
+        train_examples=6,
+        epochs=1,
+        batch_size=3,
+        max_length=400,
+        truncate=True,
+        eval_sets=("none",),
+        output_dir=str(tmp_path / "run"),
+        disable_tqdm=True,
+    )
+    metrics = finetune(cfg, callbacks=[Batches()])
+    assert asked == {"size": 6, "seed": 0} and metrics["steps"] == 2
+    tok = tiny_tokenizer()
+    mix = real(6, 0, sources={t: FIXTURES / f"{t}.jsonl" for t in tasks.MIX_TASKS})
+    texts = sorted(tok.decode(f["input_ids"], skip_special_tokens=True) for f in seen)
+    wanted = [ex.prompt + ex.target for ex in mix]
+    for text in texts:  # each training sequence is a row's prompt then its target (or its end)
+        assert any(w.endswith(text) or text == w for w in wanted), text
+    trained = sorted(
+        tok.decode([t for t in f["labels"] if t != -100], skip_special_tokens=True) for f in seen
+    )
+    assert trained == sorted(ex.target for ex in mix)

@@ -26,6 +26,8 @@ from .collate import (
     prompt_ids,
     text_prompt_ids,
     tokenize_example,
+    tokenize_pair,
+    tokenize_prompted,
     tokenize_text,
 )
 from .examples import DataError, Example, load_jsonl, to_jsonl
@@ -72,6 +74,8 @@ __all__ = [
     "normalize_answer",
     "exact_match",
     "tokenize_example",
+    "tokenize_pair",
+    "tokenize_prompted",
     "tokenize_text",
     "prompt_ids",
     "text_prompt_ids",

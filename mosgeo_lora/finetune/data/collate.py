@@ -15,6 +15,8 @@ from .prompts import build_prompt, target_text
 
 __all__ = [
     "tokenize_example",
+    "tokenize_pair",
+    "tokenize_prompted",
     "tokenize_text",
     "prompt_ids",
     "text_prompt_ids",
@@ -54,12 +56,27 @@ def tokenize_example(
     loses its first tokens instead (after the BOS, if any), so the end of the question and
     the whole answer are kept. An answer that does not fit on its own is an error either way.
     """
+    bos = _leading_bos(tokenizer)
+    prompt = _encode(tokenizer, build_prompt(ex.question))
+    return tokenize_pair(tokenizer, bos, prompt, target_text(ex.answer), max_length, truncate, ex)
+
+
+def tokenize_pair(
+    tokenizer: Any,
+    bos: list[int],
+    prompt: list[int],
+    target: str,
+    max_length: int,
+    truncate: bool = False,
+    ex: Example | None = None,
+) -> dict[str, list[int]]:
+    """:func:`tokenize_example` for a tokenized ``prompt`` (after the leading ``bos`` ids,
+    which truncation keeps) and a ``target`` text; ``ex`` names the example in errors."""
     eos = tokenizer.eos_token_id
     if eos is None:
         raise DataError("the tokenizer has no eos_token_id; set tokenizer.eos_token")
-    bos = _leading_bos(tokenizer)
-    prompt = bos + _encode(tokenizer, build_prompt(ex.question))
-    target = _encode(tokenizer, target_text(ex.answer)) + [eos]
+    prompt = bos + prompt
+    target = _encode(tokenizer, target) + [eos]
     length = len(prompt) + len(target)
     room = max_length - len(target) - len(bos)  # prompt tokens that fit after the BOS
     if length > max_length and truncate and room >= 1:
@@ -67,8 +84,9 @@ def tokenize_example(
         length = len(prompt) + len(target)
     if length > max_length:
         why = " (the answer alone does not fit)" if truncate else ""
+        name = _describe(ex) if ex is not None else "example"
         raise DataError(
-            f"{_describe(ex)} is {length} tokens (prompt {len(prompt)} + answer {len(target)}),"
+            f"{name} is {length} tokens (prompt {len(prompt)} + answer {len(target)}),"
             f" over max_length={max_length}{why}"
         )
     return {
@@ -76,6 +94,24 @@ def tokenize_example(
         "attention_mask": [1] * length,
         "labels": [-100] * len(prompt) + target,
     }
+
+
+def tokenize_prompted(
+    tokenizer: Any,
+    prompt: str,
+    target: str,
+    max_length: int,
+    truncate: bool = False,
+    chat_template: bool = False,
+) -> dict[str, list[int]]:
+    """:func:`tokenize_pair` of a task's ``prompt`` text, tokenized as evaluation prompts it
+    (:func:`text_prompt_ids`, with the chat template when asked and the tokenizer has one),
+    and its ``target`` completion."""
+    if chat_template and getattr(tokenizer, "chat_template", None):
+        bos, ids = [], text_prompt_ids(tokenizer, prompt, chat_template=True)
+    else:
+        bos, ids = _leading_bos(tokenizer), _encode(tokenizer, prompt)
+    return tokenize_pair(tokenizer, bos, ids, target, max_length, truncate)
 
 
 def tokenize_text(
