@@ -270,15 +270,15 @@ class FinetuneConfig:
 
     def total_steps(self, n_examples: int, world_size: int = 1) -> int:
         """The optimizer steps of the run: ``steps``, or with ``epochs`` the Trainer's count,
-        ⌈epochs × max(1, ⌊b / accumulation⌋)⌉ with b = ⌈``n_examples`` / (batch ×
-        ``world_size``)⌉ batches per process and epoch (the last one may be short)."""
+        ``ceil(epochs * max(1, b // grad_accum))`` with ``b = ceil(n_examples / (batch_size *
+        world_size))`` batches per process and epoch (the last one may be short)."""
         if not self.epochs:
             return self.steps
         batches = math.ceil(n_examples / (self.batch_size * world_size))
         return math.ceil(self.epochs * max(1, batches // self.grad_accum))
 
     def total_warmup(self, total_steps: int) -> int:
-        """The warm-up steps: ``warmup_steps``, or ⌈``warmup_ratio`` × ``total_steps``⌉."""
+        """The warm-up steps: ``warmup_steps``, or ``ceil(warmup_ratio * total_steps)``."""
         if self.warmup_ratio:
             return math.ceil(self.warmup_ratio * total_steps)
         return self.warmup_steps
