@@ -166,6 +166,7 @@ def finetune(
 
     if loaded is None:
         labels = None if classified is None else len(classified.answer.names)
+        set_seed(cfg.seed)  # a classifier's new score head is drawn when the model loads
         loaded = load(cfg.model, num_labels=labels)
     tok = loaded.tokenizer
     if cfg.data == PAPER_MIX:  # each row as its task prompts it at evaluation
