@@ -31,7 +31,14 @@ from pathlib import Path
 from mosgeo_lora.constants import INPUT_MAPS
 
 from .base_models import DEFAULT_MODEL, TINY_MODEL, ModelError
-from .config import CompareConfig, ConfigError, FinetuneConfig
+from .config import (
+    OPTIMIZER_GROUPS,
+    RECIPES,
+    CompareConfig,
+    ConfigError,
+    FinetuneConfig,
+    apply_recipe,
+)
 from .data import EVAL_SETS, DataError
 from .methods import METHODS, MethodError
 from .tasks import TASK_NAMES
@@ -58,7 +65,9 @@ class _Extend(argparse.Action):
     """A repeatable option whose values (each comma-separated) add up to one tuple."""
 
     def __call__(self, parser, namespace, values, option_string=None):
-        setattr(namespace, self.dest, tuple(getattr(namespace, self.dest) or ()) + values)
+        current = getattr(namespace, self.dest, ())
+        current = current if isinstance(current, tuple) else ()
+        setattr(namespace, self.dest, current + values)
 
 
 _TASK_HELP = (
@@ -103,7 +112,14 @@ _RUN_OPTIONS: list[tuple[str, str, Callable, str, bool]] = [
         True,
     ),
     ("--rank", "rank", int, "adapter rank r", False),
-    ("--steps", "steps", int, "optimizer steps", False),
+    ("--steps", "steps", int, "optimizer steps (not with --epochs)", False),
+    (
+        "--epochs",
+        "epochs",
+        float,
+        "passes over the training set instead of --steps (0: use --steps)",
+        False,
+    ),
     ("--batch-size", "batch_size", int, "per-process batch size", False),
     ("--grad-accum", "grad_accum", int, "gradient accumulation steps", False),
     ("--lr", "lr", float, "learning rate", True),
@@ -112,10 +128,17 @@ _RUN_OPTIONS: list[tuple[str, str, Callable, str, bool]] = [
     ("--weight-decay", "weight_decay", float, "AdamW weight decay (not on κ)", False),
     ("--warmup-steps", "warmup_steps", int, "linear warmup steps", False),
     (
+        "--warmup-ratio",
+        "warmup_ratio",
+        float,
+        "linear warmup as a share of the steps (not with --warmup-steps)",
+        False,
+    ),
+    (
         "--max-length",
         "max_length",
         int,
-        "longest prompt+answer in tokens; longer is an error",
+        "longest prompt+answer in tokens; longer is an error unless --truncate",
         False,
     ),
     ("--train-examples", "train_examples", int, "training problems (0: steps × batch)", False),
@@ -148,6 +171,27 @@ def _add_run_options(p: argparse.ArgumentParser, single_run: bool) -> None:
         type=float,
         default=None,
         help="MoSELoRA load-balancing coefficient (default: the config's, 0.01)",
+    )
+    p.add_argument(
+        "--optimizer-groups",
+        choices=OPTIMIZER_GROUPS,
+        default=_RUN["optimizer_groups"],
+        help="sep: κ in its own AdamW group with --curvature-lr, no weight decay; uni: one "
+        "group for all (the paper's Table 2 ablation) (default: %(default)s)",
+    )
+    p.add_argument("--bf16", action="store_true", help="bfloat16 mixed precision (CPU: autocast)")
+    p.add_argument(
+        "--truncate",
+        action="store_true",
+        help="cut over-long examples to --max-length (a prompt from the left, the answer "
+        "kept; a classified text from the right) instead of stopping",
+    )
+    p.add_argument(
+        "--recipe",
+        choices=tuple(RECIPES),
+        default=_RUN["recipe"],
+        help="preset settings: the paper's Table 4 (Qwen/Qwen2-1.5B, 3 epochs, lr 3e-4, weight "
+        "decay 0.01, warmup ratio 0.1); flags given with it override its values",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
@@ -249,17 +293,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run_config(ns: argparse.Namespace) -> FinetuneConfig:
+_UNSET = object()
+
+
+def _explicit(argv: Sequence[str], command: str) -> set[str]:
+    """The destinations of the flags given on the command line (not left at their default)."""
+    parser = build_parser()
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for a in action.choices[command]._actions:
+        a.default = _UNSET
+    ns = parser.parse_args(argv)
+    return {k for k, v in vars(ns).items() if v is not _UNSET and k != "command"}
+
+
+def _run_config(ns: argparse.Namespace, explicit: set[str] | None = None) -> FinetuneConfig:
+    """The run settings of ``ns``; with ``--recipe``, the preset's values except where a flag
+    (in ``explicit``, the destinations given on the command line) overrides them."""
+    explicit = set() if explicit is None else explicit
+    if {"steps", "epochs"} <= explicit:
+        raise ConfigError("give --steps or --epochs, not both")
+    if {"warmup_steps", "warmup_ratio"} <= explicit:
+        raise ConfigError("give --warmup-steps or --warmup-ratio, not both")
     names = {f.name for f in fields(FinetuneConfig)}
     kwargs = {k: v for k, v in vars(ns).items() if k in names and v is not None}
     kwargs["disable_tqdm"] = ns.no_progress
-    return FinetuneConfig(**kwargs)
+    cfg = FinetuneConfig(**kwargs)
+    if ns.recipe:
+        cfg = apply_recipe(cfg, ns.recipe, keep=explicit)
+    return cfg
 
 
 def _finetune(ns: argparse.Namespace) -> int:
     from .train import finetune
 
-    metrics = finetune(_run_config(ns))
+    metrics = finetune(_run_config(ns, ns.explicit))
     if int(os.environ.get("RANK", 0)) == 0:
         _report(metrics)
     return 0
@@ -274,10 +341,16 @@ def _report(m: dict) -> None:
     )
     acc, before = m.get("accuracy", {}), m.get("accuracy_before", {})
     if acc:
-        print(f"{'exact match':24s} {'before':>8s} {'after':>8s}" if before else "exact match")
+        print(f"{'accuracy':24s} {'before':>8s} {'after':>8s}" if before else "accuracy")
         for name, a in acc.items():
             b = f"{100 * before[name]:7.1f}%" if name in before else ""
             print(f"  {name:22s} {b:>8s} {100 * a:7.1f}%")
+    for name, scores in m.get("tasks", {}).items():  # a task's own metrics (CoLA, MRPC)
+        old = m.get("eval_before", {}).get(name, {})
+        for key in ("matthews_correlation", "f1"):
+            if key in scores:
+                b = f"{old[key]:8.3f}" if key in old else ""
+                print(f"  {name + ' ' + key:22s} {b:>8s} {scores[key]:8.3f}")
     for label, path in m.get("files", {}).items():
         print(f"{label:>20s}: {path}")
 
@@ -326,10 +399,13 @@ def _score(ns: argparse.Namespace) -> int:
 def _compare(ns: argparse.Namespace) -> int:
     from .compare import compare
 
-    base = _run_config(ns)
+    base = _run_config(ns, ns.explicit)
+    lrs = ns.lrs
+    if ns.recipe and "lrs" not in ns.explicit:
+        lrs = (base.lr,)  # the recipe's one learning rate, not a sweep
     cfg = CompareConfig(
         methods=ns.methods,
-        lrs=ns.lrs,
+        lrs=lrs,
         seeds=ns.seeds,
         validation_per_module=ns.validation_per_module,
         output_dir=ns.output_dir,
@@ -337,6 +413,11 @@ def _compare(ns: argparse.Namespace) -> int:
     )
     for m in cfg.methods:  # validate names and the base settings before any run
         replace(base, method=m).validate()
+    if base.classification_task() is not None:
+        raise ConfigError(
+            "compare does not take a classification task (cola, mrpc) yet: it picks learning "
+            "rates on generated math problems; run finetune --task once per method and seed"
+        )
     compare(cfg)
     print((Path(cfg.output_dir) / "compare.md").read_text())
     return 0
@@ -345,7 +426,9 @@ def _compare(ns: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``mosgeo-lora`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     ns = parser.parse_args(argv)
+    ns.explicit = _explicit(argv, ns.command)
     if getattr(ns, "threads", None):
         import torch
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from . import data as mdata
 from .base_models import load
-from .config import CompareConfig
+from .config import CompareConfig, ConfigError
 from .methods import parse_method
 from .train import finetune
 
@@ -42,6 +42,12 @@ def compare(cfg: CompareConfig, output_dir: str | None = None) -> dict[str, Any]
         parse_method(m, cfg.base.rank)  # unknown names fail before anything runs
     if not cfg.lrs or not cfg.seeds or not cfg.methods:
         raise ValueError("compare needs at least one method, learning rate and seed")
+    classified = cfg.base.classification_task()
+    if classified is not None:
+        raise ConfigError(
+            f"compare picks learning rates on generated math problems, which a {classified.name} "
+            "classifier does not answer; run finetune --task once per method and seed instead"
+        )
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     validation = {VALIDATION: mdata.validation_examples(cfg.validation_per_module)}

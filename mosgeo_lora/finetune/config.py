@@ -8,7 +8,8 @@ from these fields, so a default lives in one place.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +20,52 @@ from . import tasks as mtasks
 from .base_models import DEFAULT_MODEL
 from .methods import Method, parse_method
 
-__all__ = ["MATH_DATA", "ConfigError", "FinetuneConfig", "CompareConfig"]
+__all__ = [
+    "MATH_DATA",
+    "PAPER_MIX",
+    "PAPER_MIX_SIZE",
+    "OPTIMIZER_GROUPS",
+    "TABLE4",
+    "RECIPES",
+    "ConfigError",
+    "FinetuneConfig",
+    "CompareConfig",
+    "apply_recipe",
+]
 
 #: ``--data math``: the generated training mix (:func:`.data.training_examples`).
 MATH_DATA = "math"
+#: ``--data paper-mix``: the paper's training mix of GSM8K, MAWPS, SVAMP and AQuA
+#: (:func:`.tasks.training_mix`, read from the hub), each row as its task's prompt and target.
+PAPER_MIX = "paper-mix"
+#: The size of the paper's training mix, used when ``train_examples`` is 0.
+PAPER_MIX_SIZE = 13262
+#: ``--optimizer-groups``: ``"sep"`` (κ in its own group with ``--curvature-lr``, no weight
+#: decay) or ``"uni"`` (one group, the paper's Table 2 ablation); see
+#: :func:`mosgeo_lora.optim.param_groups`.
+OPTIMIZER_GROUPS = ("sep", "uni")
+
+#: The paper's Table 4 (hyperparameters of every run, both task families), as
+#: :class:`FinetuneConfig` fields. The optimizer (AdamW) is the only one this application
+#: uses, and the target modules (``gate_proj``, ``down_proj``, ``up_proj``) are the FFN
+#: targets every method adapts on Qwen2 (:data:`mosgeo_lora.constants.FFN_TARGET_MODULES`).
+TABLE4: dict[str, Any] = {
+    "model": "Qwen/Qwen2-1.5B",
+    "epochs": 3.0,
+    "weight_decay": 0.01,
+    "warmup_ratio": 0.1,
+    "lr": 3e-4,
+}
+
+#: ``--recipe NAME``: presets of :class:`FinetuneConfig` fields. Both hold :data:`TABLE4`;
+#: ``paper-math`` also trains on the paper's mix (``data = "paper-mix"``) with room for worked
+#: solutions (``max_length`` 1024, ``truncate``), ``paper-nlu`` lengthens ``max_length`` to
+#: 256 tokens (GLUE sentence pairs); Table 4 gives none of these.
+#: A flag given on the command line overrides a preset's value.
+RECIPES: dict[str, dict[str, Any]] = {
+    "paper-math": {**TABLE4, "data": PAPER_MIX, "max_length": 1024, "truncate": True},
+    "paper-nlu": {**TABLE4, "max_length": 256},
+}
 
 
 class ConfigError(ValueError):
@@ -35,15 +78,22 @@ class FinetuneConfig:
 
     #: ``--model``: the base model (see :func:`~mosgeo_lora.finetune.base_models.load`).
     model: str = DEFAULT_MODEL
-    #: ``--data``: ``"math"`` (the generated training mix) or a question/answer JSONL file.
+    #: ``--data``: ``"math"`` (the generated training mix), ``"paper-mix"`` (the paper's,
+    #: :data:`PAPER_MIX`) or a question/answer JSONL file;
+    #: with a classification task (``--task cola``), a file of training rows in the task's
+    #: schema, ``"math"`` standing for the task's training split on the hub.
     data: str = MATH_DATA
     #: ``--method``: a MoSELoRA preset or a PEFT baseline
     #: (:data:`~mosgeo_lora.finetune.methods.METHODS`).
     method: str = "moselora"
     #: ``--rank``: adapter rank r (``lora-rN`` names override it).
     rank: int = 8
-    #: ``--steps``: optimizer steps.
+    #: ``--steps``: optimizer steps (unless ``epochs`` is set).
     steps: int = 100
+    #: ``--epochs``: train for this many passes over the training set instead of ``steps``
+    #: (0: use ``steps``); the steps are then counted as the Trainer counts epochs
+    #: (:meth:`total_steps`). The command line refuses ``--steps`` with ``--epochs``.
+    epochs: float = 0.0
     #: ``--batch-size``: sequences per process and micro-batch.
     batch_size: int = 8
     #: ``--grad-accum``: micro-batches per optimizer step.
@@ -56,12 +106,27 @@ class FinetuneConfig:
     weight_decay: float = 0.0
     #: ``--warmup-steps``: linear warm-up, then linear decay.
     warmup_steps: int = 0
+    #: ``--warmup-ratio``: warm-up as a share of the run's steps, ⌈ratio × steps⌉ (0: use
+    #: ``warmup_steps``; setting both is an error).
+    warmup_ratio: float = 0.0
+    #: ``--optimizer-groups``: ``"sep"`` or ``"uni"`` (:data:`OPTIMIZER_GROUPS`); with
+    #: ``"uni"`` κ trains with ``lr`` and ``curvature_lr`` is not used.
+    optimizer_groups: str = "sep"
+    #: ``--bf16``: bfloat16 mixed precision (the Trainer's ``bf16``; autocast on the CPU).
+    bf16: bool = False
     #: ``--seed``: the data, the adapter's initialisation and the Trainer's seed.
     seed: int = 0
     #: ``--output-dir``: where the adapter, logs, metrics and checkpoints go.
     output_dir: str = "runs/finetune"
-    #: ``--max-length``: longest prompt + answer in tokens; a longer example is an error.
+    #: ``--max-length``: longest prompt + answer in tokens; a longer example is an error
+    #: unless ``truncate``.
     max_length: int = 128
+    #: ``--truncate``: cut an over-long example to ``max_length`` instead of stopping: a
+    #: prompt loses its first tokens (the BOS and the whole answer are kept; an answer that
+    #: alone does not fit is still an error), a classified text its last tokens.
+    truncate: bool = False
+    #: ``--recipe``: the preset (:data:`RECIPES`) these settings started from, or ``""``.
+    recipe: str = ""
     #: ``--train-examples``: problems to draw; 0 = steps × batch × accumulation ×
     #: processes (one epoch).
     train_examples: int = 0
@@ -115,6 +180,29 @@ class FinetuneConfig:
                 raise ConfigError(f"{name} must be a positive number, got {value}")
         if self.weight_decay < 0 or self.warmup_steps < 0 or self.eval_limit < 0:
             raise ConfigError("weight_decay, warmup_steps and eval_limit must be >= 0")
+        if not (math.isfinite(self.epochs) and self.epochs >= 0):
+            raise ConfigError(f"epochs must be >= 0, got {self.epochs}")
+        if not (0 <= self.warmup_ratio < 1):
+            raise ConfigError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.warmup_ratio and self.warmup_steps:
+            raise ConfigError(
+                "give warmup_steps or warmup_ratio, not both "
+                f"({self.warmup_steps} steps, ratio {self.warmup_ratio})"
+            )
+        if self.optimizer_groups not in OPTIMIZER_GROUPS:
+            raise ConfigError(
+                f"optimizer_groups must be one of {OPTIMIZER_GROUPS}, not {self.optimizer_groups!r}"
+            )
+        if self.recipe and self.recipe not in RECIPES:
+            raise ConfigError(f"unknown recipe {self.recipe!r}; recipes: {', '.join(RECIPES)}")
+        if self.recipe == "paper-nlu" and self.classification_task() is None:
+            raise ConfigError("--recipe paper-nlu trains a GLUE task: add --task cola or mrpc")
+        generated = self.data == MATH_DATA and self.classification_task() is None
+        if self.epochs and generated and not self.train_examples:
+            raise ConfigError(
+                "epochs of generated problems need a training-set size: give train_examples "
+                "(--train-examples N), or steps instead of epochs"
+            )
         if not method.is_moselora and (self.input_map or self.aux_loss_coef is not None):
             raise ConfigError(f"input_map / aux_loss_coef apply to MoSELoRA, not {self.method}")
         if self.input_map is not None and self.input_map not in INPUT_MAPS:
@@ -128,9 +216,48 @@ class FinetuneConfig:
                 mtasks.parse_task_spec(spec)
             except mtasks.TaskError as e:
                 raise ConfigError(str(e)) from None
-        if self.data != MATH_DATA and not Path(self.data).is_file():
-            raise ConfigError(f"data file not found: {self.data} (or use --data {MATH_DATA})")
+        if self.data not in (MATH_DATA, PAPER_MIX) and not Path(self.data).is_file():
+            raise ConfigError(
+                f"data file not found: {self.data} (or use --data {MATH_DATA} or {PAPER_MIX})"
+            )
+        if self.data == PAPER_MIX and self.classification_task() is not None:
+            raise ConfigError(
+                f"--data {PAPER_MIX} is math; a classification task trains on its own"
+            )
         return method
+
+    def classification_task(self) -> mtasks.Task | None:
+        """The task of ``tasks`` trained as a sequence classifier (CoLA, MRPC), or ``None``:
+        then the run trains a causal LM. Unknown task names are left to :meth:`validate`."""
+        for spec in self.tasks:
+            try:
+                task = mtasks.get_task(spec.partition("=")[0])
+            except mtasks.TaskError:
+                continue
+            if task.classifies:
+                return task
+        return None
+
+    def check_classifier_run(self) -> mtasks.Task | None:
+        """The task a fine-tuning run trains as a sequence classifier (:meth:`classification_task`),
+        after checking that the run can be one: that task is its only task, and no generated
+        math set is to be scored (``eval`` may still score such a task by generation).
+
+        Raises:
+            ConfigError: a classification task with another task, or with ``eval_sets``.
+        """
+        classified = self.classification_task()
+        if classified is not None and len(self.tasks) > 1:
+            raise ConfigError(
+                f"{classified.name} trains a sequence classifier with its own head: give it "
+                f"as the only --task of the run, not with {len(self.tasks) - 1} other(s)"
+            )
+        if classified is not None and self.eval_sets not in ((), ("none",)):
+            raise ConfigError(
+                f"a {classified.name} run is a sequence classifier: it scores its task, not "
+                "the generated math sets (--eval-sets)"
+            )
+        return classified
 
     def moselora_overrides(self) -> dict[str, Any]:
         """The ``MoSELoraConfig`` fields this run sets (``--input-map``, ``--aux-loss-coef``)."""
@@ -140,6 +267,42 @@ class FinetuneConfig:
         if self.aux_loss_coef is not None:
             out["aux_loss_coef"] = self.aux_loss_coef
         return out
+
+    def total_steps(self, n_examples: int, world_size: int = 1) -> int:
+        """The optimizer steps of the run: ``steps``, or with ``epochs`` the Trainer's count,
+        ``ceil(epochs * max(1, b // grad_accum))`` with ``b = ceil(n_examples / (batch_size *
+        world_size))`` batches per process and epoch (the last one may be short)."""
+        if not self.epochs:
+            return self.steps
+        batches = math.ceil(n_examples / (self.batch_size * world_size))
+        return math.ceil(self.epochs * max(1, batches // self.grad_accum))
+
+    def total_warmup(self, total_steps: int) -> int:
+        """The warm-up steps: ``warmup_steps``, or ``ceil(warmup_ratio * total_steps)``."""
+        if self.warmup_ratio:
+            return math.ceil(self.warmup_ratio * total_steps)
+        return self.warmup_steps
+
+
+def apply_recipe(cfg: FinetuneConfig, name: str, keep: Iterable[str] = ()) -> FinetuneConfig:
+    """``cfg`` with the values of recipe ``name`` (:data:`RECIPES`), except the fields named
+    in ``keep`` (those given explicitly: they override the preset), and ``recipe = name``.
+
+    A preset's ``epochs`` gives way to an explicit ``steps``, and its ``warmup_ratio`` to an
+    explicit ``warmup_steps``.
+
+    Raises:
+        ConfigError: no such recipe.
+    """
+    if name not in RECIPES:
+        raise ConfigError(f"unknown recipe {name!r}; recipes: {', '.join(RECIPES)}")
+    keep = set(keep)
+    values = {k: v for k, v in RECIPES[name].items() if k not in keep}
+    if "steps" in keep:
+        values.pop("epochs", None)
+    if "warmup_steps" in keep:
+        values.pop("warmup_ratio", None)
+    return replace(cfg, **values, recipe=name)
 
 
 @dataclass

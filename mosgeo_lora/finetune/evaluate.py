@@ -2,6 +2,8 @@
 the benchmark tasks by their own answer rules and metrics (:func:`evaluate_tasks`), a model
 in memory or a saved adapter folder (:func:`evaluate_adapter`, the ``mosgeo-lora eval``
 command). Both generate through :func:`generate_texts`: batches, left padding, a progress bar.
+A sequence classifier (CoLA, MRPC) is scored by the argmax of its logits instead
+(:func:`evaluate_classifier`), with the same rules and metrics.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from .config import ConfigError, FinetuneConfig
 __all__ = [
     "evaluate",
     "evaluate_tasks",
+    "evaluate_classifier",
+    "classify",
     "evaluate_adapter",
     "eval_examples",
     "task_data",
@@ -182,6 +186,72 @@ def evaluate_tasks(
     return results
 
 
+@torch.no_grad()
+def classify(
+    model: nn.Module,
+    tokenizer,
+    features: Sequence[dict[str, Any]],
+    batch_size: int = 32,
+    progress: bool = False,
+    desc: str | None = None,
+) -> list[int]:
+    """The label a sequence classifier gives each tokenized text (:func:`.data.tokenize_text`):
+    the argmax of its logits, in order, in right-padded batches of ``batch_size``."""
+    from tqdm.auto import tqdm
+
+    collate = mdata.ClassificationCollator(tokenizer)
+    device = next(model.parameters()).device
+    out: list[int] = []
+    starts = range(0, len(features), batch_size)
+    for start in tqdm(starts, desc=desc, unit="batch", disable=not progress, leave=False):
+        chunk = [
+            {"input_ids": f["input_ids"], "attention_mask": f["attention_mask"]}
+            for f in features[start : start + batch_size]
+        ]
+        batch = {k: v.to(device) for k, v in collate(chunk).items()}
+        out += model(**batch).logits.argmax(-1).tolist()
+    return out
+
+
+def evaluate_classifier(
+    model: nn.Module,
+    tokenizer,
+    data: Sequence[mtasks.TaskData],
+    max_length: int,
+    truncate: bool = False,
+    batch_size: int = 32,
+    progress: bool = False,
+    predictions_dir: str | os.PathLike | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Score a sequence classifier on classification tasks (``task.classifies``): each row's
+    text (:meth:`~.tasks.Task.classifier_text`) labelled by :func:`classify`, the labels
+    judged and summarised by the task's own rule and metrics: ``{task: scores}``, what
+    ``mosgeo-lora score`` prints for the predictions file written to ``predictions_dir``
+    (one ``{"prediction": <label>}`` per row).
+
+    Raises:
+        DataError: a text is over ``max_length`` tokens (and ``truncate`` is off).
+    """
+    was_training = model.training
+    model.eval()
+    results: dict[str, dict[str, Any]] = {}
+    for item in data:
+        task = item.task
+        features = [
+            mdata.tokenize_text(tokenizer, task.classifier_text(row), None, max_length, truncate)
+            for row in item.rows
+        ]
+        labels = classify(model, tokenizer, features, batch_size, progress, desc=task.name)
+        judged = mtasks.judge(task, labels, item.rows)
+        results[task.name] = mtasks.summarize(task, judged)
+        if predictions_dir is not None:
+            mtasks.write_predictions(
+                predictions_path(predictions_dir, task.name), task, labels, judged
+            )
+    model.train(was_training)
+    return results
+
+
 def accuracies(results: dict[str, dict[str, Any]]) -> dict[str, float]:
     """``{set: accuracy}`` of :func:`evaluate`'s or :func:`evaluate_tasks`' results."""
     return {k: v["accuracy"] for k, v in results.items()}
@@ -206,15 +276,23 @@ def evaluate_adapter(
     """
     if adapter is not None and not (Path(adapter) / "adapter_config.json").is_file():
         raise ConfigError(f"{adapter} is not a saved adapter (no adapter_config.json)")
+    run = _run_settings(adapter) if adapter else {}
     if model is None:
-        model = _run_model(adapter) if adapter else DEFAULT_MODEL
+        model = run.get("model", DEFAULT_MODEL)
     cfg = FinetuneConfig(
         model=model, eval_sets=tuple(eval_sets), eval_limit=eval_limit, tasks=tuple(tasks)
     )
     cfg.validate()
+    classifier = adapter is not None and _is_classifier(adapter)
+    classified = cfg.check_classifier_run() if classifier else None
+    if classifier and classified is None:
+        raise ConfigError(
+            f"{adapter} is a sequence classifier: score it with --task NAME of a "
+            "classification task (cola, mrpc)"
+        )
     sets = eval_examples(cfg)
     data = task_data(cfg)  # every row read and checked before the model is loaded
-    loaded = load(model)
+    loaded = load(model, num_labels=len(classified.answer.names) if classified else None)
     net = loaded.model
     if adapter is not None:
         from peft import PeftModel
@@ -222,15 +300,27 @@ def evaluate_adapter(
         net = PeftModel.from_pretrained(net, adapter)
     results = evaluate(net, loaded.tokenizer, sets, batch_size=batch_size, progress=progress)
     folder = None if output is None else Path(output).parent
-    task_results = evaluate_tasks(
-        net,
-        loaded.tokenizer,
-        data,
-        batch_size=batch_size,
-        max_new_tokens=max_new_tokens,
-        progress=progress,
-        predictions_dir=folder,
-    )
+    if classified is not None:  # the trained run's max_length and truncation
+        task_results = evaluate_classifier(
+            net,
+            loaded.tokenizer,
+            data,
+            run.get("max_length", cfg.max_length),
+            run.get("truncate", False),
+            batch_size=batch_size,
+            progress=progress,
+            predictions_dir=folder,
+        )
+    else:
+        task_results = evaluate_tasks(
+            net,
+            loaded.tokenizer,
+            data,
+            batch_size=batch_size,
+            max_new_tokens=max_new_tokens,
+            progress=progress,
+            predictions_dir=folder,
+        )
     res: dict[str, Any] = {
         "model": model,
         "adapter": adapter,
@@ -245,10 +335,17 @@ def evaluate_adapter(
     return res
 
 
-def _run_model(adapter: str) -> str:
-    """The ``--model`` a run used, from ``run_config.json`` beside its adapter folder."""
+def _run_settings(adapter: str) -> dict[str, Any]:
+    """The settings of the run that saved ``adapter``, from ``run_config.json`` in or beside
+    its folder (``{}`` if there is none)."""
     for folder in (Path(adapter), Path(adapter).parent):
         f = folder / "run_config.json"
         if f.is_file():
-            return json.loads(f.read_text())["model"]
-    return DEFAULT_MODEL
+            return json.loads(f.read_text())
+    return {}
+
+
+def _is_classifier(adapter: str) -> bool:
+    """Whether the adapter was trained on a sequence classifier (PEFT task type SEQ_CLS)."""
+    config = json.loads((Path(adapter) / "adapter_config.json").read_text())
+    return config.get("task_type") == "SEQ_CLS"

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mosgeo_lora.constants import PRESETS
+from mosgeo_lora.constants import PRESETS, task_type_of
 from mosgeo_lora.constants import ffn_targets as _ffn_targets
 
 from . import baselines
@@ -46,6 +46,7 @@ __all__ = [
     "parse_method",
     "peft_config",
     "ffn_targets",
+    "model_task_type",
     "activated_parameters",
     "matched_rank",
 ]
@@ -115,13 +116,25 @@ def ffn_targets(model: nn.Module) -> list[str] | str:
         raise MethodError(str(e)) from None
 
 
+def model_task_type(model: nn.Module) -> str | None:
+    """The PEFT ``task_type`` of ``model``'s class (``"CAUSAL_LM"``, ``"SEQ_CLS"``, …; see
+    :func:`mosgeo_lora.constants.task_type_of`); :class:`MethodError` for an unknown head."""
+    config = getattr(model, "config", None)
+    try:
+        return task_type_of(type(model).__name__, bool(getattr(config, "is_encoder_decoder", 0)))
+    except ValueError as e:
+        raise MethodError(str(e)) from None
+
+
 def peft_config(method: Method, model: nn.Module, total_steps: int, **moselora_overrides):
-    """The PEFT config of ``method`` for ``model`` (FFN targets, ``alpha = 2 r``).
+    """The PEFT config of ``method`` for ``model`` (FFN targets, ``alpha = 2 r``, the task type
+    of ``model``'s class: a sequence classifier's ``score`` head is then trained too).
 
     ``lora-rmatch:M`` builds ``M`` on a weightless copy of ``model`` to count its activated
     parameters (:func:`matched_rank`); ``model`` itself is not touched.
     """
     targets = ffn_targets(model)
+    task_type = model_task_type(model)
     alpha = 2 * method.rank
     if method.is_moselora:
         from mosgeo_lora import MoSELoraConfig
@@ -131,7 +144,7 @@ def peft_config(method: Method, model: nn.Module, total_steps: int, **moselora_o
             r=method.rank,
             alpha=alpha,
             target_modules=targets,
-            task_type="CAUSAL_LM",
+            task_type=task_type,
             **moselora_overrides,
         )
     if moselora_overrides:
@@ -142,16 +155,14 @@ def peft_config(method: Method, model: nn.Module, total_steps: int, **moselora_o
 
     if method.match is not None:
         rank = matched_rank(parse_method(method.match, method.rank), model)[0]
-        return LoraConfig(
-            r=rank, lora_alpha=2 * rank, target_modules=targets, task_type="CAUSAL_LM"
-        )
+        return LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=targets, task_type=task_type)
     if method.family in ("lora", "dora"):
         return LoraConfig(
             r=method.rank,
             lora_alpha=alpha,
             target_modules=targets,
             use_dora=method.family == "dora",
-            task_type="CAUSAL_LM",
+            task_type=task_type,
         )
     if method.family == "melora":
         if method.rank % MELORA_MINI:
@@ -164,7 +175,7 @@ def peft_config(method: Method, model: nn.Module, total_steps: int, **moselora_o
             num_mini=MELORA_MINI,
             alpha=alpha,
             target_modules=targets,
-            task_type="CAUSAL_LM",
+            task_type=task_type,
         )
     if method.family == "hmora":
         # HMoRA's training command gives the block's output projection a plain LoRA; it is
@@ -175,7 +186,7 @@ def peft_config(method: Method, model: nn.Module, total_steps: int, **moselora_o
             alpha=alpha,
             target_modules=targets,
             lora_modules=plain,
-            task_type="CAUSAL_LM",
+            task_type=task_type,
         )
     # AdaLoRA prunes from init_r to target_r between tinit and total_step - tfinal; it needs
     # update_and_allocate() after every optimizer step (callbacks.AdaLoraAllocator)
@@ -191,7 +202,7 @@ def peft_config(method: Method, model: nn.Module, total_steps: int, **moselora_o
         tinit=tinit,
         tfinal=tfinal,
         deltaT=max(1, total_steps // 20),
-        task_type="CAUSAL_LM",
+        task_type=task_type,
     )
 
 

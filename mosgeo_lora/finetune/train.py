@@ -1,4 +1,5 @@
-"""Fine-tune a causal LM with MoSELoRA or a PEFT baseline, with the HF ``Trainer`` (no subclass).
+"""Fine-tune a causal LM (or, for CoLA and MRPC, a sequence classifier) with MoSELoRA or a PEFT
+baseline, with the HF ``Trainer`` (no subclass).
 
 ``finetune(FinetuneConfig(...))`` does everything the ``mosgeo-lora finetune`` command does:
 validate every input before the model is loaded, build the data, wrap the model, train
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import statistics
 import warnings
@@ -23,13 +25,15 @@ import torch
 from mosgeo_lora import CurvatureCallback, curvatures, param_groups
 
 from . import data as mdata
+from . import tasks as mtasks
 from .base_models import LoadedModel, load
 from .callbacks import AdaLoraAllocator, CheckpointCurvatures, JsonlLog, StepStats, peak_rss_mb
-from .config import MATH_DATA, ConfigError, FinetuneConfig
+from .config import MATH_DATA, PAPER_MIX, PAPER_MIX_SIZE, ConfigError, FinetuneConfig
 from .evaluate import (
     accuracies,
     eval_examples,
     evaluate,
+    evaluate_classifier,
     evaluate_tasks,
     predictions_path,
     task_data,
@@ -81,21 +85,23 @@ def _routing_summary(history: list[dict]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _training_args(cfg: FinetuneConfig, out: Path):
+def _training_args(cfg: FinetuneConfig, out: Path, steps: int):
+    """The Trainer's arguments for a run of ``steps`` optimizer steps."""
     from transformers import TrainingArguments
 
-    save_steps = cfg.save_steps or max(1, cfg.steps // 2)
+    save_steps = cfg.save_steps or max(1, steps // 2)
     cuda = torch.cuda.is_available()
     return TrainingArguments(
         output_dir=str(out),
-        max_steps=cfg.steps,
+        max_steps=steps,
         per_device_train_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.grad_accum,
         learning_rate=cfg.lr,
         weight_decay=cfg.weight_decay,
-        warmup_steps=cfg.warmup_steps,
+        warmup_steps=cfg.total_warmup(steps),
         lr_scheduler_type="linear",
-        logging_steps=min(cfg.logging_steps, cfg.steps),
+        bf16=cfg.bf16,
+        logging_steps=min(cfg.logging_steps, steps),
         save_strategy="steps",
         save_steps=save_steps,
         save_total_limit=2,
@@ -137,17 +143,68 @@ def finetune(
     resume_from = last_checkpoint(out) if cfg.resume else None
     if cfg.resume and resume_from is None:
         raise ConfigError(f"--resume: no checkpoint-* folder in {out} to resume from")
-    n_train = cfg.train_examples or cfg.steps * cfg.batch_size * cfg.grad_accum * world
-    examples = _examples(cfg, n_train)  # DataError on a bad JSONL, before loading the model
-    eval_sets = eval_examples(cfg)
-    after_sets = {**eval_sets, **(extra_eval or {})}
+    if cfg.epochs:  # the training set's size sets the steps (a file: all its rows)
+        n_train = cfg.train_examples
+    else:
+        n_train = cfg.train_examples or cfg.steps * cfg.batch_size * cfg.grad_accum * world
+    classified = cfg.check_classifier_run()
     tasks = task_data(cfg)  # TaskError on a bad task file or row, before loading the model
+    if cfg.data == PAPER_MIX:  # TaskError offline, before loading the model
+        mix = mtasks.training_mix(n_train or PAPER_MIX_SIZE, seed=cfg.seed)
+        n_examples = len(mix)
+    elif classified is None:
+        examples = _examples(cfg, n_train)  # DataError on a bad JSONL, before loading the model
+        n_examples = len(examples)
+    else:
+        rows = _classification_rows(cfg, classified, n_train)
+        n_examples = len(rows)
+    steps = cfg.total_steps(n_examples, world)
+    eval_sets = eval_examples(cfg)
+    if classified is not None and extra_eval:
+        raise ConfigError(f"{classified.name} is scored as a classifier; extra_eval sets are not")
+    after_sets = {**eval_sets, **(extra_eval or {})}
 
     if loaded is None:
-        loaded = load(cfg.model)
+        labels = None if classified is None else len(classified.answer.names)
+        set_seed(cfg.seed)  # a classifier's new score head is drawn when the model loads
+        loaded = load(cfg.model, num_labels=labels)
     tok = loaded.tokenizer
-    mdata.check_fits(tok, examples, cfg.max_length)  # DataError names the too-long example
-    train_set = [mdata.tokenize_example(tok, ex, cfg.max_length) for ex in examples]
+    if cfg.data == PAPER_MIX:  # each row as its task prompts it at evaluation
+        train_set = [
+            mdata.tokenize_prompted(
+                tok,
+                ex.prompt,
+                ex.target,
+                cfg.max_length,
+                cfg.truncate,
+                mtasks.get_task(ex.task).generation.chat_template,
+            )
+            for ex in mix
+        ]
+        collator: Any = mdata.CausalLMCollator(tok)
+    elif classified is None:
+        # DataError names the too-long example (with --truncate: an answer alone too long)
+        mdata.check_fits(tok, examples, cfg.max_length, cfg.truncate)
+        train_set = [
+            mdata.tokenize_example(tok, ex, cfg.max_length, cfg.truncate) for ex in examples
+        ]
+        collator = mdata.CausalLMCollator(tok)
+    else:
+        train_set = [
+            mdata.tokenize_text(
+                tok,
+                classified.classifier_text(row),
+                classified.answer.gold(classified.reference(row)),
+                cfg.max_length,
+                cfg.truncate,
+            )
+            for row in rows
+        ]
+        for item in tasks:  # every scored text fits too, before training
+            for row in item.rows:
+                text = classified.classifier_text(row)
+                mdata.tokenize_text(tok, text, None, cfg.max_length, cfg.truncate)
+        collator = mdata.ClassificationCollator(tok)
 
     if rank == 0:
         if not cfg.resume and out.is_dir():  # a fresh run does not resume stale checkpoints
@@ -161,22 +218,29 @@ def finetune(
     set_seed(cfg.seed)  # adapter initialisation
     from peft import get_peft_model
 
-    config = peft_config(method, loaded.model, cfg.steps, **cfg.moselora_overrides())
+    config = peft_config(method, loaded.model, steps, **cfg.moselora_overrides())
     model = get_peft_model(loaded.model, config)
     trainable, activated = activated_parameters(model)
     _say(
         f"{cfg.method} on {loaded.name} ({loaded.source}): {trainable:,} trainable, "
-        f"{activated:,} activated per token; {len(train_set)} training examples"
+        f"{activated:,} activated per token; {len(train_set)} training examples, "
+        f"{steps} steps"
     )
 
     before = None
     progress = not cfg.disable_tqdm
     if cfg.eval_before and (eval_sets or tasks) and rank == 0:
         before = evaluate(model, tok, eval_sets, cfg.eval_batch_size, progress=progress)
-        before.update(evaluate_tasks(model, tok, tasks, cfg.eval_batch_size, progress=progress))
+        before.update(_score_tasks(cfg, model, tok, tasks, classified is not None, None))
         _say(f"before: {_fmt(before)}")
 
-    groups = param_groups(model, cfg.lr, cfg.curvature_lr, cfg.weight_decay)
+    groups = param_groups(
+        model,
+        cfg.lr,
+        cfg.curvature_lr,
+        cfg.weight_decay,
+        separate=cfg.optimizer_groups == "sep",
+    )
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
     stats = StepStats()
     cbs: list[Any] = [stats, JsonlLog(out / "train_log.jsonl"), *callbacks]
@@ -192,9 +256,9 @@ def finetune(
 
     trainer = Trainer(
         model=model,
-        args=_training_args(cfg, out),
+        args=_training_args(cfg, out, steps),
         train_dataset=train_set,
-        data_collator=mdata.CausalLMCollator(tok),
+        data_collator=collator,
         optimizers=(optimizer, None),
         callbacks=cbs,
     )
@@ -231,9 +295,7 @@ def finetune(
         files.update({p.stem: str(p) for p in curv.files})
     if after_sets or tasks:
         after = evaluate(model, tok, after_sets, cfg.eval_batch_size, progress=progress)
-        scored = evaluate_tasks(
-            model, tok, tasks, cfg.eval_batch_size, progress=progress, predictions_dir=out
-        )
+        scored = _score_tasks(cfg, model, tok, tasks, classified is not None, out)
         metrics["eval"] = after
         metrics["tasks"] = scored
         metrics["accuracy"] = {**accuracies(after), **accuracies(scored)}
@@ -245,6 +307,53 @@ def finetune(
     metrics["files"] = files
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     return metrics
+
+
+def _score_tasks(
+    cfg: FinetuneConfig,
+    model: Any,
+    tok: Any,
+    tasks: list[mtasks.TaskData],
+    classifier: bool,
+    predictions_dir: Path | None,
+) -> dict[str, dict[str, Any]]:
+    """The tasks' scores: by generation, or by the classifier's labels."""
+    progress = not cfg.disable_tqdm
+    if classifier:
+        return evaluate_classifier(
+            model,
+            tok,
+            tasks,
+            cfg.max_length,
+            cfg.truncate,
+            cfg.eval_batch_size,
+            progress=progress,
+            predictions_dir=predictions_dir,
+        )
+    return evaluate_tasks(
+        model, tok, tasks, cfg.eval_batch_size, progress=progress, predictions_dir=predictions_dir
+    )
+
+
+def _classification_rows(cfg: FinetuneConfig, task: mtasks.Task, n: int) -> list[dict]:
+    """The training rows of a classification run: ``cfg.data`` (a file in the task's schema)
+    or the task's training split on the hub; ``n`` of them (0: all), sampled by ``cfg.seed``,
+    a small set cycled to fill ``n``."""
+    path = None if cfg.data == MATH_DATA else cfg.data
+    try:
+        rows = mtasks.load_rows(task, path, split=task.train_split).rows
+    except mtasks.TaskError as e:
+        if path is not None:
+            raise
+        raise mtasks.TaskError(
+            f"training rows of {task.name}: {e}; offline, give --data TRAIN_FILE (rows in the "
+            f"schema of {task.hub}: {', '.join(task.fields)})"
+        ) from None
+    if not n or n == len(rows):
+        return rows
+    if n < len(rows):
+        return random.Random(cfg.seed).sample(rows, n)
+    return [rows[i % len(rows)] for i in range(n)]
 
 
 def _fmt(results: dict[str, dict[str, Any]]) -> str:

@@ -19,10 +19,12 @@ SHARED = {
     "--weight-decay", "--warmup-steps", "--max-length", "--train-examples", "--eval-sets",
     "--eval-limit", "--save-steps", "--logging-steps", "--input-map", "--aux-loss-coef",
     "--no-progress", "--threads", "--output-dir", "-h", "--help", "--compile", "--task",
+    "--epochs", "--warmup-ratio", "--bf16", "--optimizer-groups", "--truncate", "--recipe",
 }  # fmt: skip
 #: the flags of each command (0.1.0's, unchanged by the package layout change; since then
-#: added: --task on finetune, eval and compare, eval's --max-new-tokens and --no-progress, and
-#: the score command)
+#: added: --task on finetune, eval and compare, eval's --max-new-tokens and --no-progress, the
+#: score command, and the recipe flags of finetune and compare: --epochs, --warmup-ratio,
+#: --bf16, --optimizer-groups, --truncate, --recipe)
 FLAGS = {
     "finetune": SHARED | {"--method", "--lr", "--seed", "--resume", "--eval-before"},
     "eval": {"--base", "--model", "--eval-sets", "--eval-limit", "--batch-size", "--output",

@@ -8,7 +8,7 @@ module                    holds
 :mod:`.seeds`             the seed ranges of training / validation / test, and seeding
 :mod:`.generator`         the generator modules offered, and :func:`generate`
 :mod:`.frozen`            the frozen test sets shipped in ``eval_sets/``
-:mod:`.training`          the training mix and the validation set
+:mod:`.training`          the training mix, the validation set, true/false rows
 :mod:`.prompts`           the prompt format, answer extraction and exact match
 :mod:`.collate`           tokenisation and batching for training
 ========================  =================================================================
@@ -19,7 +19,17 @@ Every public name is re-exported here: ``from mosgeo_lora.finetune import data``
 
 from __future__ import annotations
 
-from .collate import CausalLMCollator, check_fits, prompt_ids, text_prompt_ids, tokenize_example
+from .collate import (
+    CausalLMCollator,
+    ClassificationCollator,
+    check_fits,
+    prompt_ids,
+    text_prompt_ids,
+    tokenize_example,
+    tokenize_pair,
+    tokenize_prompted,
+    tokenize_text,
+)
 from .examples import DataError, Example, load_jsonl, to_jsonl
 from .frozen import (
     EVAL_DIR,
@@ -34,7 +44,7 @@ from .generator import MAX_ANSWER_CHARS, MAX_QUESTION_CHARS, MODULES, TRAIN_MODU
 from .prompts import build_prompt, exact_match, extract_answer, normalize_answer, target_text
 from .seeds import EVAL_SEED, VALIDATION_SEED
 from .shims import install_shims
-from .training import training_examples, validation_examples
+from .training import BINARY_MODULES, binary_rows, training_examples, validation_examples
 
 __all__ = [
     "Example",
@@ -64,8 +74,14 @@ __all__ = [
     "normalize_answer",
     "exact_match",
     "tokenize_example",
+    "tokenize_pair",
+    "tokenize_prompted",
+    "tokenize_text",
     "prompt_ids",
     "text_prompt_ids",
     "check_fits",
     "CausalLMCollator",
+    "ClassificationCollator",
+    "BINARY_MODULES",
+    "binary_rows",
 ]

@@ -77,6 +77,20 @@ class Task:
     generation: Generation = Generation()
     #: Where the schema was confirmed (cited in the docs).
     schema_source: str = ""
+    #: The fields a sequence classifier reads (one text, or a pair joined by a line break);
+    #: ``()``: the task is not trained as a classifier. ``finetune --task`` trains a task
+    #: that has them as a sequence classifier over the labels of its :attr:`answer`.
+    text_fields: tuple[str, ...] = ()
+
+    @property
+    def classifies(self) -> bool:
+        """Whether ``finetune`` trains this task as a sequence classifier."""
+        return bool(self.text_fields)
+
+    def classifier_text(self, row: Row) -> str:
+        """The text a sequence classifier reads for ``row``: its :attr:`text_fields`, stripped,
+        joined by a line break."""
+        return "\n".join(str(row[f]).strip() for f in self.text_fields)
 
     def __repr__(self) -> str:
         return f"Task({self.name!r}: {self.hub}, {self.eval_split})"

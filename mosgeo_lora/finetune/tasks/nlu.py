@@ -9,7 +9,9 @@
 
 GLUE's test labels are not public, so both tasks score the ``validation`` split (the paper's
 CoLA test count, 1,043, is that split). Predictions may be a label (``1``) or text
-(``"acceptable"``, ``"yes"``); see :class:`~.answers.LabelAnswer`.
+(``"acceptable"``, ``"yes"``); see :class:`~.answers.LabelAnswer`. ``finetune --task cola``
+trains a sequence classifier on ``sentence`` (MRPC: ``sentence1`` and ``sentence2``) and
+predicts labels by the argmax of its logits.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ COLA = Task(
     metrics=("matthews_correlation",),
     generation=_GENERATION,
     schema_source="https://huggingface.co/datasets/nyu-mll/glue (config cola)",
+    text_fields=("sentence",),
 )
 
 #: MRPC (``nyu-mll/glue``, ``mrpc``): ``sentence1``, ``sentence2``; ``label``; accuracy and F1.
@@ -64,6 +67,7 @@ MRPC = Task(
     metrics=("f1",),
     generation=_GENERATION,
     schema_source="https://huggingface.co/datasets/nyu-mll/glue (config mrpc)",
+    text_fields=("sentence1", "sentence2"),
 )
 
 #: The language-understanding tasks.
