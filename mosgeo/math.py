@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from ._compat import realize
 from .numerics import (
     Curvature,
     clamp_abs,
@@ -190,6 +191,12 @@ def _sk(k: Tensor) -> Tensor:
     """``√|κ|`` with a finite derivative at κ = 0 (clamped at ``tiny``): only for the closed
     form of a ratio, which κ = 0 never selects."""
     return k.abs().clamp_min(guards(k.dtype).min_norm ** 2).sqrt()
+
+
+def _radial(v: Tensor, s: Tensor) -> Tensor:
+    """``v·s`` for a per-row factor ``s`` (kept dim): under :func:`torch.compile` ``s`` is
+    computed once per row, not once per element (:func:`mosgeo._compat.realize`)."""
+    return v * realize(s)
 
 
 # --------------------------------------------------------------------------------------
@@ -680,7 +687,7 @@ def mobius_matvec(m: Tensor, x: Tensor, *, k: Curvature, dim: int = -1) -> Tenso
         mx = torch.matmul(m, x.unsqueeze(-1)).squeeze(-1)
     a = artan_ratio(k * sqnorm(x, dim))
     mx2, mxn = sqnorm_norm(mx, dim)  # ‖Mx‖² overflows for huge M
-    return mx * (a * tan_ratio(_kq(k, mx2, a * a), _sk(k) * a * mxn))
+    return _radial(mx, a * tan_ratio(_kq(k, mx2, a * a), _sk(k) * a * mxn))
 
 
 def mobius_fn_apply(
@@ -846,14 +853,14 @@ def expmap0(u: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
     r"""``exp₀(u) = tan_κ(‖u‖) u/‖u‖ = u·T(κ‖u‖²)``."""
     k = _k(k, u)
     u2, un = sqnorm_norm(u, dim)  # ‖u‖² overflows for huge u: then √|κ|‖u‖ (a rim point)
-    return u * tan_ratio(_kq(k, u2), _sk(k) * un)
+    return _radial(u, tan_ratio(_kq(k, u2), _sk(k) * un))
 
 
 @float32_island
 def logmap0(y: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
     r"""``log₀(y) = artan_κ(‖y‖) y/‖y‖ = y·A(κ‖y‖²)``."""
     k = _k(k, y)
-    return y * artan_ratio(k * sqnorm(y, dim))
+    return _radial(y, artan_ratio(k * sqnorm(y, dim)))
 
 
 @point_island

@@ -63,11 +63,15 @@ project, so it needs ``κ‖B_i z‖²`` finite in the compute dtype.
 
 from __future__ import annotations
 
+import functools
+import os
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
 from torch.autograd.function import once_differentiable
 
+from ._compat import dispatch_mode_active
 from .numerics import HALF_DTYPES, compute_dtype, guards
 
 Tensor = torch.Tensor
@@ -80,6 +84,11 @@ __all__ = [
     "curvature_terms",
     "scale_forward",
     "scale_backward",
+    "KERNELS",
+    "set_kernel",
+    "get_kernel",
+    "gamma_forward",
+    "gamma_backward",
     "adapter_scale",
 ]
 
@@ -237,16 +246,110 @@ def scale_backward(saved: tuple, grad: Tensor) -> tuple[Tensor | None, Tensor, T
     return g_z2_neg, g_q, g_k, g_gates
 
 
+#: How :func:`gamma_forward` / :func:`gamma_backward` run: ``"eager"`` (one PyTorch op per
+#: pass, the reference) or ``"compiled"`` (each one fused kernel by :func:`torch.compile`:
+#: Triton on a GPU, C++ on a CPU).
+KERNELS = ("eager", "compiled")
+_KERNEL = [os.environ.get("MOSGEO_RADIAL_KERNEL", "eager")]
+if _KERNEL[0] not in KERNELS:
+    raise ValueError(f"MOSGEO_RADIAL_KERNEL must be one of {KERNELS}, got {_KERNEL[0]!r}")
+
+
+def set_kernel(name: str) -> str:
+    """Select how :func:`gamma_forward` / :func:`gamma_backward` run; return the previous kernel.
+
+    ``name`` is one of :data:`KERNELS`; the environment variable ``MOSGEO_RADIAL_KERNEL``
+    sets the initial one.
+
+    ``"compiled"`` turns the ~60 elementwise passes of one layer's γ (forward, local
+    derivatives, backward) into two fused kernels: fewer kernel launches where a step is
+    launch-bound (a GPU, short sequences, decoding). The first call of each variant (dtype,
+    input map, half precision, decoding's single token) compiles (seconds); the batch size
+    does not recompile. Under an outer :func:`torch.compile` the eager code is traced
+    instead, and fused with its neighbours."""
+    if name not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}, got {name!r}")
+    previous, _KERNEL[0] = _KERNEL[0], name
+    return previous
+
+
+def get_kernel() -> str:
+    """The kernel :func:`set_kernel` selected."""
+    return _KERNEL[0]
+
+
+@functools.cache
+def _forward_kernel(eps: float, input_map: str, inside: bool, save: bool) -> Callable:
+    """The compiled :func:`curvature_terms` + :func:`scale_forward` of one static variant.
+
+    ``eps`` reaches the traced code as text, a constant: dynamo turns a float argument or
+    closure value into a symbolic input, inductor still bakes its value into the kernel, and
+    its on-disk cache then serves that kernel to another value (torch 2.13: the float16 margin
+    in a bfloat16 call, γ off by 3 %; ``tests/geometry/test_radial.py``)."""
+    text = repr(float(eps))
+
+    def forward(nz, q, k, gates, mu):
+        margin = float(text)
+        terms = curvature_terms(k, margin, input_map)
+        return scale_forward(nz, q, terms, gates, mu, eps=margin, inside=inside, save=save)
+
+    # not fullgraph: past dynamo's recompilation limit (8 variants of one code object) the
+    # call runs the eager code instead of failing (the tests check there is no graph break)
+    return torch.compile(forward, dynamic=True)
+
+
+@functools.cache
+def _backward_kernel() -> Callable:
+    return torch.compile(scale_backward, dynamic=True)
+
+
+def _compiling() -> bool:
+    """Whether the compiled kernels run: selected, and neither an outer
+    :func:`torch.compile` is tracing (it fuses the eager code with its neighbours) nor a
+    ``TorchDispatchMode`` is active (compiled code cannot run under one)."""
+    return _KERNEL[0] == "compiled" and not (
+        torch.compiler.is_compiling() or dispatch_mode_active()
+    )
+
+
+def gamma_forward(
+    nz: Tensor | None,
+    q: Tensor,
+    k: Tensor,
+    gates: Tensor,
+    mu: Tensor | None,
+    *,
+    eps: float,
+    input_map: str,
+    inside: bool = False,
+    save: bool = True,
+) -> tuple[Tensor, tuple | None]:
+    """:func:`curvature_terms` then :func:`scale_forward`, by the :func:`set_kernel` kernel.
+
+    ``k`` is the experts' curvatures ``(N,)`` in ``q``'s dtype; the other arguments are
+    :func:`scale_forward`'s."""
+    if _compiling():
+        return _forward_kernel(eps, input_map, inside, save)(nz, q, k, gates, mu)
+    terms = curvature_terms(k, eps, input_map)
+    return scale_forward(nz, q, terms, gates, mu, eps=eps, inside=inside, save=save)
+
+
+def gamma_backward(saved: tuple, grad: Tensor) -> tuple[Tensor | None, Tensor, Tensor, Tensor]:
+    """:func:`scale_backward`, by the :func:`set_kernel` kernel."""
+    return (_backward_kernel() if _compiling() else scale_backward)(saved, grad)
+
+
 class _AdapterScale(torch.autograd.Function):
     """:func:`adapter_scale` with the closed-form backward of :func:`scale_backward` (not
     twice differentiable: the backward is not recorded)."""
 
     @staticmethod
     def forward(ctx, z2, q, k, gates, mu, input_map, eps, weight, inside):
-        terms = curvature_terms(k, eps, input_map)
         ctx.scale = gate_scale(eps, weight)
-        nz = None if terms.ir is None else z2.sqrt()
-        gamma, saved = scale_forward(nz, q, terms, gates * ctx.scale, mu, eps=eps, inside=inside)
+        nz = None if input_map == "lift" else z2.sqrt()
+        gamma, saved = gamma_forward(
+            nz, q, k, gates * ctx.scale, mu, eps=eps, input_map=input_map, inside=inside
+        )
         ctx.save_for_backward(*(t for t in saved if t is not None))
         ctx.stereo = saved[-1] is not None
         ctx.shapes = (z2.shape, k.shape)
@@ -258,7 +361,7 @@ class _AdapterScale(torch.autograd.Function):
         saved = ctx.saved_tensors
         if not ctx.stereo:
             saved = (*saved, None, None)
-        g_z2_neg, g_q, g_k, g_gates = scale_backward(saved, grad)
+        g_z2_neg, g_q, g_k, g_gates = gamma_backward(saved, grad)
         g_z2 = None
         if ctx.needs_input_grad[0]:
             g_z2 = torch.zeros(ctx.shapes[0], dtype=grad.dtype, device=grad.device)

@@ -159,12 +159,11 @@ def mix_forward(
     gram = torch.einsum("dnr,dns->nrs", bv, bv)  # B_iᵀB_i, once per call
     zg = torch.einsum("tr,nrs->tns", zt, gram)
     q = torch.einsum("tns,ts->tn", zg, zt)
-    terms = radial.curvature_terms(k, eps, input_map)
     nz = None
-    if terms.ir is not None:  # the stereographic map reads ‖z̃‖ (in [1, √r], or 0)
+    if input_map != "lift":  # the stereographic map reads ‖z̃‖ (in [1, √r], or 0)
         nz = torch.linalg.vector_norm(zt, dim=-1, keepdim=True)
-    gamma, scale = radial.scale_forward(
-        nz, q, terms, gates, mu, eps=eps, inside=cdt != dtype, save=save
+    gamma, scale = radial.gamma_forward(
+        nz, q, k, gates, mu, eps=eps, input_map=input_map, inside=cdt != dtype, save=save
     )
     h = torch.einsum("tn,tr->tnr", gamma, zt).reshape(t, n * r)
     if cdt != dtype:
@@ -192,7 +191,7 @@ def mix_backward(
         g_h = g_h.to(cdt)
     g_h = g_h.view(t, n, r)
     g_gamma = torch.einsum("tnr,tr->tn", g_h, zt)
-    g_z2_neg, g_q, g_k, g_gates = radial.scale_backward(scale, g_gamma)
+    g_z2_neg, g_q, g_k, g_gates = radial.gamma_backward(scale, g_gamma)
     g_zt = torch.einsum("tnr,tn->tr", g_h, gamma)
     g_zt = g_zt.add_(torch.einsum("tnr,tn->tr", zg, g_q), alpha=2.0)
     if g_z2_neg is not None:

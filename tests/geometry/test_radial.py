@@ -209,3 +209,79 @@ def test_project_factor_reads_the_same_radius():
     n = torch.logspace(-3, 40, 50, dtype=torch.float64).unsqueeze(-1)
     radius = radial.inverse_radius2(k, eps).rsqrt()
     torch.testing.assert_close(pm.project_factor(n, k), (radius / n).clamp_max(1.0))
+
+
+# --------------------------------------------------------------------------------------
+# the compiled kernel (radial.set_kernel("compiled")): the same γ and gradients as the eager
+# one, in two fused kernels
+# --------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def compiled_kernel():
+    previous = radial.set_kernel("compiled")
+    yield
+    radial.set_kernel(previous)
+
+
+def _gamma_and_grads(args, input_map, mu=None):
+    leaves = [v.clone().requires_grad_() for v in args]
+    gamma = radial.adapter_scale(*leaves, input_map=input_map, mu=mu)
+    weights = torch.linspace(-1.0, 2.0, gamma.numel(), dtype=gamma.dtype).view_as(gamma)
+    grads = torch.autograd.grad((gamma * weights).sum(), leaves)
+    return gamma, grads
+
+
+@pytest.mark.parametrize("t", [1, 9], ids=["one-token", "tokens"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("input_map", MAPS)
+def test_the_compiled_kernel_equals_the_eager_one(input_map, dtype, t, compiled_kernel):
+    """Values and the gradients of ``‖z‖²``, ``q``, κ and the gates, κ through 0, tokens
+    inside and beyond the projection radius and the clip, a single token (decoding) too."""
+    z2, q, k, gates = problem(3, torch.float64, t=t)
+    args = [v.to(dtype) for v in (z2, q, k, gates)]
+    mu = torch.logspace(-2, 2, t, dtype=torch.float64).unsqueeze(-1).to(dtype)
+    got = _gamma_and_grads(args, input_map, mu)
+    radial.set_kernel("eager")
+    ref = _gamma_and_grads(args, input_map, mu)
+    # a sum over experts (the gradient of ‖z‖²) cancels: the bound is relative to its scale
+    rtol = {torch.float64: 1e-12, torch.float32: 1e-5}.get(dtype, 1e-2)
+    for a, b in zip((got[0], *got[1]), (ref[0], *ref[1]), strict=True):
+        torch.testing.assert_close(a, b, rtol=rtol, atol=rtol * float(b.abs().max()))
+
+
+def test_the_compiled_kernel_reads_each_margin(compiled_kernel):
+    """One process, the same shapes, two margins (those of float16 and bfloat16): each
+    call gets its own margin. (Found: passed as a float argument, the margin became a
+    symbolic input that inductor baked into the kernel; the bfloat16 call then ran with
+    float16's margin, γ 3 % off.)"""
+    z2, q, k, gates = (v.float() for v in problem(5, torch.float64))
+    for eps in (2.0**-8, 2.0**-5, 2.0**-8):
+        radial.set_kernel("compiled")
+        got, _ = radial.gamma_forward(z2.sqrt(), q, k, gates, None, eps=eps,
+                                      input_map="stereographic", inside=True)  # fmt: skip
+        radial.set_kernel("eager")
+        ref, _ = radial.gamma_forward(z2.sqrt(), q, k, gates, None, eps=eps,
+                                      input_map="stereographic", inside=True)  # fmt: skip
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("input_map", MAPS)
+def test_the_compiled_kernel_is_one_graph_each_way(input_map):
+    """No graph break: each direction is one fused kernel, not a chain of eager pieces."""
+    import torch._dynamo
+
+    z2, q, k, gates = (v.float() for v in problem(7, torch.float64))
+    nz = None if input_map == "lift" else z2.sqrt()
+    fwd = radial._forward_kernel(1e-4, input_map, False, True)
+    explained = torch._dynamo.explain(fwd._torchdynamo_orig_callable)(nz, q, k, gates, None)
+    assert explained.graph_count == 1 and explained.graph_break_count == 0
+    _, saved = fwd(nz, q, k, gates, None)
+    explained = torch._dynamo.explain(radial.scale_backward)(saved, torch.ones_like(q))
+    assert explained.graph_count == 1 and explained.graph_break_count == 0
+
+
+def test_an_unknown_kernel_is_refused():
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        radial.set_kernel("triton")
+    assert radial.get_kernel() in radial.KERNELS

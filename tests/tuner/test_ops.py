@@ -8,8 +8,11 @@ widths). The adapter is the paper's default (r = 8, 8 experts, top-4, stereograp
 map, learnable κ, balance loss on, fused), with B non-zero.
 
 Counts (torch 2.13, CPU): PEFT LoRA r = 8: 34 top-level / 42 kernel-level; MoSELoRA before
-the fused layer (``mosgeo_lora.fused``): 436 / 492; now 132 / 234. The issue's goal, 85
-top-level, is not met: what is left is listed in ``docs/design.md`` §2.2.
+the fused layer (``mosgeo_lora.fused``): 436 / 492; with the eager γ kernel 132 / 234; with
+the compiled γ kernel (``mosgeo.radial.set_kernel("compiled")``: γ's ~60 elementwise passes
+as two fused kernels) 77 top-level, within the issue's goal of 85 (``docs/design.md`` §2.2).
+The kernel-level count runs under a ``TorchDispatchMode``, where compiled code cannot run:
+it counts the eager kernel, so it is measured once, for the eager kernel.
 """
 
 from __future__ import annotations
@@ -29,10 +32,13 @@ from peft import LoraConfig, get_peft_model  # noqa: E402
 from tiny_models import tiny_llama  # noqa: E402
 
 import mosgeo_lora  # noqa: E402
+from mosgeo import radial  # noqa: E402
 
 #: MoSELoRA's bounds: the counts above, with a few ops of slack for other torch versions
 MAX_TOPLEVEL = 136
 MAX_KERNEL = 245
+#: the issue's goal, with the compiled γ kernel
+MAX_TOPLEVEL_COMPILED = 85
 TARGETS = ["gate_proj", "up_proj", "down_proj"]
 
 
@@ -66,3 +72,47 @@ def test_one_adapted_layer_runs_a_bounded_number_of_ops():
     assert top <= MAX_TOPLEVEL, sorted(by_name.items(), key=lambda kv: -kv[1])
     assert kernels <= MAX_KERNEL
     assert lora_top <= 40  # the yardstick is the measure of the issue
+
+
+@pytest.fixture
+def compiled_kernel():
+    previous = radial.set_kernel("compiled")
+    yield
+    radial.set_kernel(previous)
+
+
+@pytest.mark.parametrize("tokens", [8, 1], ids=["tokens", "decoding"])
+def test_with_the_compiled_kernel_one_adapted_layer_runs_at_most_85_ops(tokens, compiled_kernel):
+    layer, d_in = _gate_proj("moselora")
+    x = torch.randn(1, tokens, d_in, requires_grad=True)
+    top, _ = aten_ops(lambda: layer(x).sum().backward())
+    print(f"\ntop-level aten ops, compiled γ kernel, {tokens} token(s): {sum(top.values())}")
+    assert sum(top.values()) <= MAX_TOPLEVEL_COMPILED, sorted(top.items(), key=lambda kv: -kv[1])
+
+
+def test_the_compiled_kernel_gives_the_eager_model(compiled_kernel):
+    """A wrapped model, forward and every adapter gradient, and a no-grad single-token call
+    (decoding): the same with both kernels."""
+    torch.manual_seed(0)
+    model = mosgeo_lora.wrap(tiny_llama())
+    for name, p in model.named_parameters():
+        if p.requires_grad and ".moselora_B." in name:
+            torch.nn.init.normal_(p, std=0.02)
+    ids = torch.randint(0, 64, (2, 7))
+    results = {}
+    for kernel in ("compiled", "eager"):
+        radial.set_kernel(kernel)
+        model.zero_grad()
+        out = model(input_ids=ids, labels=ids)
+        out.loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        with torch.no_grad():
+            step = model(input_ids=ids[:, :1]).logits
+        results[kernel] = (out.logits.detach(), grads, step)
+    (logits, grads, step), (ref_logits, ref_grads, ref_step) = results["compiled"], results["eager"]
+    torch.testing.assert_close(logits, ref_logits, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(step, ref_step, rtol=1e-5, atol=1e-6)
+    assert grads.keys() == ref_grads.keys() and any(".moselora_k." in n for n in grads)
+    for name in grads:
+        scale = float(ref_grads[name].abs().max())
+        torch.testing.assert_close(grads[name], ref_grads[name], rtol=1e-4, atol=1e-5 * scale)

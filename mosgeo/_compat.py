@@ -1,0 +1,66 @@
+"""The one home of the private torch API :mod:`mosgeo` relies on.
+
+==================================================  =====================================
+private API                                         used for
+==================================================  =====================================
+``torch.ops.prims.inductor_force_stride_order``     :func:`realize`: a per-row factor is
+(registered by ``torch._inductor.inductor_prims``)  computed once per row under
+                                                    :func:`torch.compile`, not once per
+                                                    element
+``torch.utils._python_dispatch.``                   :func:`dispatch_mode_active`: a
+``is_in_torch_dispatch_mode``                       compiled kernel cannot run under a
+                                                    ``TorchDispatchMode`` (fake tensors,
+                                                    op counters), so the eager code runs
+==================================================  =====================================
+
+``tests/geometry/test_compat.py`` fails as soon as one of them disappears or changes shape;
+without the prim :func:`realize` is the identity (correct, only slower when compiled).
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["dispatch_mode_active", "realize"]
+
+try:  # registers the prim; inductor itself imports it when it compiles
+    import torch._inductor.inductor_prims  # noqa: F401
+
+    _FORCE = torch.ops.prims.inductor_force_stride_order
+except (ImportError, AttributeError):  # pragma: no cover - a torch without inductor
+    _FORCE = None
+
+
+def dispatch_mode_active() -> bool:
+    """Whether a (non-infrastructure) ``TorchDispatchMode`` is active: :func:`torch.compile`
+    refuses to run under one."""
+    from torch.utils._python_dispatch import is_in_torch_dispatch_mode
+
+    return is_in_torch_dispatch_mode(include_infra_modes=False)
+
+
+class _Realize(torch.autograd.Function):
+    """The identity, as a buffer inductor must write (the prim has no autograd formula)."""
+
+    @staticmethod
+    def forward(ctx, t: torch.Tensor) -> torch.Tensor:
+        return _FORCE(t, t.stride())
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad
+
+
+def realize(t: torch.Tensor) -> torch.Tensor:
+    """``t`` itself; under :func:`torch.compile`, a buffer inductor computes on its own.
+
+    Inductor inlines a pointwise producer into its consumer. For ``v * s(‖v‖)`` that means
+    the chain of ``s`` — a series, ``atanh``, ``tan``, a few square roots — is recomputed in
+    scalar code for every vector chunk of every row of ``v``, the dominant cost of a
+    compiled ``logmap0`` or ``expmap0`` (benchmarks/results/core.md). Written to its own
+    ``(rows, 1)`` buffer, it is computed once per row, vectorised across rows. Eager mode
+    runs no op at all.
+    """
+    if _FORCE is None or not torch.compiler.is_compiling():
+        return t
+    return _Realize.apply(t)
