@@ -7,7 +7,7 @@ from typing import Union
 
 from peft.config import PeftConfig
 
-from .constants import INPUT_MAPS, PRESETS, preset_mix
+from .constants import INPUT_MAPS, PRESETS, ROUTER_INPUTS, preset_mix, preset_router_input
 from .registry import MOSELORA
 
 __all__ = ["MoSELoraConfig"]
@@ -19,7 +19,9 @@ class MoSELoraConfig(PeftConfig):
 
     Each adapted linear layer gets a shared down-projection ``A`` (``r × d_in``),
     ``num_experts`` up-projections ``B_i`` (``d_out × r``), one curvature ``κ_i`` per expert
-    and a router ``W_g`` (``num_experts × r``) on the low-rank code ``z = A x``.
+    and a router ``W_g``: ``num_experts × r`` on the low-rank code ``z = A x`` (the MoSELoRA
+    presets), or ``num_experts × d_in`` on the layer input ``x`` (``hydralora``, as
+    HydraLoRA's code; :attr:`router_input`).
 
     Every field is documented below; the ``help`` texts are PEFT's short forms of them.
     """
@@ -57,6 +59,16 @@ class MoSELoraConfig(PeftConfig):
     #: ``"stereographic"`` (paper eq. 5, with the boundary projection) or ``"lift"``
     #: (``z`` itself as the space-like coordinate; an ablation).
     input_map: str = field(default="stereographic", metadata={"help": f"one of {INPUT_MAPS}"})
+    #: What the router reads: ``"code"`` (the low-rank code ``z = A x``, ``W_g`` is
+    #: ``N × r``: the paper's MoSELoRA) or ``"input"`` (the adapter's input ``x``, after
+    #: ``dropout``; ``W_g`` is ``N × d_in``: HydraLoRA's own code, whose router reads ``x``).
+    #: ``None``: the preset's, ``"input"`` for ``hydralora`` and ``"code"`` for the others.
+    #: A config saved before this option existed (mosgeo-lora 0.1.x: its
+    #: ``adapter_config.json`` has no ``router_input``) loads as ``"code"``, what it ran
+    #: then, whatever its preset.
+    router_input: str | None = field(
+        default=None, metadata={"help": f"one of {ROUTER_INPUTS}; None: the preset's"}
+    )
     #: Coefficient of the Switch load-balancing loss (0 disables it).
     aux_loss_coef: float = field(default=0.01, metadata={"help": "load-balancing coefficient"})
     #: The fused radial path (default) or the literal per-expert reference path.
@@ -93,6 +105,9 @@ class MoSELoraConfig(PeftConfig):
     )
 
     def __post_init__(self) -> None:
+        # a peft_version before PEFT's own __post_init__ fills it: read from a saved
+        # adapter_config.json (whatever the loading path: PeftModel, PeftConfig, transformers)
+        saved = self.peft_version is not None
         super().__post_init__()
         self.peft_type = MOSELORA
         if isinstance(self.target_modules, list):
@@ -103,6 +118,13 @@ class MoSELoraConfig(PeftConfig):
             raise ValueError(f"preset must be one of {PRESETS}, got {self.preset!r}")
         if self.input_map not in INPUT_MAPS:
             raise ValueError(f"input_map must be one of {INPUT_MAPS}, got {self.input_map!r}")
+        if self.router_input is None:
+            # a saved config without the field predates it: it routed on the code
+            self.router_input = "code" if saved else preset_router_input(self.preset)
+        if self.router_input not in ROUTER_INPUTS:
+            raise ValueError(
+                f"router_input must be one of {ROUTER_INPUTS}, got {self.router_input!r}"
+            )
         for name in ("r", "num_experts"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive int, got {getattr(self, name)!r}")
@@ -140,6 +162,16 @@ class MoSELoraConfig(PeftConfig):
             raise ValueError("`layers_to_transform` cannot be used when `target_modules` is a str.")
         if self.layers_pattern and self.layers_to_transform is None:
             raise ValueError("`layers_pattern` needs `layers_to_transform`.")
+
+    @classmethod
+    def check_kwargs(cls, **kwargs):
+        """PEFT's hook on the fields read from a saved ``adapter_config.json``: one without
+        ``router_input`` was saved before the option existed and routed on the code (also
+        where the file has no ``peft_version``, which :meth:`__post_init__` relies on)."""
+        kwargs = super().check_kwargs(**kwargs)
+        if kwargs.get("router_input") is None:
+            kwargs["router_input"] = "code"
+        return kwargs
 
     @property
     def scaling(self) -> float:

@@ -15,6 +15,8 @@ __all__ = [
     "PREFIX",
     "PRESETS",
     "preset_mix",
+    "ROUTER_INPUTS",
+    "preset_router_input",
     "INPUT_MAPS",
     "SPACES",
     "space_of",
@@ -47,6 +49,18 @@ def preset_mix(preset: str, n: int) -> tuple[int, int, int]:
         "moselora-e": (0, 0, min(4, n)),
         "hydralora": (0, 0, n),
     }[preset]
+
+
+#: What the router of a layer reads (``MoSELoraConfig.router_input``): the low-rank code
+#: ``z = A x`` (``W_g`` is ``N × r``, the paper's MoSELoRA) or the layer input ``x`` (``W_g``
+#: is ``N × d_in``, HydraLoRA's own code).
+ROUTER_INPUTS = ("code", "input")
+
+
+def preset_router_input(preset: str) -> str:
+    """The router input of ``preset`` when the config does not name one: ``"input"`` for
+    ``hydralora`` (HydraLoRA's code routes on the layer input), ``"code"`` for the others."""
+    return "input" if preset == "hydralora" else "code"
 
 
 #: The input maps of an expert: paper eq. 5 with the ball projection, or ``z`` itself

@@ -4,6 +4,8 @@ mixture of space experts as one autograd node.
 .. math::
     out = base + \frac{α}{r} \sum_i g_i(z)\, o_i(z), \qquad z = A x
 
+(with ``Spec.router_on_input`` the gates read the layer input, ``g_i(x)``: HydraLoRA's router).
+
 Forward and backward are closed forms, each a fixed number of kernels whatever the number of
 experts: the two small linears, :func:`mosgeo_lora.router.route_forward` /
 :func:`~mosgeo_lora.router.route_backward` (the load-balancing loss's gradient
@@ -57,6 +59,9 @@ class Spec(NamedTuple):
     counts: bool
     #: The balance loss's value is returned.
     aux: bool
+    #: The router reads the layer input ``x`` (``W_g`` is ``N × d_in``, HydraLoRA's router),
+    #: not the code ``z = A x`` (``N × r``).
+    router_on_input: bool = False
 
 
 class _Adapter(torch.autograd.Function):
@@ -68,7 +73,7 @@ class _Adapter(torch.autograd.Function):
         shape = x.shape
         x2 = x if x.dim() == 2 else x.reshape(-1, shape[-1])
         z = F.linear(x2, a_w)
-        logits = F.linear(z, g_w)
+        logits = F.linear(x2 if spec.router_on_input else z, g_w)
         dtype = z.dtype
         cdt = compute_dtype(dtype)
         value = radial.gate_scale(default_eps(dtype), spec.scaling)
@@ -117,16 +122,19 @@ class _Adapter(torch.autograd.Function):
             g_logits = g_logits.to(dtype)
         if g_z.dtype != dtype:
             g_z = g_z.to(dtype)
-        g_z = torch.addmm(g_z, g_logits, g_w)
         g_x = g_a = g_gw = g_kl = None
+        if not spec.router_on_input:
+            g_z = torch.addmm(g_z, g_logits, g_w)
         if need[0]:
             g_x = g_z @ a_w
+            if spec.router_on_input:  # the router's share of ∂L/∂x
+                g_x = torch.addmm(g_x, g_logits, g_w)
             if len(shape) != 2:
                 g_x = g_x.view(shape)
         if need[2]:
             g_a = g_z.t() @ x2
         if need[3]:
-            g_gw = g_logits.t() @ z
+            g_gw = g_logits.t() @ (x2 if spec.router_on_input else z)
         if need[5]:
             g_kl = g_k[:n_learn]
             if g_kl.dtype != k_dtype:

@@ -8,7 +8,8 @@ with the experts ``o_i`` of :mod:`mosgeo_lora.experts` and the gates of
 
 * ``moselora_A``: ``Linear(d_in, r)`` (Kaiming uniform, as PEFT's LoRA ``A``),
 * ``moselora_B``: ``Linear(N·r, d_out)`` holding ``B_cat = [B_1 … B_N]`` (zero at init),
-* ``moselora_router``: ``Linear(r, N)`` (``W_g``),
+* ``moselora_router``: ``Linear(r, N)`` (``W_g`` on the code ``z``), or ``Linear(d_in, N)``
+  on the input ``x`` with ``router_input="input"`` (HydraLoRA's router),
 * ``moselora_k``: the learnable curvatures (``(n_learn,)``, the first experts), and the
   persistent buffer ``moselora_k_fixed`` with the fixed ones (Euclidean experts at 0, or all
   when ``learn_curvature=False``); κ = ``cat(k, k_fixed)``.
@@ -110,10 +111,12 @@ class MoSELoraLayer(BaseTunerLayer):
             "curvature_bounds": config.curvature_bounds,
             "aux_loss_coef": config.aux_loss_coef,
             "num_experts": n,
+            "router_input": config.router_input,
         }
         self.moselora_A[adapter_name] = nn.Linear(self.in_features, r, bias=False)
         self.moselora_B[adapter_name] = nn.Linear(n * r, self.out_features, bias=False)
-        self.moselora_router[adapter_name] = nn.Linear(r, n, bias=False)
+        d_router = self.in_features if config.router_input == "input" else r
+        self.moselora_router[adapter_name] = nn.Linear(d_router, n, bias=False)
         self.moselora_dropout[adapter_name] = (
             nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
         )
@@ -225,6 +228,7 @@ class MoSELoraLayer(BaseTunerLayer):
             balance=coef > 0 and grad_on,
             counts=counting,
             aux=coef > 0 and recording and (grad_on or self.training),
+            router_on_input=cfg["router_input"] == "input",
         )
         w = None
         if token_mask is not None and (spec.balance or spec.counts or spec.aux):
@@ -284,7 +288,7 @@ class MoSELoraLayer(BaseTunerLayer):
         the balance term added to the logits' gradient by :class:`BalanceGradient`."""
         cfg = self.settings[adapter_name]
         z = self.moselora_A[adapter_name](x)
-        logits = self.moselora_router[adapter_name](z)
+        logits = self.moselora_router[adapter_name](x if cfg["router_input"] == "input" else z)
         logits = self._balance(logits, cfg, call, token_mask, recording)
         gates, probs, mask = route(logits, cfg["top_k"])
         gates = gates.to(z.dtype)

@@ -1,7 +1,11 @@
 r"""Top-k routing over the experts and the Switch-style load-balancing loss.
 
 Routing is on the low-rank code ``z = A x`` (``W_g`` is ``N × r``), so the router costs
-``O(T·N·r)``. Top-k is *dense masking*: every expert's gate is computed and the ones not
+``O(T·N·r)``; or, with ``MoSELoraConfig(router_input="input")`` (the ``hydralora`` preset's
+default, as HydraLoRA's code), on the layer input ``x`` (``N × d_in``, ``O(T·N·d_in)``). The
+functions here see only the logits.
+
+Top-k is *dense masking*: every expert's gate is computed and the ones not
 chosen are multiplied by 0. Shapes stay static (``torch.compile``) and every expert's
 parameters take part in every step (DDP needs no ``find_unused_parameters``).
 

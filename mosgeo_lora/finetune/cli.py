@@ -230,7 +230,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     ev = sub.add_parser("eval", help="score a saved adapter, or the base model, on the test sets")
-    ev.add_argument("adapter", nargs="?", help="adapter folder (from finetune: <out>/adapter)")
+    ev.add_argument(
+        "adapter",
+        nargs="?",
+        help="adapter folder (from finetune: <out>/adapter). Its method (one of "
+        f"{', '.join(METHODS)}, lora-rN, …) is read from its adapter_config.json, with the "
+        "base model it was trained on, so eval takes no --method",
+    )
     ev.add_argument("--base", action="store_true", help="score the base model, no adapter")
     ev.add_argument(
         "--model", default=None, help="base model (default: the one the adapter was trained on)"

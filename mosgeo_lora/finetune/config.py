@@ -36,7 +36,8 @@ __all__ = [
 #: ``--data math``: the generated training mix (:func:`.data.training_examples`).
 MATH_DATA = "math"
 #: ``--data paper-mix``: the paper's training mix of GSM8K, MAWPS, SVAMP and AQuA
-#: (:func:`.tasks.training_mix`, read from the hub), each row as its task's prompt and target.
+#: (:func:`.tasks.training_mix`, read from the hub: the smaller sets whole, AQuA sampled for
+#: the rest), each row as its task's prompt and target.
 PAPER_MIX = "paper-mix"
 #: The size of the paper's training mix, used when ``train_examples`` is 0.
 PAPER_MIX_SIZE = 13262

@@ -5,7 +5,11 @@ Every row of the paper's Table 1/3 is one name away:
 
 * ``moselora``: 3 hyperbolic + 3 spherical + 2 Euclidean experts, top-4 (the paper's);
 * ``moselora-h`` / ``moselora-s`` / ``moselora-e``: one space only;
-* ``hydralora``: shared A, 8 Euclidean B heads, dense softmax router (HydraLoRA);
+* ``hydralora``: shared A, 8 Euclidean B heads, dense softmax router on the layer input
+  ``x`` (``W_g`` is ``8 × d_in``), as HydraLoRA's code (the paper's 2.54 % activated
+  parameters on Qwen2-1.5B); ``hydralora-code``: the same router on the low-rank code
+  ``A x`` (``8 × r``, as the MoSELoRA presets; this library's ``hydralora`` before the
+  option, 2.38 % on Qwen2-1.5B);
 * ``lora``: PEFT LoRA; ``lora-r32`` etc. for another rank;
 * ``dora``: PEFT DoRA (weight-decomposed LoRA); ``dora-r32`` etc.;
 * ``adalora``: PEFT AdaLoRA, rank budget from ``init_r = 1.5 r`` down to ``r``;
@@ -40,6 +44,7 @@ from . import baselines
 
 __all__ = [
     "METHODS",
+    "HYDRALORA_CODE",
     "MELORA_MINI",
     "MethodError",
     "Method",
@@ -53,7 +58,9 @@ __all__ = [
 
 #: Every method name (plus ``lora-rN`` / ``dora-rN`` / ``melora-rN`` for another rank and
 #: ``lora-rmatch:M`` for LoRA matched to method ``M``).
-METHODS = (*PRESETS, "lora", "dora", "adalora", "melora", "hmora")
+METHODS = (*PRESETS, "hydralora-code", "lora", "dora", "adalora", "melora", "hmora")
+#: ``hydralora`` with its router on the code ``A x`` (``router_input="code"``).
+HYDRALORA_CODE = "hydralora-code"
 #: The number of mini LoRAs of ``melora`` (the rank must be a multiple of it).
 MELORA_MINI = 8
 _RANKED = re.compile(r"^(lora|dora|melora)-r(\d+)$")
@@ -87,7 +94,7 @@ class Method:
 def parse_method(name: str, rank: int = 8) -> Method:
     """``"moselora"`` → Method(family="moselora", rank); ``"lora-r32"`` → rank 32;
     ``"lora-rmatch:moselora"`` → LoRA matched to MoSELoRA of rank ``rank``."""
-    if name in PRESETS:
+    if name in PRESETS or name == HYDRALORA_CODE:
         return Method(name, "moselora", rank)
     if name in ("lora", "dora", "adalora", "melora", "hmora"):
         return Method(name, name, rank)
@@ -139,13 +146,16 @@ def peft_config(method: Method, model: nn.Module, total_steps: int, **moselora_o
     if method.is_moselora:
         from mosgeo_lora import MoSELoraConfig
 
+        preset, routing = method.name, {}
+        if method.name == HYDRALORA_CODE:
+            preset, routing = "hydralora", {"router_input": "code"}
         return MoSELoraConfig(
-            preset=method.name,
+            preset=preset,
             r=method.rank,
             alpha=alpha,
             target_modules=targets,
             task_type=task_type,
-            **moselora_overrides,
+            **{**routing, **moselora_overrides},
         )
     if moselora_overrides:
         raise MethodError(
@@ -210,7 +220,9 @@ def activated_parameters(model: nn.Module) -> tuple[int, int]:
     """(trainable, activated per token) adapter parameters.
 
     For MoSELoRA only ``top_k`` of the ``N`` up-projections act on a token, so activated =
-    A + router + κ + (top_k / N)·B. For HMoRA every expert acts (soft routing) but its task
+    A + router + κ + (top_k / N)·B; the router is ``N × r`` on the code or ``N × d_in`` on
+    the input (``hydralora``: every B acts, and its router on ``x`` gives the paper's 2.54 %
+    of Qwen2-1.5B). For HMoRA every expert acts (soft routing) but its task
     encoder runs once per sequence and is not counted, the paper's count
     (:func:`~mosgeo_lora.finetune.baselines.hmora.inactive_per_token`). For LoRA-family
     adapters and MELoRA every trainable weight acts.

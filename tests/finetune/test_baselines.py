@@ -306,6 +306,91 @@ def test_hmora_aux_loss_reaches_the_gradient_not_the_loss():
     assert checked > 10
 
 
+def _hmora_step(model, checkpointing=None):
+    """One training forward + backward on a padded batch with a prompt; the output and the
+    gradients of every trainable parameter."""
+    if checkpointing is not None:
+        model.gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs={"use_reentrant": checkpointing}
+        )
+        if checkpointing:  # as prepare_model_for_kbit_training does: inputs that need grad
+            model.enable_input_require_grads()
+    model.train()
+    mask = torch.ones_like(IDS)
+    mask[1, -2:] = 0
+    labels = IDS.masked_fill(mask == 0, -100)
+    labels[:, :4] = -100
+    torch.manual_seed(5)  # the same dropout masks (checkpointing replays the RNG state)
+    out = model(input_ids=IDS, attention_mask=mask, labels=labels)
+    out.loss.backward()
+    model = getattr(model, "_orig_mod", model)  # a compiled model's names: the original's
+    return out, {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _assert_same_step(got, ref):
+    (out, grads), (ref_out, ref_grads) = got, ref
+    torch.testing.assert_close(out.logits, ref_out.logits, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(out.loss, ref_out.loss, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(out.aux_loss, ref_out.aux_loss, atol=1e-6, rtol=1e-5)
+    assert grads.keys() == ref_grads.keys()
+    encoder = 0
+    for name, grad in grads.items():
+        assert grad is not None and ref_grads[name] is not None, name
+        torch.testing.assert_close(grad, ref_grads[name], atol=1e-6, rtol=1e-5, msg=name)
+        encoder += "task_encoder" in name and bool(grad.abs().sum() > 0)
+    assert encoder > 5  # the task encoder trains through every task router
+
+
+@pytest.mark.parametrize("use_reentrant", [False, True], ids=["non-reentrant", "reentrant"])
+def test_hmora_gradient_checkpointing_gives_the_unchecked_gradients(use_reentrant):
+    """Gradient checkpointing of the decoder layers changes no value and no gradient, the GJS
+    term's included (λ = 0.5, so it weighs), with HMoRA's dropout 0.1. Found: non-reentrant
+    checkpointing recorded the hybrid layers' token-router loss twice
+    (``torch.autograd.grad`` of the GJS loss inside the layer unpacked the checkpoint's
+    tensors and recomputed the layer in the forward pass; ``aux_loss`` 0.4461 instead of
+    0.4541 at dropout 0); reentrant checkpointing raised "backward through the graph a
+    second time" (each recomputed layer's own backward ran into the task encoder's graph,
+    shared by all layers, and freed it)."""
+    ref = _hmora_step(hmora_model(aux_loss_coef=0.5, dropout=0.1))
+    got = _hmora_step(hmora_model(aux_loss_coef=0.5, dropout=0.1), use_reentrant)
+    _assert_same_step(got, ref)
+
+
+def test_hmora_compiles_as_one_graph_with_the_eager_values():
+    """``torch.compile(fullgraph=True)`` of the wrapped model (``aot_eager``: graph capture
+    and the traced backward, without a C++ compiler): the eager logits, loss, GJS value and
+    every gradient. Found: the GJS gradient by ``torch.autograd.grad`` broke the graph."""
+    from torch._dynamo.utils import counters
+
+    ref = _hmora_step(hmora_model(aux_loss_coef=0.5))
+    torch._dynamo.reset()
+    counters.clear()
+    model = hmora_model(aux_loss_coef=0.5)
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    _assert_same_step(_hmora_step(compiled), ref)
+    assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"]
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("shape", [(2, 9, 8), (5, 8)], ids=["token", "task"])
+@pytest.mark.parametrize("spread", [0.3, 1.0, 4.0])
+@pytest.mark.parametrize("gammas", [(0.5, 0.98), (0.2, 0.6), (0.9, 0.99)])
+def test_hmora_gjs_gradient_is_autograds(shape, spread, gammas):
+    """The closed-form GJS gradient (no autograd inside the forward pass) equals autograd of
+    :func:`gjs_loss` through the softmax, padding left out, on both sides of each clamp."""
+    torch.manual_seed(len(shape) + int(10 * spread))
+    z = (spread * torch.randn(shape, dtype=torch.float64)).requires_grad_(True)
+    w = None
+    if len(shape) == 3:
+        w = torch.ones(shape[:2])
+        w[1, -3:] = 0
+    loss = gjs_loss(torch.softmax(z, dim=-1), *gammas, w)
+    (grad,) = torch.autograd.grad(loss, z)
+    value, closed = hmora._gjs_and_grad(z.detach(), *gammas, w)
+    torch.testing.assert_close(value, loss.detach(), atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(closed, grad, atol=1e-12, rtol=1e-10)
+
+
 def test_hmora_trains_on_a_tiny_model():
     model = hmora_model(layers=4, init_weights=True, dropout=0.1)
     model.train()

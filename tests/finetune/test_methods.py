@@ -36,6 +36,7 @@ FFN_SUM = 2 * (96 + 96 + 96)
     ("name", "family", "rank"),
     [
         *[(p, "moselora", 8) for p in PRESETS],
+        ("hydralora-code", "moselora", 8),
         ("lora", "lora", 8),
         ("dora", "dora", 8),
         ("adalora", "adalora", 8),
@@ -79,6 +80,11 @@ def test_configs_share_the_ffn_targets_and_alpha():
         peft_config(parse_method("adalora"), model, 2)
     with pytest.raises(MethodError, match="apply to MoSELoRA"):
         peft_config(parse_method("lora"), model, 100, input_map="lift")
+    hydra = peft_config(parse_method("hydralora"), model, 100)
+    assert (hydra.preset, hydra.router_input, hydra.top_k) == ("hydralora", "input", 8)
+    code = peft_config(parse_method("hydralora-code"), model, 100)
+    assert (code.preset, code.router_input, code.top_k) == ("hydralora", "code", 8)
+    assert peft_config(parse_method("moselora"), model, 100).router_input == "code"
 
 
 def test_ffn_targets_of_an_unknown_architecture_is_a_method_error():
@@ -124,34 +130,54 @@ def test_activated_parameters_of_the_baselines():
     assert activated == trainable - encoder > 0
 
 
+#: Qwen2-1.5B's shape (the paper's Table 1 model), built weightless on the meta device
+QWEN2_1_5B = dict(
+    hidden_size=1536,
+    intermediate_size=8960,
+    num_hidden_layers=28,
+    num_attention_heads=12,
+    num_key_value_heads=2,
+    vocab_size=151936,
+    tie_word_embeddings=True,
+)
+
+
+def _qwen2_share(name: str) -> tuple[int, float]:
+    """(activated parameters, their % of base + activated) of method ``name`` on a weightless
+    Qwen2-1.5B, the paper's count."""
+    with torch.device("meta"):
+        model = Qwen2ForCausalLM(Qwen2Config(**QWEN2_1_5B))
+        base = sum(p.numel() for p in model.parameters())
+        wrapped = get_peft_model(model, peft_config(parse_method(name), model, 100))
+    activated = activated_parameters(wrapped)[1]
+    return activated, round(100 * activated / (base + activated), 2)
+
+
 def test_hmora_activated_parameters_on_qwen2_1_5b_are_the_papers_2_26_percent():
     """The paper (§5.2) counts HMoRA at 2.26 % (and LoRA r = 8 / 64 at 0.45 % / 3.53 %) of
     Qwen2-1.5B: experts and routers per token, the task encoder not, over base + adapter."""
-    cfg = Qwen2Config(
-        hidden_size=1536,
-        intermediate_size=8960,
-        num_hidden_layers=28,
-        num_attention_heads=12,
-        num_key_value_heads=2,
-        vocab_size=151936,
-        tie_word_embeddings=True,
-    )
     share = {}
     for name in ("hmora", "lora", "lora-r64"):
-        with torch.device("meta"):
-            model = Qwen2ForCausalLM(cfg)
-            base = sum(p.numel() for p in model.parameters())
-            wrapped = get_peft_model(model, peft_config(parse_method(name), model, 100))
-        activated = activated_parameters(wrapped)[1]
-        share[name] = round(100 * activated / (base + activated), 2)
+        activated, share[name] = _qwen2_share(name)
         if name == "hmora":
             assert activated == 35_717_506
     assert share == {"hmora": 2.26, "lora": 0.45, "lora-r64": 3.53}
 
 
+def test_hydralora_activated_parameters_on_qwen2_1_5b_are_the_papers_2_54_percent():
+    """HydraLoRA's router reads the layer input (``W_g``: 8 × d_in), as its code does: A,
+    the 8 B heads (dense routing: all act) and the router, 2.54 % of Qwen2-1.5B as the paper
+    counts it. ``hydralora-code`` (router 8 × r on ``A x``) is 2.38 %: the difference is
+    28 layers × 8 × (1536 + 1536 + 8960 − 3 · 8) router weights."""
+    activated, share = _qwen2_share("hydralora")
+    assert share == 2.54 and activated == 40_255_488
+    code, code_share = _qwen2_share("hydralora-code")
+    assert code_share == 2.38 and activated - code == 28 * 8 * (1536 + 1536 + 8960 - 3 * 8)
+
+
 def test_lora_rmatch_picks_the_rank_nearest_to_the_target():
     model = tiny_llama()
-    for target in ("moselora", "hydralora", "hmora", "melora-r16"):
+    for target in ("moselora", "hydralora", "hydralora-code", "hmora", "melora-r16"):
         rank, lora, goal = matched_rank(parse_method(target), model)
         assert lora == rank * FFN_SUM
         assert all(abs(lora - goal) <= abs(r * FFN_SUM - goal) for r in range(1, 200)), target

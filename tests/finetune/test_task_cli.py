@@ -103,6 +103,20 @@ def test_help_lists_the_tasks(command, capsys):
     assert "tasks: gsm8k, svamp, mawps, aqua, math500, cola, mrpc" in text
 
 
+def test_eval_help_says_the_method_comes_from_the_adapter(capsys):
+    """``eval`` scores a saved adapter, whose config names its method: the help lists the
+    methods and says why there is no ``--method``."""
+    from mosgeo_lora.finetune.methods import METHODS
+
+    with pytest.raises(SystemExit):
+        cli.main(["eval", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "eval takes no --method" in text and "adapter_config.json" in text
+    assert ", ".join(METHODS) in text and "melora" in text and "hmora" in text
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["eval", "--base", "--method", "lora"])
+
+
 def test_task_flag_repeats_and_takes_lists():
     ns = cli.build_parser().parse_args(
         ["eval", "--base", "--task", "gsm8k=a.jsonl,svamp", "--task", "cola"]

@@ -361,9 +361,10 @@ MIX_SOURCES = {name: fixture(name) for name in tasks.MIX_TASKS}
 
 
 def test_training_mix_is_a_seeded_uniform_sample_of_the_training_rows():
-    mix = tasks.training_mix(8, seed=0, sources=MIX_SOURCES)
-    assert len(mix) == 8 and mix == tasks.training_mix(8, seed=0, sources=MIX_SOURCES)
-    assert mix != tasks.training_mix(8, seed=1, sources=MIX_SOURCES)
+    mix = tasks.training_mix(8, seed=0, sources=MIX_SOURCES, balance="pool")
+    assert len(mix) == 8
+    assert mix == tasks.training_mix(8, seed=0, sources=MIX_SOURCES, balance="pool")
+    assert mix != tasks.training_mix(8, seed=1, sources=MIX_SOURCES, balance="pool")
     assert len({(m.task, m.prompt) for m in mix}) == 8  # without replacement
     everything = tasks.training_mix(13, seed=0, sources=MIX_SOURCES)  # all 4 + 3 + 3 + 3 rows
     assert sorted(m.task for m in everything) == sorted(
@@ -383,6 +384,35 @@ def _row_of(example):
     task = tasks.TASKS[example.task]
     rows = tasks.load_rows(task, fixture(example.task)).rows
     return next(r for r in rows if task.prompt(r) == example.prompt)
+
+
+#: The training rows of GSM8K, MAWPS, SVAMP and AQuA on the hub (docs/tasks.md)
+HUB_TRAIN_ROWS = [7_473, 1_089, 700, 97_467]
+
+
+def test_training_mix_default_is_the_papers_counts_smaller_sets_whole():
+    """The default ``balance="whole"``: GSM8K, MAWPS and SVAMP whole (9,262 rows) and 4,000
+    of AQuA make the paper's 13,262 ("GSM8K, MAWPS, SVAMP, and subset of AQuA", its
+    appendix D.3); the other two readings give other counts at that size."""
+    from mosgeo_lora.finetune.tasks import mix as mix_module
+
+    assert mix_module.BALANCES[0] == "whole"
+    assert mix_module._whole_quotas(13_262, HUB_TRAIN_ROWS) == [7_473, 1_089, 700, 4_000]
+    assert mix_module._quotas(13_262, HUB_TRAIN_ROWS) == [5_737, 1_089, 700, 5_736]  # equal
+    pooled = [round(13_262 * n / sum(HUB_TRAIN_ROWS)) for n in HUB_TRAIN_ROWS]
+    assert pooled == [929, 135, 87, 12_111]  # pool: AQuA is 91 % of the mix
+    # the fixtures: gsm8k (4 rows) is the largest, the others have 3 each
+    mix = tasks.training_mix(11, seed=2, sources=MIX_SOURCES)
+    assert mix == tasks.training_mix(11, seed=2, sources=MIX_SOURCES, balance="whole")
+    counts = {name: sum(m.task == name for m in mix) for name in tasks.MIX_TASKS}
+    assert counts == {"gsm8k": 2, "mawps": 3, "svamp": 3, "aqua": 3}
+    assert len({(m.task, m.prompt) for m in mix}) == 11
+    assert [m.task for m in mix] != sorted(m.task for m in mix)  # shuffled, not in blocks
+    assert mix != tasks.training_mix(11, seed=3, sources=MIX_SOURCES)
+    # below the smaller sets' total: a uniform sample of them, the largest fills nothing
+    short = tasks.training_mix(5, seed=2, sources=MIX_SOURCES)
+    assert len(short) == 5 and not any(m.task == "gsm8k" for m in short)
+    assert len({(m.task, m.prompt) for m in short}) == 5
 
 
 def test_training_mix_equal_shares():

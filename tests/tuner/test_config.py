@@ -28,8 +28,12 @@ from mosgeo_lora.constants import PRESETS, preset_mix  # noqa: E402
 def test_presets(preset, signs, top_k):
     cfg = MoSELoraConfig(preset=preset, target_modules=["0", "2"])
     assert cfg.top_k == top_k and cfg.num_experts == 8
+    # HydraLoRA's code routes on the layer input; the MoSELoRA presets on the code A x
+    assert cfg.router_input == ("input" if preset == "hydralora" else "code")
     model = mosgeo_lora.wrap(sequential(), cfg)
     for layer in adapted_layers(model).values():
+        d_router = layer.in_features if preset == "hydralora" else 8
+        assert layer.moselora_router["default"].in_features == d_router
         k = layer.curvatures("default")
         assert torch.sign(k).tolist() == signs
         assert layer.settings["default"]["top_k"] == top_k
@@ -55,11 +59,20 @@ def test_presets(preset, signs, top_k):
         ({"preset": "hydralora", "num_spherical": 1}, "Euclidean experts only"),
         ({"r": 0}, "r must be a positive int"),
         ({"curvature_bounds": (1.0, -1.0)}, "low < high"),
+        ({"router_input": "x"}, r"router_input must be one of \('code', 'input'\)"),
     ],
 )
 def test_config_validation(kwargs, message):
     with pytest.raises(ValueError, match=message):
         MoSELoraConfig(**kwargs)
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_router_input_can_be_set_on_every_preset(preset):
+    for router_input in ("code", "input"):
+        assert MoSELoraConfig(preset=preset, router_input=router_input).router_input == (
+            router_input
+        )
 
 
 @pytest.mark.parametrize("preset", PRESETS)

@@ -5,6 +5,7 @@ saved before the package layout changed still loads."""
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import pytest
@@ -13,11 +14,19 @@ import torch
 pytest.importorskip("peft")
 pytest.importorskip("transformers")
 
-from peft import PeftModel, get_peft_model  # noqa: E402
+from peft import PeftConfig, PeftModel, get_peft_model  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 from torch._dynamo.utils import counters  # noqa: E402
 from transformers import LlamaForCausalLM  # noqa: E402
-from wrapped_models import adapted_layers, base_model, small_config, tokens, wrapped  # noqa: E402
+from wrapped_models import (  # noqa: E402
+    R,
+    adapted_layers,
+    base_model,
+    logits_of,
+    small_config,
+    tokens,
+    wrapped,
+)
 
 import mosgeo_lora  # noqa: E402
 from mosgeo_lora.balance import CALL_KWARG  # noqa: E402
@@ -111,6 +120,55 @@ def test_adapter_saved_by_0_1_0_loads_with_the_same_logits():
     torch.testing.assert_close(logits, expected["logits"], rtol=0, atol=4e-6)
     kappas = next(iter(mosgeo_lora.curvatures(model).values()))
     assert kappas == pytest.approx([-0.7, 0.8, 1.1, 0.0])
+
+
+def test_the_0_1_0_adapter_routes_on_the_code():
+    """The fixture's ``adapter_config.json`` (mosgeo-lora 0.1.0) has no ``router_input``: it
+    loads as ``"code"``, its router ``N × r``."""
+    config = PeftConfig.from_pretrained(FIXTURE / "adapter")
+    assert "router_input" not in json.loads((FIXTURE / "adapter/adapter_config.json").read_text())
+    assert config.router_input == "code"
+
+
+@pytest.mark.parametrize("route", ["PeftModel", "PeftConfig", "MoSELoraConfig", "transformers"])
+def test_hydralora_saved_without_router_input_loads_routing_on_the_code(tmp_path, route):
+    """A ``hydralora`` adapter saved before ``router_input`` existed routed on the code
+    ``A x``; today the preset routes on ``x`` by default. Its config (written here by removing
+    the field from a code-routed adapter's file) loads as ``"code"`` by every loading route
+    (``PeftModel.from_pretrained`` via ``MoSELoraConfig.check_kwargs``; ``PeftConfig`` and
+    transformers' ``load_adapter`` via the saved ``peft_version``), with the same logits. A
+    hydralora adapter saved today keeps ``"input"``."""
+    ids = tokens()
+    model = wrapped(preset="hydralora", router_input="code", num_hyperbolic=0,
+                    num_spherical=0, top_k=None, init_weights=False).eval()  # fmt: skip
+    before = logits_of(model, ids)
+    model.save_pretrained(tmp_path)
+    path = tmp_path / "adapter_config.json"
+    saved = json.loads(path.read_text())
+    assert saved["router_input"] == "code" and saved["peft_version"]
+    del saved["router_input"]
+    path.write_text(json.dumps(saved))
+    if route == "PeftModel":
+        loaded = PeftModel.from_pretrained(base_model(), tmp_path).eval()
+        config = loaded.peft_config["default"]
+    elif route == "PeftConfig":
+        config = PeftConfig.from_pretrained(tmp_path)
+    elif route == "MoSELoraConfig":
+        config = mosgeo_lora.MoSELoraConfig.from_pretrained(tmp_path)
+    else:
+        loaded = base_model()
+        loaded.load_adapter(str(tmp_path))
+        config = loaded.peft_config["default"]
+    assert isinstance(config, mosgeo_lora.MoSELoraConfig)
+    assert (config.preset, config.router_input) == ("hydralora", "code")
+    if route in ("PeftModel", "transformers"):
+        layer = next(iter(adapted_layers(loaded).values()))
+        assert layer.moselora_router["default"].in_features == R
+        torch.testing.assert_close(logits_of(loaded, ids), before, rtol=0, atol=0)
+    fresh = wrapped(preset="hydralora", num_hyperbolic=0, num_spherical=0, top_k=None)
+    assert fresh.peft_config["default"].router_input == "input"
+    fresh.save_pretrained(tmp_path / "new")
+    assert PeftConfig.from_pretrained(tmp_path / "new").router_input == "input"
 
 
 def test_wrap_seed_fixes_the_adapter_and_leaves_the_global_generator():

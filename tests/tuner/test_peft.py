@@ -533,24 +533,41 @@ def test_bf16_autocast_and_bf16_base_model():
 
 
 # --------------------------------------------------------------------------- fused vs reference
+#: the router's input: the code A x (the MoSELoRA default), the layer input x (top-2 of 4), and
+#: HydraLoRA (dense routing, Euclidean experts, its default router on x)
+ROUTINGS = {
+    "code": {},
+    "input": {"router_input": "input"},
+    "hydralora": {"preset": "hydralora", "num_hyperbolic": 0, "num_spherical": 0, "top_k": None},
+}
+
+
+@pytest.mark.parametrize("routing", list(ROUTINGS))
 @pytest.mark.parametrize("padded", [False, True], ids=["dense", "padded"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_fused_and_reference_paths_agree(dtype, padded):
+def test_fused_and_reference_paths_agree(dtype, padded, routing):
     """Same weights, fused=True vs the literal per-expert path: same logits, loss, aux loss
     and gradients (to rounding; float32 is loose because B ~ N(0, 0.5²) drives most tokens
     into the spherical clip, which amplifies rounding). With padding, the fused layer's
     balance gradient (added in its router backward, weighted by the attention mask) equals
-    the reference path's ``BalanceGradient``."""
+    the reference path's ``BalanceGradient``. With the router on the layer input (``W_g``
+    ``N × d_in``), its gradient and its share of ``∂L/∂x`` (which reaches the earlier
+    layers' adapters) are the fused backward's other branch."""
     ids, mask = _padded(tokens()) if padded else (tokens(), None)
-    fused = wrapped(init_weights=False, fused=True).to(dtype)
+    over = ROUTINGS[routing]
+    fused = wrapped(init_weights=False, fused=True, **over).to(dtype)
     _randomise_curvatures(fused)
-    reference = wrapped(init_weights=False, fused=False, adapter_seed=99).to(dtype)
+    reference = wrapped(init_weights=False, fused=False, adapter_seed=99, **over).to(dtype)
     assert not torch.equal(
         reference.state_dict()[_first_b(reference)], fused.state_dict()[_first_b(fused)]
     )
     reference.load_state_dict(fused.state_dict())
     for layer in adapted_layers(reference).values():
         assert layer.settings["default"]["fused"] is False
+        on_input = layer.settings["default"]["router_input"] == "input"
+        assert on_input == (routing != "code")
+        d_router = layer.in_features if on_input else R
+        assert layer.moselora_router["default"].weight.shape == (N, d_router)
     outs = [_train_forward_backward(m, ids, mask) for m in (fused, reference)]
     tol = 1e-10 if dtype == torch.float64 else 1e-4
     torch.testing.assert_close(outs[0].logits, outs[1].logits, rtol=tol, atol=tol)

@@ -232,14 +232,40 @@ def gjs_loss(
 def _gjs_and_grad(
     logits: torch.Tensor, certainty: float, balance: float, weights: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The GJS loss of ``softmax(logits)`` and its gradient with respect to the logits, from a
-    detached copy (the gradient is added in backward by ``BalanceGradient``)."""
+    """The GJS loss of ``softmax(logits)`` (:func:`gjs_loss`) and its gradient with respect to
+    the logits, closed forms with no autograd graph (the gradient is added in backward by
+    ``BalanceGradient``). Not ``torch.autograd.grad``: inside a layer under non-reentrant
+    checkpointing it unpacks tensors the checkpoint packed and recomputes the layer in the
+    forward pass (which recorded its losses twice), and it breaks a compiled graph.
+
+    With ``H(q) = -Σ q log(q + 1e-9)``, ``H' = -(log(q + 1e-9) + q / (q + 1e-9))``, the
+    mean ``p̄ = Σ_t w_t p_t / W`` and ``s = [loss > 0] / log N``::
+
+        ∂loss/∂p_t = s (w_t / W) ([H(p_t) ≥ γ_c log N] H'(p_t) − [H(p̄) ≤ γ_b log N] H'(p̄))
+
+    then the softmax's backward (clamp and relu pass the gradient as torch's do)."""
     wide = torch.float64 if logits.dtype == torch.float64 else torch.float32
-    with torch.enable_grad():
-        z = logits.detach().to(wide).requires_grad_(True)
-        loss = gjs_loss(torch.softmax(z, dim=-1), certainty, balance, weights)
-        (grad,) = torch.autograd.grad(loss, z)
-    return loss.detach(), grad.to(logits.dtype)
+    with torch.no_grad():
+        n = logits.shape[-1]
+        p = torch.softmax(logits.detach().to(wide), dim=-1).reshape(-1, n)
+        w = torch.ones_like(p[:, :1]) if weights is None else weights.reshape(-1, 1).to(wide)
+        count = w.sum().clamp_min(1.0)
+        h_max = math.log(n)
+        mean = (p * w).sum(0) / count
+        log_mean, log_p = torch.log(mean + 1e-9), torch.log(p + 1e-9)
+        h_mean = -(mean * log_mean).sum()
+        h_each = -(p * log_p).sum(-1, keepdim=True)
+        spread = h_mean.clamp(max=balance * h_max) - (
+            (h_each.clamp(min=certainty * h_max) * w).sum() / count
+        )
+        excess = (balance - certainty) * h_max - spread
+        loss = torch.relu(excess) / h_max
+        on = (excess > 0).to(wide) / h_max
+        d_mean = (h_mean <= balance * h_max).to(wide) * (log_mean + mean / (mean + 1e-9))
+        d_each = (h_each >= certainty * h_max).to(wide) * (log_p + p / (p + 1e-9))
+        v = (on * w / count) * (d_mean - d_each)  # ∂loss/∂p_t, the signs of H' folded in
+        grad = p * (v - (p * v).sum(-1, keepdim=True))
+    return loss, grad.reshape(logits.shape).to(logits.dtype)
 
 
 def _sinusoid(positions: torch.Tensor, dim: int) -> torch.Tensor:
@@ -289,6 +315,27 @@ class _Mix(nn.Module):
     def __init__(self, value: float) -> None:
         super().__init__()
         self.logit = nn.Parameter(torch.tensor(value, dtype=torch.float32))
+
+
+class _SharedGraph(torch.autograd.Function):
+    """The identity on the task representation, for a layer recomputed inside backward by
+    reentrant checkpointing: the checkpoint runs a backward of its own through the layer,
+    which would go on into the task encoder's graph and free it (the next layer's then
+    fails: "backward through the graph a second time"). This node stops there and sends its
+    gradient into the encoder with ``retain_graph=True``, once per layer; the graph goes
+    with the representation at the next call. Its tensor input is a detached leaf and the
+    representation comes in a list, so the node has no edge into the encoder's graph (an
+    edge would run, and free, the encoder's nodes even with no gradient to send)."""
+
+    @staticmethod
+    def forward(ctx: Any, leaf: torch.Tensor, rep: list[torch.Tensor]) -> torch.Tensor:
+        ctx.rep = rep[0]  # the tensor with the encoder's graph (not saved: nothing to recompute)
+        return leaf.view_as(leaf)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor):
+        torch.autograd.backward(ctx.rep, grad, retain_graph=True)
+        return None, None
 
 
 class _Context:
@@ -456,7 +503,7 @@ class HMoRALayer(BaseTunerLayer):
             token_probs = torch.softmax(logits, dim=-1, dtype=torch.float32)
         if cfg["mode"] in ("task", "hybrid"):
             router = self.hmora_task_router[adapter_name]
-            rep = self._representation(adapter_name, x)
+            rep = self._representation(adapter_name, x, call)
             logits = router(drop(rep.to(router.weight.dtype)))
             logits = self._aux(logits, cfg, "task_gamma", call, None, recording)
             task_probs = torch.softmax(logits, dim=-1, dtype=torch.float32)
@@ -474,7 +521,9 @@ class HMoRALayer(BaseTunerLayer):
             gates = torch.softmax(kept, dim=-1)
         return gates, token_probs, task_probs
 
-    def _representation(self, adapter_name: str, x: torch.Tensor) -> torch.Tensor:
+    def _representation(
+        self, adapter_name: str, x: torch.Tensor, call: CallState | None = None
+    ) -> torch.Tensor:
         context = getattr(self, "_hmora_context", None)
         rep = None if context is None else context.representation.get(adapter_name)
         if rep is None:
@@ -483,6 +532,10 @@ class HMoRALayer(BaseTunerLayer):
                 "the HMoRA model computes when it is called: call the wrapped model, not one "
                 "layer on its own"
             )
+        if call is not None and call.closed and torch.is_grad_enabled() and rep.requires_grad:
+            # a recomputation inside backward (reentrant checkpointing): the layer's own
+            # backward must not free the task encoder's graph, which every layer reaches
+            rep = _SharedGraph.apply(rep.detach().requires_grad_(), [rep])
         return rep
 
     @staticmethod

@@ -2,12 +2,21 @@
 (MATH500 is a test set only).
 
 The paper "uniformly samples" its 13,262 training problems from these four training sets
-without saying more. Two readings are offered, both explicit: ``balance="pool"`` (the
-default) draws ``size`` rows uniformly from all training rows together, so each dataset
-contributes in proportion to its size (AQuA's 97,467 rows then dominate);
-``balance="equal"`` gives each dataset an equal share, a dataset with fewer rows giving all
-it has and the others sharing the rest. (The full GSM8K, MAWPS and SVAMP training splits,
-9,262 rows, plus 4,000 AQuA rows also make 13,262.)
+(§5) and lists them, in its appendix D.3, as "GSM8K, MAWPS, SVAMP, and subset of AQuA". Three
+readings are offered, each explicit (``balance``):
+
+* ``"whole"`` (the default): every training set whole except the largest, which is sampled
+  uniformly for the rest. GSM8K's 7,473, MAWPS's 1,089 and SVAMP's 700 training rows make
+  9,262, and AQuA gives 4,000 of its 97,467: 13,262, the paper's count, with AQuA the only
+  subset, as its appendix says. Below the smaller sets' total (a short run) the mix is a
+  uniform sample of the smaller sets together, and the largest gives none: it only fills
+  what the others cannot.
+* ``"pool"``: ``size`` rows uniformly from all training rows together, so each dataset
+  contributes in proportion to its size; at 13,262 AQuA gives about 12,100 and GSM8K about
+  930, which does not fit "a subset of AQuA" among four datasets.
+* ``"equal"``: each dataset an equal share, a dataset with fewer rows giving all it has and
+  the others sharing the rest (at 13,262: SVAMP and MAWPS whole, GSM8K and AQuA 5,737 /
+  5,736).
 """
 
 from __future__ import annotations
@@ -26,7 +35,7 @@ __all__ = ["MIX_TASKS", "BALANCES", "MixExample", "training_mix"]
 #: The training sets of the mix.
 MIX_TASKS: tuple[str, ...] = ("gsm8k", "mawps", "svamp", "aqua")
 #: The sampling rules (see the module docstring).
-BALANCES: tuple[str, ...] = ("pool", "equal")
+BALANCES: tuple[str, ...] = ("whole", "pool", "equal")
 
 
 @dataclass(frozen=True)
@@ -60,18 +69,30 @@ def _quotas(size: int, available: Sequence[int]) -> list[int]:
     return quotas
 
 
+def _whole_quotas(size: int, available: Sequence[int]) -> list[int] | None:
+    """Every set but the largest (the first on a tie) whole, the largest the rest; ``None``
+    when ``size`` is below the others' total (then they are pooled, the largest gives none)."""
+    largest = max(range(len(available)), key=lambda i: available[i])
+    others = sum(available) - available[largest]
+    if size < others:
+        return None
+    quotas = list(available)
+    quotas[largest] = size - others
+    return quotas
+
+
 def training_mix(
     size: int,
     seed: int,
     sources: Mapping[str, str | os.PathLike] | None = None,
     tasks: Sequence[str] = MIX_TASKS,
-    balance: str = "pool",
+    balance: str = "whole",
 ) -> list[MixExample]:
     """``size`` training problems from the training splits of ``tasks``, shuffled by ``seed``.
 
     ``sources``: task name → a local file of its training split in the hub's schema; a task
-    without one is read from the hub. ``balance``: ``"pool"`` or ``"equal"`` (module
-    docstring). The same arguments give the same mix.
+    without one is read from the hub. ``balance``: ``"whole"`` (the paper's counts),
+    ``"pool"`` or ``"equal"`` (module docstring). The same arguments give the same mix.
 
     Raises:
         TaskError: an unknown or test-only task, a bad balance, or fewer rows than ``size``.
@@ -95,12 +116,17 @@ def training_mix(
     if size > total:
         raise TaskError(f"size {size} is more than the {total} training rows of {list(tasks)}")
     rng = random.Random(seed)
-    if balance == "pool":
+    sizes = [len(p) for p in pools]
+    if balance == "whole":
+        quotas = _whole_quotas(size, sizes)
+        if quotas is None:  # a short run: the smaller sets pooled, the largest none
+            largest = max(range(len(pools)), key=lambda i: sizes[i])
+            rest = [ex for i, pool in enumerate(pools) if i != largest for ex in pool]
+            return rng.sample(rest, size)
+    elif balance == "pool":
         return rng.sample([ex for pool in pools for ex in pool], size)
-    mix = [
-        ex
-        for pool, quota in zip(pools, _quotas(size, [len(p) for p in pools]), strict=True)
-        for ex in rng.sample(pool, quota)
-    ]
+    else:
+        quotas = _quotas(size, sizes)
+    mix = [ex for pool, quota in zip(pools, quotas, strict=True) for ex in rng.sample(pool, quota)]
     rng.shuffle(mix)
     return mix
