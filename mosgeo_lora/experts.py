@@ -155,10 +155,17 @@ def mix_forward(
     mu = torch.linalg.vector_norm(zc, float("inf"), dim=-1, keepdim=True)
     mu = mu.clamp_min(torch.finfo(cdt).tiny)
     zt = zc / mu
-    bv = (b_cat if b_cat.dtype == cdt else b_cat.to(cdt)).view(d_out, n, r)
-    gram = torch.einsum("dnr,dns->nrs", bv, bv)  # B_iᵀB_i, once per call
-    zg = torch.einsum("tr,nrs->tns", zt, gram)
-    q = torch.einsum("tns,ts->tn", zg, zt)
+    bc = b_cat if b_cat.dtype == cdt else b_cat.to(cdt)
+    bv = bc.view(d_out, n, r)
+    zg = None
+    if save or t >= r:
+        gram = torch.einsum("dnr,dns->nrs", bv, bv)  # B_iᵀB_i, once per call
+        zg = torch.einsum("tr,nrs->tns", zt, gram)
+        q = torch.einsum("tns,ts->tn", zg, zt)
+    else:  # no backward and fewer tokens than the rank (decoding): ‖B_i z̃‖² directly costs
+        # T·N·r·d_out multiply-adds, the Gram matrices N·r²·d_out
+        bz = torch.mm(bc.view(d_out * n, r), zt.t()).view(d_out, n, t)
+        q = bz.square().sum(0).t()
     nz = None
     if input_map != "lift":  # the stereographic map reads ‖z̃‖ (in [1, √r], or 0)
         nz = torch.linalg.vector_norm(zt, dim=-1, keepdim=True)

@@ -64,46 +64,58 @@ class Spec(NamedTuple):
     router_on_input: bool = False
 
 
+def _forward(x, base, a_w, g_w, b_w, k_learn, k_fixed, weights, scale, spec, save):
+    """The forward pass of :func:`adapter`: ``(out, counts, value, aux, saved)``, where
+    ``saved`` (``None`` unless ``save``) is what the backward needs."""
+    shape = x.shape
+    x2 = x if x.dim() == 2 else x.reshape(-1, shape[-1])
+    z = F.linear(x2, a_w)
+    logits = F.linear(x2 if spec.router_on_input else z, g_w)
+    dtype = z.dtype
+    cdt = compute_dtype(dtype)
+    value = radial.gate_scale(default_eps(dtype), spec.scaling)
+    gates, probs, mask = route_forward(logits, spec.top_k, value)
+    counts = c = aux = None
+    alpha = 1.0
+    if spec.balance or spec.counts or spec.aux:
+        counts, c, alpha, aux = balance_terms(
+            probs, mask, spec.top_k, weights, value=value, scale=scale,
+            grad=spec.balance, aux=spec.aux,
+        )  # fmt: skip
+    k = k_fixed
+    if k_learn is not None:
+        k = torch.cat((k_learn, k_fixed if k_fixed.dtype == k_learn.dtype else
+                       k_fixed.to(k_learn.dtype)))  # fmt: skip
+    if k.dtype != cdt:
+        k = k.to(cdt)
+    if gates.dtype != cdt:
+        gates = gates.to(cdt)
+    d_out = b_w.shape[0]
+    base2 = None
+    if base is not None:
+        base2 = base if base.dim() == 2 else base.reshape(-1, d_out)
+    out, state = mix_forward(z, b_w, k, gates, input_map=spec.input_map, base=base2, save=save)
+    if x.dim() != 2:
+        out = out.view(*shape[:-1], d_out)
+    saved = None
+    if save:
+        saved = ((x2, z, a_w, g_w, probs, gates, mask, *state[:7], *state.scale), (c, alpha))
+    return out, counts, value, aux, saved
+
+
 class _Adapter(torch.autograd.Function):
     """:func:`adapter` with its closed-form backward."""
 
     @staticmethod
     def forward(ctx, x, base, a_w, g_w, b_w, k_learn, k_fixed, weights, scale, spec):
         ctx.set_materialize_grads(False)  # no zero tensors for the outputs without a gradient
-        shape = x.shape
-        x2 = x if x.dim() == 2 else x.reshape(-1, shape[-1])
-        z = F.linear(x2, a_w)
-        logits = F.linear(x2 if spec.router_on_input else z, g_w)
-        dtype = z.dtype
-        cdt = compute_dtype(dtype)
-        value = radial.gate_scale(default_eps(dtype), spec.scaling)
-        gates, probs, mask = route_forward(logits, spec.top_k, value)
-        counts = c = aux = None
-        alpha = 1.0
-        if spec.balance or spec.counts or spec.aux:
-            counts, c, alpha, aux = balance_terms(
-                probs, mask, spec.top_k, weights, value=value, scale=scale,
-                grad=spec.balance, aux=spec.aux,
-            )  # fmt: skip
-        k = k_fixed
-        if k_learn is not None:
-            k = torch.cat((k_learn, k_fixed if k_fixed.dtype == k_learn.dtype else
-                           k_fixed.to(k_learn.dtype)))  # fmt: skip
-        if k.dtype != cdt:
-            k = k.to(cdt)
-        if gates.dtype != cdt:
-            gates = gates.to(cdt)
-        d_out = b_w.shape[0]
-        base2 = None
-        if base is not None:
-            base2 = base if base.dim() == 2 else base.reshape(-1, d_out)
-        out, state = mix_forward(z, b_w, k, gates, input_map=spec.input_map, base=base2)
-        if x.dim() != 2:
-            out = out.view(*shape[:-1], d_out)
-        ctx.balance = (c, alpha)  # on the node, not saved: checkpointing must not recompute it
-        ctx.meta = (spec, value, shape, dtype, mask is None, 0 if k_learn is None else
-                    k_learn.shape[0], None if k_learn is None else k_learn.dtype)  # fmt: skip
-        ctx.save_for_backward(x2, z, a_w, g_w, probs, gates, mask, *state[:7], *state.scale)
+        out, counts, value, aux, (tensors, balance) = _forward(
+            x, base, a_w, g_w, b_w, k_learn, k_fixed, weights, scale, spec, True
+        )
+        ctx.balance = balance  # on the node, not saved: checkpointing must not recompute it
+        ctx.meta = (spec, value, x.shape, tensors[1].dtype, tensors[6] is None, 0 if k_learn is None
+                    else k_learn.shape[0], None if k_learn is None else k_learn.dtype)  # fmt: skip
+        ctx.save_for_backward(*tensors)
         ctx.mark_non_differentiable(*(t for t in (counts, aux) if t is not None))
         return out, counts, value, aux
 
@@ -167,4 +179,10 @@ def adapter(
         (``None`` when not asked for or dense), and ``aux`` the balance loss (or ``None``).
     """
     a_w, g_w, b_w, k_learn, k_fixed = weights
-    return _Adapter.apply(x, base, a_w, g_w, b_w, k_learn, k_fixed, token_weights, scale, spec)
+    args = (x, base, a_w, g_w, b_w, k_learn, k_fixed, token_weights, scale, spec)
+    if torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, base, a_w, g_w, b_w, k_learn)
+    ):
+        return _Adapter.apply(*args)
+    # no gradient asked for (evaluation, decoding): no autograd node, no local derivatives
+    return _forward(*args, False)[:4]

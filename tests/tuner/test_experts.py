@@ -244,3 +244,28 @@ def test_huge_tokens_are_exact(dtype, norm, b_scale):
     k = torch.tensor([-1.0, 0.0, 1.0, 4.0, -0.3], dtype=dtype)
     gates = torch.rand(4, n, generator=g, dtype=dtype)
     _fused_vs_reference(z, b, k, gates)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("input_map", ["stereographic", "lift"])
+@pytest.mark.parametrize("t", [1, 3, 8, 20])
+def test_the_inference_forward_equals_the_training_forward(t, input_map, dtype):
+    """Without a backward (``save=False``: evaluation, decoding) fewer tokens than the rank
+    take ``‖B_i z̃‖²`` directly instead of through the Gram matrices, and no local
+    derivatives are formed: the same output, huge and tiny tokens, κ through 0."""
+    from mosgeo_lora.experts import mix_forward
+
+    g = torch.Generator().manual_seed(t)
+    n, r, d = 6, 8, 11
+    z = torch.randn(t, r, generator=g, dtype=torch.float64)
+    z = z * torch.logspace(-3, 8, t, dtype=torch.float64).unsqueeze(-1)
+    b = torch.randn(d, n * r, generator=g, dtype=torch.float64) * 0.5
+    k = torch.tensor([0.0, 1e-8, -1.0, 1.0, -3.0, 2.5], dtype=torch.float64)
+    gates = torch.rand(t, n, generator=g, dtype=torch.float64)
+    cdt = torch.float64 if dtype == torch.float64 else torch.float32
+    args = (z.to(dtype), b.to(dtype), k.to(cdt), gates.to(cdt))
+    trained, state = mix_forward(*args, input_map=input_map, save=True)
+    inferred, none = mix_forward(*args, input_map=input_map, save=False)
+    assert none is None and state is not None
+    tol = {torch.float64: 1e-12, torch.float32: 1e-5}.get(dtype, 1e-2)
+    torch.testing.assert_close(inferred, trained, rtol=tol, atol=tol * float(trained.abs().max()))

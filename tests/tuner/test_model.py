@@ -314,3 +314,19 @@ def test_balance_weight_counts_classification_labels_as_the_trainer_does(head):
         grads.append(_router_grad_norm(model))
     assert grads[1] == pytest.approx(grads[0], rel=1e-6)  # all the step's labels: weight 1
     assert grads[2] == pytest.approx(grads[0] / 2, rel=1e-6)  # half of them: weight 1/2
+
+
+@pytest.mark.parametrize("length", [1, 7])
+def test_a_no_grad_call_equals_a_training_call(length):
+    """Evaluation and decoding skip the autograd node and the local derivatives (and, for
+    fewer tokens than the rank, the Gram matrices): the same logits as a call that builds
+    the backward, padded batch included."""
+    model = wrapped(init_weights=False).eval()
+    ids = tokens(length=length)
+    mask = torch.ones_like(ids)
+    mask[0, :1] = 0
+    with_grad = model(input_ids=ids, attention_mask=mask).logits
+    assert with_grad.requires_grad
+    with torch.no_grad():
+        no_grad = model(input_ids=ids, attention_mask=mask).logits
+    torch.testing.assert_close(no_grad, with_grad.detach(), rtol=1e-5, atol=1e-6)
