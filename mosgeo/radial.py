@@ -10,7 +10,9 @@ so ``Σ_i g_i o_i = Σ_i γ_i B_i z`` for one scalar ``γ_i`` per token and expe
 ``‖z‖²``, of the Gram form ``q_i = zᵀ(B_iᵀB_i)z = ‖B_i z‖²``, of ``κ_i`` and of the gate
 ``g_i``. :func:`adapter_scale` computes ``γ`` and its derivatives in a fixed, small number of
 elementwise passes over ``(tokens, experts)`` tensors (the fused MoSELoRA layer calls
-:func:`scale_forward` / :func:`scale_backward` inside its own autograd Function).
+:func:`gamma_forward` / :func:`gamma_backward` inside its own autograd Function). Those
+passes run eagerly, one op each, or — :func:`set_kernel` ``("compiled")`` — as two fused
+kernels compiled from the same code.
 
 **The formula.** The inputs are taken for ``z̃ = z/μ``, ``μ > 0`` a free per-token factor
 (the result does not depend on it; the layer uses the largest ``|z_j|``, so that no square of

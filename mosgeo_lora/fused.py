@@ -18,8 +18,10 @@ output) is added by the up-projection's ``addmm``.
 
 What autograd would keep per elementwise op — a node, its saved inputs, its backward kernels —
 is one node here: one adapted layer's forward+backward runs 132 top-level aten ops instead of
-436 (``tests/tuner/test_ops.py``; ``docs/design.md`` §2.2 lists what is left), the difference
-being kernel launches on a GPU. The balance coefficients are kept on the node (not saved for
+436, 74 with γ's compiled kernel (:func:`mosgeo.radial.set_kernel`; ``tests/tuner/test_ops.py``,
+``docs/design.md`` §2.2), the difference being kernel launches on a GPU. A call that needs no
+gradient (evaluation, decoding) runs the forward alone, without the node or the local
+derivatives. The balance coefficients are kept on the node (not saved for
 backward), so activation checkpointing's recomputation cannot change them
 (:mod:`mosgeo_lora.balance`). Not twice differentiable (the backward is not recorded).
 """
