@@ -663,7 +663,7 @@ def mobius_pointwise_mul(w: Tensor, x: Tensor, *, k: Curvature, dim: int = -1) -
     """
     k = _k(k, x)
     wx = w * x
-    a = artan_ratio(k * sqnorm(x, dim))
+    a = artan_ratio(_kq(k, sqnorm(x, dim)))
     wx2, wxn = sqnorm_norm(wx, dim)  # ‖w⊙x‖² overflows for huge w
     return wx * (a * tan_ratio(_kq(k, wx2, a * a), _sk(k) * a * wxn))
 
@@ -685,7 +685,7 @@ def mobius_matvec(m: Tensor, x: Tensor, *, k: Curvature, dim: int = -1) -> Tenso
         mx = torch.tensordot(x, m, dims=([dim], [1])).movedim(-1, dim) if dim != -1 else x @ m.T
     else:
         mx = torch.matmul(m, x.unsqueeze(-1)).squeeze(-1)
-    a = artan_ratio(k * sqnorm(x, dim))
+    a = artan_ratio(_kq(k, sqnorm(x, dim)))
     mx2, mxn = sqnorm_norm(mx, dim)  # ‖Mx‖² overflows for huge M
     return _radial(mx, a * tan_ratio(_kq(k, mx2, a * a), _sk(k) * a * mxn))
 
@@ -860,7 +860,7 @@ def expmap0(u: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
 def logmap0(y: Tensor, *, k: Curvature, dim: int = -1) -> Tensor:
     r"""``log₀(y) = artan_κ(‖y‖) y/‖y‖ = y·A(κ‖y‖²)``."""
     k = _k(k, y)
-    return _radial(y, artan_ratio(k * sqnorm(y, dim)))
+    return _radial(y, artan_ratio(_kq(k, sqnorm(y, dim))))
 
 
 @point_island

@@ -51,6 +51,8 @@ from typing import Any, Union
 
 import torch
 
+from ._compat import realize
+
 __all__ = [
     "Guards",
     "guards",
@@ -189,6 +191,12 @@ class _SqNormNorm(torch.autograd.Function):
 
     @staticmethod
     def forward(x: torch.Tensor, dim: int):
+        if x.dtype == torch.float32 and torch.compiler.is_compiling():
+            # compiled: one pass, accumulated in float64 (no float32 square can overflow
+            # there), instead of a second pass over x for the rows that overflowed; eager,
+            # a float64 accumulation is not vectorised and costs more than the second pass
+            n64 = torch.linalg.vector_norm(x, dim=dim, keepdim=True, dtype=torch.float64)
+            return n64.square().to(x.dtype), n64.to(x.dtype)
         q = torch.linalg.vector_norm(x, dim=dim, keepdim=True)
         big = torch.isinf(q)
         sc = guards(x.dtype).big_scale
@@ -205,7 +213,7 @@ class _SqNormNorm(torch.autograd.Function):
         x, n = ctx.saved_tensors
         pos = n > 0
         coef = torch.where(pos, gn / torch.where(pos, n, torch.ones_like(n)), torch.zeros_like(n))
-        return x * (2.0 * g2 + coef), None
+        return x * realize(2.0 * g2 + coef), None
 
 
 def sqnorm_norm(x: torch.Tensor, dim: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
