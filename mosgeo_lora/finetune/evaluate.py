@@ -122,18 +122,19 @@ def answer_nll(
     tokenizer,
     examples: Sequence[mdata.Example],
     batch_size: int = 32,
-    padding_side: str = "right",
+    padding_side: str = "left",
 ) -> list[float]:
     """The mean negative log-likelihood (nats per token) of each example's gold answer tokens
     given its prompt, teacher-forced, in order: one forward pass per batch of ``batch_size``.
 
     The scored tokens are exactly those a training example is trained on
     (:func:`~.data.tokenize_example`'s labels: the answer and EOS); the prompt is masked out.
-    Each example is padded to its batch's longest on ``padding_side`` (``"right"`` or
-    ``"left"``), with position ids counted from its first real token, so neither the padding
-    side nor the batch size changes a value beyond float rounding. The whole example is
-    scored: no truncation (an example longer than the model's context is an error of the
-    model).
+    Each example is padded to its batch's longest on ``padding_side`` (``"left"`` or
+    ``"right"``), with position ids counted from its first real token, so neither the padding
+    side nor the batch size changes a value beyond float rounding. Left padding puts every
+    answer at the end of its row, so a model that takes ``logits_to_keep`` (transformers'
+    causal LMs) computes the vocabulary logits of the batch's last answer positions only,
+    not of every prompt token. The whole example is scored: no truncation.
     """
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding_side must be 'left' or 'right', not {padding_side!r}")
@@ -141,6 +142,7 @@ def answer_nll(
     model.eval()
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     device = next(model.parameters()).device
+    tail_only = padding_side == "left" and _takes_logits_to_keep(model)
     out: list[float] = []
     for start in range(0, len(examples), batch_size):
         feats = [
@@ -163,7 +165,14 @@ def answer_nll(
         mask_t = torch.tensor(mask, device=device)
         labels_t = torch.tensor(labels, device=device)
         positions = (mask_t.cumsum(-1) - 1).clamp(min=0)
-        logits = model(input_ids=ids_t, attention_mask=mask_t, position_ids=positions).logits
+        extra: dict[str, Any] = {}
+        if tail_only:  # the answers are the rows' last tokens: logits of the tail only
+            keep = 1 + max(sum(x != -100 for x in f["labels"]) for f in feats)
+            extra["logits_to_keep"] = keep
+            labels_t = labels_t[:, -keep:]
+        logits = model(
+            input_ids=ids_t, attention_mask=mask_t, position_ids=positions, **extra
+        ).logits
         logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
         target = labels_t[:, 1:]
         scored = target != -100
@@ -172,6 +181,17 @@ def answer_nll(
         out += nll.tolist()
     model.train(was_training)
     return out
+
+
+def _takes_logits_to_keep(model: nn.Module) -> bool:
+    """Whether the (base) model's forward takes ``logits_to_keep``."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        return "logits_to_keep" in inspect.signature(type(base).forward).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def evaluate(
