@@ -353,7 +353,7 @@ def markdown_table(
         "|---|" + "---|" * len(cfg.lrs),
     ]
     for m in methods:
-        v = summary[m]["validation_by_lr"]
+        v = {float(lr): acc for lr, acc in summary[m]["validation_by_lr"].items()}  # JSON: str
         cells = [f"{100 * v[lr]:.1f}" if lr in v else "–" for lr in cfg.lrs]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

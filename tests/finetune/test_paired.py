@@ -383,3 +383,18 @@ def test_compare_resumes_an_interrupted_run_to_the_uninterrupted_adapter(tmp_pat
     assert full.keys() == cut.keys()
     for name in full:
         torch.testing.assert_close(cut[name], full[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_the_pilot_table_is_the_one_its_json_gives():
+    """``benchmarks/results/pilot15_compare.md`` (included in docs/paired-experiment.md) is
+    what ``markdown_table`` writes from the summary and paired differences in
+    ``pilot15_compare.json``."""
+    root = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+    result = json.loads((root / "pilot15_compare.json").read_text())
+    c = result["config"]
+    cfg = CompareConfig(methods=tuple(c["methods"]), lrs=tuple(c["lrs"]), seeds=tuple(c["seeds"]))
+    table = markdown_table(result["summary"], cfg, result["paired"])
+    assert table == (root / "pilot15_compare.md").read_text()
+    pair = result["paired"][0]
+    assert (pair["method"], pair["baseline"]) == ("moselora", "moselora-e")
+    assert pair["nll"]["high"] < 0  # the pilot's one finding the page states
