@@ -4,10 +4,12 @@ Every run is a full :func:`mosgeo_lora.finetune.train.finetune` in its own folde
 ``<out>/<method>/lr<lr>/seed<seed>``; a run whose ``metrics.json`` exists is reused, and a run
 folder with a ``checkpoint-N`` but no ``metrics.json`` (a run that was interrupted) resumes
 from its newest checkpoint, so an interrupted grid continues where it stopped (``--save-steps``
-sets how often a run checkpoints). The learning rate of each method is chosen on a
-*validation* set (fresh problems from the training modules, generated with a seed the training
-stream does not use), never on the test sets; the table then reports the test sets at that
-learning rate as mean ± sample standard deviation over seeds.
+sets how often a run checkpoints). A finished or interrupted run made with other settings than
+the grid's (another ``--steps``, say) is an error, not silently mixed in. The learning rate of
+each method is chosen on a *validation* set (fresh problems from the training modules,
+generated with a seed the training stream does not use), never on the test sets; the table
+then reports the test sets at that learning rate as mean ± sample standard deviation over
+seeds.
 
 The design is paired: runs with the same seed see the same training problems in the same
 order whatever the method, and every run is scored on the same test problems, each problem
@@ -30,7 +32,7 @@ import numpy as np
 
 from . import data as mdata
 from .base_models import load
-from .config import CompareConfig, ConfigError
+from .config import CompareConfig, ConfigError, FinetuneConfig
 from .methods import parse_method
 from .train import finetune, last_checkpoint
 
@@ -75,13 +77,6 @@ def compare(cfg: CompareConfig, output_dir: str | None = None) -> dict[str, Any]
             for lr in cfg.lrs:
                 run_dir = _run_dir(out, method, lr, seed)
                 done = run_dir / "metrics.json"
-                if done.is_file():
-                    runs.append(json.loads(done.read_text()))
-                    continue
-                if base_model is None:
-                    base_model = load(cfg.base.model)
-                fresh = copy.copy(base_model)
-                fresh.model = copy.deepcopy(base_model.model)
                 resume = last_checkpoint(run_dir) is not None  # interrupted: continue it
                 run = replace(
                     cfg.base,
@@ -91,11 +86,56 @@ def compare(cfg: CompareConfig, output_dir: str | None = None) -> dict[str, Any]
                     output_dir=str(run_dir),
                     resume=resume,
                 )
+                if done.is_file():
+                    finished = json.loads(done.read_text())
+                    _check_same_settings(run_dir, finished.get("config", {}), run)
+                    runs.append(finished)
+                    continue
+                if resume and (run_dir / "run_config.json").is_file():
+                    saved = json.loads((run_dir / "run_config.json").read_text())
+                    _check_same_settings(run_dir, saved, run)
+                if base_model is None:
+                    base_model = load(cfg.base.model)
+                fresh = copy.copy(base_model)
+                fresh.model = copy.deepcopy(base_model.model)
                 how = f"resuming {last_checkpoint(run_dir).name}" if resume else "->"
                 print(f"[compare] {method} lr={lr:g} seed={seed} {how} {run_dir}", flush=True)
                 runs.append(finetune(run, loaded=fresh, extra_eval=validation))
                 _write(out, cfg, runs)
     return _write(out, cfg, runs)
+
+
+#: Settings that do not change what a run learns or scores: a finished or interrupted run
+#: that differs from the grid only in these is reused or resumed.
+_BOOKKEEPING = frozenset(
+    {
+        "output_dir",
+        "resume",
+        "disable_tqdm",
+        "extra",
+        "save_steps",
+        "logging_steps",
+        "eval_batch_size",
+        "boundary_prompts",
+    }
+)
+
+
+def _check_same_settings(run_dir: Path, saved: dict[str, Any], run: FinetuneConfig) -> None:
+    """Raise :class:`ConfigError` if the run in ``run_dir`` was made with other settings than
+    ``run`` (fields both know, bookkeeping left out): reusing or resuming it would mix two
+    experiments in one table."""
+    wanted = json.loads(json.dumps(asdict(run)))  # tuples as JSON lists, like the saved ones
+    diffs = [
+        f"{k}: {saved[k]!r} there, {wanted[k]!r} now"
+        for k in sorted(set(saved) & set(wanted) - _BOOKKEEPING)
+        if saved[k] != wanted[k]
+    ]
+    if diffs:
+        raise ConfigError(
+            f"{run_dir} holds a run with other settings ({'; '.join(diffs)}); give another "
+            "--output-dir, or remove that folder to rerun it"
+        )
 
 
 def _write(out: Path, cfg: CompareConfig, runs: list[dict[str, Any]]) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from mosgeo_lora.finetune.compare import (  # noqa: E402
     paired_differences,
     summarize,
 )
-from mosgeo_lora.finetune.config import CompareConfig, FinetuneConfig  # noqa: E402
+from mosgeo_lora.finetune.config import CompareConfig, ConfigError, FinetuneConfig  # noqa: E402
 from mosgeo_lora.finetune.dynamics import boundary_share, kappa_dynamics  # noqa: E402
 from mosgeo_lora.finetune.evaluate import answer_nll, evaluate  # noqa: E402
 from mosgeo_lora.finetune.train import finetune  # noqa: E402
@@ -383,6 +383,15 @@ def test_compare_resumes_an_interrupted_run_to_the_uninterrupted_adapter(tmp_pat
     assert full.keys() == cut.keys()
     for name in full:
         torch.testing.assert_close(cut[name], full[name], rtol=1e-5, atol=1e-6, msg=name)
+
+    # a finished grid is reused when only bookkeeping changes, refused when a setting does
+    assert compare(grid(tmp_path / "cut"))["runs"][0]["config"]["steps"] == 4
+    longer = grid(tmp_path / "cut")
+    longer.base = replace(base, save_steps=3, disable_tqdm=False)
+    compare(longer)  # reused: checkpointing and progress bars change nothing learnt
+    longer.base = replace(base, steps=6)
+    with pytest.raises(ConfigError, match="other settings.*steps: 4 there, 6 now"):
+        compare(longer)
 
 
 def test_the_pilot_table_is_the_one_its_json_gives():
