@@ -311,19 +311,37 @@ def paired_differences(
     """Each method of ``summary`` against each of ``baselines`` (``()``: every other method),
     each at its chosen learning rate, on the seeds both have: the paired difference of exact
     match (``"accuracy"``, a share) and of answer NLL (``"nll"``, nats per token) over all
-    test problems (:func:`paired_bootstrap`). A pair whose runs did not keep per-problem
-    values, or were scored on different problems, is left out."""
+    test problems (:func:`paired_bootstrap`), and the same over the seen and the unseen test
+    sets alone (``"groups"``: ``{"seen": {"accuracy", "nll"}, "unseen": …}``, the groups
+    the runs were scored on). A pair whose runs did not keep per-problem values, or were
+    scored on different problems, is left out."""
     out: list[dict[str, Any]] = []
     for method in summary:
         for base in baselines or tuple(summary):
             if base == method or base not in summary:
                 continue
             row: dict[str, Any] = {"method": method, "baseline": base}
+            groups: dict[str, dict[str, Any]] = {}
             for metric, key in (("accuracy", "correct"), ("nll", "nll")):
                 cells = _paired_cells(runs, summary, method, base, key)
-                if cells is not None:
-                    row[metric] = paired_bootstrap(*cells, resamples=resamples, seed=seed)
+                if cells is None:
+                    continue
+                a, b, sets = cells
+                row[metric] = paired_bootstrap(a, b, resamples=resamples, seed=seed)
+                for group, members in (
+                    ("seen", mdata.SEEN_EVAL_SETS),
+                    ("unseen", mdata.UNSEEN_EVAL_SETS),
+                ):
+                    cols = [i for i, name in enumerate(sets) if name in members]
+                    if cols:
+                        groups.setdefault(group, {})[metric] = paired_bootstrap(
+                            np.asarray(a)[:, cols],
+                            np.asarray(b)[:, cols],
+                            resamples=resamples,
+                            seed=seed,
+                        )
             if len(row) > 2:
+                row["groups"] = groups
                 out.append(row)
     return out
 
@@ -345,7 +363,10 @@ def _paired_cells(runs, summary, method: str, base: str, key: str):
     rows = [(by_seed[0][s], by_seed[1][s]) for s in seeds]
     if not rows or any(x[0] != rows[0][0][0] or y[0] != rows[0][0][0] for x, y in rows):
         return None
-    return [x[1] for x, _ in rows], [y[1] for _, y in rows]
+    sets = [
+        name.rsplit(":", 1)[0] for name in rows[0][0][0] for _ in range(int(name.rsplit(":")[1]))
+    ]
+    return [x[1] for x, _ in rows], [y[1] for _, y in rows], sets
 
 
 def markdown_table(
@@ -430,6 +451,23 @@ def _paired_lines(paired: Sequence[dict[str, Any]]) -> list[str]:
             f"| {p['method']} | {p['baseline']} | {_ci(acc, 100, 1)} | {_ci(nll, 1, 3)} | "
             f"{some['seeds']} | {some['problems']} |"
         )
+    names = [g for g in ("seen", "unseen") if any(g in p.get("groups", {}) for p in paired)]
+    if names:
+        lines += [
+            "",
+            "The same, on the seen and the unseen test sets alone:",
+            "",
+            "| method | baseline | "
+            + " | ".join(f"Δ exact match, {g} | Δ answer NLL, {g}" for g in names)
+            + " |",
+            "|---|---|" + "---|---|" * len(names),
+        ]
+        for p in paired:
+            cells = []
+            for g in names:
+                group = p.get("groups", {}).get(g, {})
+                cells += [_ci(group.get("accuracy"), 100, 1), _ci(group.get("nll"), 1, 3)]
+            lines.append(f"| {p['method']} | {p['baseline']} | " + " | ".join(cells) + " |")
     return lines
 
 

@@ -166,6 +166,9 @@ def test_paired_differences_pair_seeds_and_problems_and_reach_the_table():
     acc, nll = paired[0]["accuracy"], paired[0]["nll"]
     assert acc["diff"] == pytest.approx(0.25) and acc["seeds"] == 2 and acc["problems"] == 4
     assert nll["diff"] == nll["low"] == nll["high"] == pytest.approx(-0.2)
+    groups = paired[0]["groups"]
+    assert list(groups) == ["seen"]  # numbers__place_value is a seen set; no unseen one ran
+    assert groups["seen"]["accuracy"]["diff"] == pytest.approx(0.25)
     assert paired_differences(runs, summary, baselines=("lora",), resamples=0)[0]["method"] == (
         "moselora"
     )
@@ -173,6 +176,7 @@ def test_paired_differences_pair_seeds_and_problems_and_reach_the_table():
     assert "| moselora | lora | +25.0 [" in table and "| -0.200 [-0.200, -0.200] | 2 | 4 |" in table
     assert "| moselora | 16.7 ± 0.0 | 0.100 ± 0.000 | 25.0 ± 0.0 |" in table  # κ dynamics
     assert "Answer NLL" in table
+    assert "| Δ exact match, seen | Δ answer NLL, seen |" in table
 
 
 # --------------------------------------------------------------------------- paired design
