@@ -290,6 +290,20 @@ def build_parser() -> argparse.ArgumentParser:
             flag, type=_csv(kind), default=_GRID[name], help=f"(default: {_joined(_GRID[name])})"
         )
     cp.add_argument(
+        "--baselines",
+        type=_csv(str),
+        default=_GRID["baselines"],
+        help="compare each method with each of these, problem by problem and seed by seed "
+        "(paired differences with bootstrap confidence intervals) (default: every other method)",
+    )
+    cp.add_argument(
+        "--bootstrap",
+        type=int,
+        default=_GRID["bootstrap"],
+        help="bootstrap resamples of the paired differences; 0: no intervals "
+        "(default: %(default)s)",
+    )
+    cp.add_argument(
         "--validation-per-module",
         type=int,
         default=_GRID["validation_per_module"],
@@ -381,7 +395,9 @@ def _eval(ns: argparse.Namespace) -> int:
     )
     print(f"{res['adapter'] or 'base model'} ({res['model']}):")
     for name, a in res["accuracy"].items():
-        extra = "".join(
+        nll = res.get("nll", {}).get(name)
+        extra = "" if nll is None else f", answer NLL {nll:.3f}"
+        extra += "".join(
             f", {k} {v:.3f}"
             for k, v in res["tasks"].get(name, {}).items()
             if k in ("matthews_correlation", "f1")
@@ -413,12 +429,19 @@ def _compare(ns: argparse.Namespace) -> int:
         methods=ns.methods,
         lrs=lrs,
         seeds=ns.seeds,
+        baselines=ns.baselines,
+        bootstrap=ns.bootstrap,
         validation_per_module=ns.validation_per_module,
         output_dir=ns.output_dir,
         base=base,
     )
     for m in cfg.methods:  # validate names and the base settings before any run
         replace(base, method=m).validate()
+    unknown = [b for b in cfg.baselines if b not in cfg.methods]
+    if unknown:
+        raise ConfigError(f"--baselines {', '.join(unknown)}: not among --methods")
+    if cfg.bootstrap < 0:
+        raise ConfigError(f"--bootstrap must be >= 0, got {cfg.bootstrap}")
     if base.classification_task() is not None:
         raise ConfigError(
             "compare does not take a classification task (cola, mrpc) yet: it picks learning "

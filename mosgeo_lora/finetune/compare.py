@@ -1,11 +1,21 @@
 """``mosgeo-lora compare``: methods × learning rates × seeds, one Markdown table.
 
 Every run is a full :func:`mosgeo_lora.finetune.train.finetune` in its own folder
-``<out>/<method>/lr<lr>/seed<seed>``; a run whose ``metrics.json`` exists is reused, so an
-interrupted grid continues where it stopped. The learning rate of each method is chosen on a
-*validation* set (fresh problems from the training modules, generated with a seed the training
-stream does not use), never on the test sets; the table then reports the test sets at that
-learning rate as mean ± sample standard deviation over seeds.
+``<out>/<method>/lr<lr>/seed<seed>``; a run whose ``metrics.json`` exists is reused, and a run
+folder with a ``checkpoint-N`` but no ``metrics.json`` (a run that was interrupted) resumes
+from its newest checkpoint, so an interrupted grid continues where it stopped (``--save-steps``
+sets how often a run checkpoints). A finished or interrupted run made with other settings than
+the grid's (another ``--steps``, say) is an error, not silently mixed in. The learning rate of
+each method is chosen on a *validation* set (fresh problems from the training modules,
+generated with a seed the training stream does not use), never on the test sets; the table
+then reports the test sets at that learning rate as mean ± sample standard deviation over
+seeds.
+
+The design is paired: runs with the same seed see the same training problems in the same
+order whatever the method, and every run is scored on the same test problems, each problem
+by exact match and by the NLL of its answer (:func:`~.evaluate.evaluate`). So each method is
+compared with each baseline problem by problem and seed by seed: the mean paired difference
+with a 95 % bootstrap confidence interval over problems and seeds (:func:`paired_bootstrap`).
 """
 
 from __future__ import annotations
@@ -18,13 +28,22 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from . import data as mdata
 from .base_models import load
-from .config import CompareConfig, ConfigError
+from .config import CompareConfig, ConfigError, FinetuneConfig
 from .methods import parse_method
-from .train import finetune
+from .train import finetune, last_checkpoint
 
-__all__ = ["compare", "summarize", "markdown_table"]
+__all__ = [
+    "compare",
+    "summarize",
+    "paired_bootstrap",
+    "paired_differences",
+    "per_problem",
+    "markdown_table",
+]
 
 #: The name of the validation set in each run's scores.
 VALIDATION = "validation"
@@ -58,32 +77,78 @@ def compare(cfg: CompareConfig, output_dir: str | None = None) -> dict[str, Any]
             for lr in cfg.lrs:
                 run_dir = _run_dir(out, method, lr, seed)
                 done = run_dir / "metrics.json"
-                if done.is_file():
-                    runs.append(json.loads(done.read_text()))
-                    continue
-                if base_model is None:
-                    base_model = load(cfg.base.model)
-                fresh = copy.copy(base_model)
-                fresh.model = copy.deepcopy(base_model.model)
+                resume = last_checkpoint(run_dir) is not None  # interrupted: continue it
                 run = replace(
                     cfg.base,
                     method=method,
                     lr=lr,
                     seed=seed,
                     output_dir=str(run_dir),
-                    resume=False,
+                    resume=resume,
                 )
-                print(f"[compare] {method} lr={lr:g} seed={seed} -> {run_dir}", flush=True)
+                if done.is_file():
+                    finished = json.loads(done.read_text())
+                    _check_same_settings(run_dir, finished.get("config", {}), run)
+                    runs.append(finished)
+                    continue
+                if resume and (run_dir / "run_config.json").is_file():
+                    saved = json.loads((run_dir / "run_config.json").read_text())
+                    _check_same_settings(run_dir, saved, run)
+                if base_model is None:
+                    base_model = load(cfg.base.model)
+                fresh = copy.copy(base_model)
+                fresh.model = copy.deepcopy(base_model.model)
+                how = f"resuming {last_checkpoint(run_dir).name}" if resume else "->"
+                print(f"[compare] {method} lr={lr:g} seed={seed} {how} {run_dir}", flush=True)
                 runs.append(finetune(run, loaded=fresh, extra_eval=validation))
                 _write(out, cfg, runs)
     return _write(out, cfg, runs)
 
 
+#: Settings that do not change what a run learns or scores: a finished or interrupted run
+#: that differs from the grid only in these is reused or resumed.
+_BOOKKEEPING = frozenset(
+    {
+        "output_dir",
+        "resume",
+        "disable_tqdm",
+        "extra",
+        "save_steps",
+        "logging_steps",
+        "eval_batch_size",
+        "boundary_prompts",
+    }
+)
+
+
+def _check_same_settings(run_dir: Path, saved: dict[str, Any], run: FinetuneConfig) -> None:
+    """Raise :class:`ConfigError` if the run in ``run_dir`` was made with other settings than
+    ``run`` (fields both know, bookkeeping left out): reusing or resuming it would mix two
+    experiments in one table."""
+    wanted = json.loads(json.dumps(asdict(run)))  # tuples as JSON lists, like the saved ones
+    diffs = [
+        f"{k}: {saved[k]!r} there, {wanted[k]!r} now"
+        for k in sorted(set(saved) & set(wanted) - _BOOKKEEPING)
+        if saved[k] != wanted[k]
+    ]
+    if diffs:
+        raise ConfigError(
+            f"{run_dir} holds a run with other settings ({'; '.join(diffs)}); give another "
+            "--output-dir, or remove that folder to rerun it"
+        )
+
+
 def _write(out: Path, cfg: CompareConfig, runs: list[dict[str, Any]]) -> dict[str, Any]:
     summary = summarize(runs, cfg.methods)
-    result = {"config": asdict(cfg), "summary": summary, "runs": [_slim(r) for r in runs]}
+    paired = paired_differences(runs, summary, cfg.baselines, cfg.bootstrap)
+    result = {
+        "config": asdict(cfg),
+        "summary": summary,
+        "paired": paired,
+        "runs": [_slim(r) for r in runs],
+    }
     (out / "compare.json").write_text(json.dumps(result, indent=1))
-    (out / "compare.md").write_text(markdown_table(summary, cfg))
+    (out / "compare.md").write_text(markdown_table(summary, cfg, paired))
     return result
 
 
@@ -92,6 +157,7 @@ def _slim(run: dict[str, Any]) -> dict[str, Any]:
         "method",
         "config",
         "accuracy",
+        "nll",
         "train_loss",
         "final_loss",
         "step_time_s",
@@ -99,6 +165,7 @@ def _slim(run: dict[str, Any]) -> dict[str, Any]:
         "trainable_parameters",
         "activated_parameters",
         "curvatures",
+        "curvature_dynamics",
     )
     return {k: run.get(k) for k in keep}
 
@@ -144,11 +211,170 @@ def summarize(runs: list[dict[str, Any]], methods: Sequence[str]) -> dict[str, A
             "activated_parameters": rs[0]["activated_parameters"],
             "final_loss": _mean_sd([r["final_loss"] for r in rs if r["final_loss"] is not None]),
         }
+        if all(set(sets) <= set(r.get("nll") or {}) for r in rs):
+            nll = {s: _mean_sd([r["nll"][s] for r in rs]) for s in sets}
+            for label, group in groups:
+                if group:
+                    means = [statistics.fmean(r["nll"][s] for s in group) for r in rs]
+                    nll[label] = _mean_sd(means)
+            out[method]["nll"] = nll
+        dyn = [r.get("curvature_dynamics") for r in rs]
+        if all(d and d.get("curved_experts") for d in dyn):
+            out[method]["curvature_dynamics"] = {
+                key: _mean_sd([d[key] for d in dyn])
+                for key in ("sign_changed_share", "mean_abs_delta")
+            }
+            ends = [(d.get("boundary_share_end") or {}).get("share") for d in dyn]
+            if all(e is not None for e in ends):
+                out[method]["curvature_dynamics"]["boundary_share_end"] = _mean_sd(ends)
     return out
 
 
-def markdown_table(summary: dict[str, Any], cfg: CompareConfig) -> str:
-    """The comparison as Markdown: accuracy table, then cost table, then LR sweep."""
+def per_problem(run: dict[str, Any], metric: str) -> tuple[list[str], list[float]] | None:
+    """A run's per-problem values of ``metric`` (``"correct"`` or ``"nll"``) on its test
+    sets (the validation set left out), concatenated in set order: ``(set names, values)``,
+    or ``None`` if the run did not keep them."""
+    scored = {k: v for k, v in (run.get("eval") or {}).items() if k != VALIDATION}
+    if not scored or any(metric not in v.get("per_problem", {}) for v in scored.values()):
+        return None
+    names = [f"{k}:{v['n']}" for k, v in scored.items()]
+    return names, [float(x) for v in scored.values() for x in v["per_problem"][metric]]
+
+
+def paired_bootstrap(
+    a: Any, b: Any, resamples: int = 2000, level: float = 0.95, seed: int = 0
+) -> dict[str, Any]:
+    """The mean paired difference ``a − b`` with a percentile bootstrap confidence interval.
+
+    ``a`` and ``b`` are ``(seeds, problems)`` arrays of per-problem values of two methods,
+    paired on both axes (row s of both trained with seed s, column p the same problem). Each
+    resample draws seeds and problems with replacement, independently (a two-way bootstrap:
+    both the training seed and the choice of test problems are sources of variation), and
+    takes the mean difference over the drawn cells. Deterministic for a given ``seed``.
+
+    Returns:
+        ``{"diff", "low", "high", "level", "seeds", "problems", "resamples"}``; with
+        ``resamples`` 0, ``low`` and ``high`` are ``None``.
+
+    Raises:
+        ValueError: ``a`` and ``b`` are not 2-D arrays of the same shape with at least one
+            seed and one problem, or ``level`` is not in (0, 1).
+    """
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.ndim != 2 or a.shape != b.shape or 0 in a.shape:
+        raise ValueError(
+            f"a and b must be (seeds, problems) arrays of one shape, got {a.shape} and {b.shape}"
+        )
+    d = a - b
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    n_seeds, n_problems = d.shape
+    out: dict[str, Any] = {
+        "diff": float(d.mean()),
+        "low": None,
+        "high": None,
+        "level": level,
+        "seeds": n_seeds,
+        "problems": n_problems,
+        "resamples": resamples,
+    }
+    if resamples <= 0:
+        return out
+    rng = np.random.default_rng(seed)
+    stats = np.empty(resamples)
+    for start in range(0, resamples, 256):  # chunks bound the (chunk, problems) weights
+        m = min(256, resamples - start)
+        ws = _draw_weights(rng, m, n_seeds)
+        wp = _draw_weights(rng, m, n_problems)
+        stats[start : start + m] = np.einsum("bs,sp,bp->b", ws, d, wp)
+    tail = 100 * (1 - level) / 2
+    low, high = np.percentile(stats, [tail, 100 - tail])
+    out["low"], out["high"] = float(low), float(high)
+    return out
+
+
+def _draw_weights(rng: np.random.Generator, m: int, n: int) -> np.ndarray:
+    """``m`` bootstrap draws of ``n`` indices out of ``n``, as weights (counts / n)."""
+    idx = rng.integers(0, n, size=(m, n))
+    counts = np.zeros((m, n))
+    np.add.at(counts, (np.repeat(np.arange(m), n), idx.ravel()), 1.0)
+    return counts / n
+
+
+def paired_differences(
+    runs: list[dict[str, Any]],
+    summary: dict[str, Any],
+    baselines: Sequence[str] = (),
+    resamples: int = 2000,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """Each method of ``summary`` against each of ``baselines`` (``()``: every other method),
+    each at its chosen learning rate, on the seeds both have: the paired difference of exact
+    match (``"accuracy"``, a share) and of answer NLL (``"nll"``, nats per token) over all
+    test problems (:func:`paired_bootstrap`), and the same over the seen and the unseen test
+    sets alone (``"groups"``: ``{"seen": {"accuracy", "nll"}, "unseen": …}``, the groups
+    the runs were scored on). A pair whose runs did not keep per-problem values, or were
+    scored on different problems, is left out."""
+    out: list[dict[str, Any]] = []
+    for method in summary:
+        for base in baselines or tuple(summary):
+            if base == method or base not in summary:
+                continue
+            row: dict[str, Any] = {"method": method, "baseline": base}
+            groups: dict[str, dict[str, Any]] = {}
+            for metric, key in (("accuracy", "correct"), ("nll", "nll")):
+                cells = _paired_cells(runs, summary, method, base, key)
+                if cells is None:
+                    continue
+                a, b, sets = cells
+                row[metric] = paired_bootstrap(a, b, resamples=resamples, seed=seed)
+                for group, members in (
+                    ("seen", mdata.SEEN_EVAL_SETS),
+                    ("unseen", mdata.UNSEEN_EVAL_SETS),
+                ):
+                    cols = [i for i, name in enumerate(sets) if name in members]
+                    if cols:
+                        groups.setdefault(group, {})[metric] = paired_bootstrap(
+                            np.asarray(a)[:, cols],
+                            np.asarray(b)[:, cols],
+                            resamples=resamples,
+                            seed=seed,
+                        )
+            if len(row) > 2:
+                row["groups"] = groups
+                out.append(row)
+    return out
+
+
+def _paired_cells(runs, summary, method: str, base: str, key: str):
+    """The ``(seeds, problems)`` arrays of ``method`` and ``base`` at their chosen learning
+    rates, on their common seeds, or ``None``."""
+    by_seed: list[dict[int, tuple[list[str], list[float]]]] = []
+    for m in (method, base):
+        lr = summary[m]["best_lr"]
+        found: dict[int, tuple[list[str], list[float]]] = {}
+        for r in runs:
+            if r["method"] == m and r["config"]["lr"] == lr:
+                values = per_problem(r, key)
+                if values is not None:
+                    found[r["config"]["seed"]] = values
+        by_seed.append(found)
+    seeds = sorted(set(by_seed[0]) & set(by_seed[1]))
+    rows = [(by_seed[0][s], by_seed[1][s]) for s in seeds]
+    if not rows or any(x[0] != rows[0][0][0] or y[0] != rows[0][0][0] for x, y in rows):
+        return None
+    sets = [
+        name.rsplit(":", 1)[0] for name in rows[0][0][0] for _ in range(int(name.rsplit(":")[1]))
+    ]
+    return [x[1] for x, _ in rows], [y[1] for _, y in rows], sets
+
+
+def markdown_table(
+    summary: dict[str, Any], cfg: CompareConfig, paired: Sequence[dict[str, Any]] = ()
+) -> str:
+    """The comparison as Markdown: accuracy table, the paired differences (``paired``, from
+    :func:`paired_differences`), answer NLL, curvature dynamics, then cost table, then LR
+    sweep."""
     if not summary:
         return "No finished runs yet.\n"
     methods = list(summary)
@@ -164,6 +390,9 @@ def markdown_table(summary: dict[str, Any], cfg: CompareConfig) -> str:
         s = summary[m]
         cells = [f"{100 * mu:.1f} ± {100 * sd:.1f}" for mu, sd in (s["accuracy"][c] for c in cols)]
         lines.append(f"| {m} | {s['best_lr']:g} | " + " | ".join(cells) + " |")
+    lines += _paired_lines(paired)
+    lines += _nll_lines(summary)
+    lines += _dynamics_lines(summary)
     lines += [
         "",
         "| method | trainable params | activated params / token | final train loss | "
@@ -185,7 +414,101 @@ def markdown_table(summary: dict[str, Any], cfg: CompareConfig) -> str:
         "|---|" + "---|" * len(cfg.lrs),
     ]
     for m in methods:
-        v = summary[m]["validation_by_lr"]
+        v = {float(lr): acc for lr, acc in summary[m]["validation_by_lr"].items()}  # JSON: str
         cells = [f"{100 * v[lr]:.1f}" if lr in v else "–" for lr in cfg.lrs]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _ci(res: dict[str, Any] | None, scale: float, digits: int) -> str:
+    if res is None:
+        return "–"
+    text = f"{scale * res['diff']:+.{digits}f}"
+    if res["low"] is not None:
+        text += f" [{scale * res['low']:+.{digits}f}, {scale * res['high']:+.{digits}f}]"
+    return text
+
+
+def _paired_lines(paired: Sequence[dict[str, Any]]) -> list[str]:
+    if not paired:
+        return []
+    first = next(iter(p.get("accuracy") or p.get("nll") for p in paired))
+    level = f"{100 * first['level']:g} %"
+    lines = [
+        "",
+        f"Paired differences, method − baseline, each at its chosen learning rate, over all "
+        f"test problems and the seeds both ran, with {level} bootstrap confidence intervals "
+        f"(problems and seeds resampled, {first['resamples']} resamples). Exact match in "
+        "points (higher is better), answer NLL in nats per token (lower is better):",
+        "",
+        "| method | baseline | Δ exact match (points) | Δ answer NLL | seeds | problems |",
+        "|---|---|---|---|---|---|",
+    ]
+    for p in paired:
+        acc, nll = p.get("accuracy"), p.get("nll")
+        some = acc or nll
+        lines.append(
+            f"| {p['method']} | {p['baseline']} | {_ci(acc, 100, 1)} | {_ci(nll, 1, 3)} | "
+            f"{some['seeds']} | {some['problems']} |"
+        )
+    names = [g for g in ("seen", "unseen") if any(g in p.get("groups", {}) for p in paired)]
+    if names:
+        lines += [
+            "",
+            "The same, on the seen and the unseen test sets alone:",
+            "",
+            "| method | baseline | "
+            + " | ".join(f"Δ exact match, {g} | Δ answer NLL, {g}" for g in names)
+            + " |",
+            "|---|---|" + "---|---|" * len(names),
+        ]
+        for p in paired:
+            cells = []
+            for g in names:
+                group = p.get("groups", {}).get(g, {})
+                cells += [_ci(group.get("accuracy"), 100, 1), _ci(group.get("nll"), 1, 3)]
+            lines.append(f"| {p['method']} | {p['baseline']} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _nll_lines(summary: dict[str, Any]) -> list[str]:
+    scored = [m for m in summary if "nll" in summary[m]]
+    if not scored:
+        return []
+    cols = [c for c in summary[scored[0]]["nll"] if c.endswith("(mean)")]
+    lines = [
+        "",
+        "Answer NLL (nats per token, teacher-forced, mean over problems), mean ± sd over seeds:",
+        "",
+        "| method | " + " | ".join(cols) + " |",
+        "|---|" + "---|" * len(cols),
+    ]
+    for m in scored:
+        cells = [f"{mu:.3f} ± {sd:.3f}" for mu, sd in (summary[m]["nll"][c] for c in cols)]
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _dynamics_lines(summary: dict[str, Any]) -> list[str]:
+    moved = [m for m in summary if "curvature_dynamics" in summary[m]]
+    if not moved:
+        return []
+    lines = [
+        "",
+        "Curvature dynamics at the end of the runs (mean ± sd over seeds): the share of curved "
+        "experts whose κ changed sign, the mean |κ_end − κ_start|, and the share of (token, "
+        "hyperbolic expert) pairs clipped onto the ball's boundary:",
+        "",
+        "| method | κ sign changed (%) | mean \\|Δκ\\| | boundary share (%) |",
+        "|---|---|---|---|",
+    ]
+    for m in moved:
+        d = summary[m]["curvature_dynamics"]
+        share = d.get("boundary_share_end")
+        b = f"{100 * share[0]:.1f} ± {100 * share[1]:.1f}" if share else "–"
+        lines.append(
+            f"| {m} | {100 * d['sign_changed_share'][0]:.1f} ± "
+            f"{100 * d['sign_changed_share'][1]:.1f} | {d['mean_abs_delta'][0]:.3f} ± "
+            f"{d['mean_abs_delta'][1]:.3f} | {b} |"
+        )
+    return lines

@@ -144,6 +144,10 @@ class FinetuneConfig:
     eval_before: bool = False
     #: Prompts per generation batch when scoring.
     eval_batch_size: int = 32
+    #: MoSELoRA: the boundary share (:func:`~mosgeo_lora.finetune.dynamics.boundary_share`)
+    #: is measured at the start and end of the run on the first this many prompts of every
+    #: frozen test set (0: not measured).
+    boundary_prompts: int = 8
     #: ``--save-steps``: checkpoint interval; 0 = steps // 2 (one checkpoint to resume).
     save_steps: int = 0
     #: ``--logging-steps``: log (and record κ) every this many steps.
@@ -179,8 +183,10 @@ class FinetuneConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ConfigError(f"{name} must be a positive number, got {value}")
-        if self.weight_decay < 0 or self.warmup_steps < 0 or self.eval_limit < 0:
-            raise ConfigError("weight_decay, warmup_steps and eval_limit must be >= 0")
+        if min(self.weight_decay, self.warmup_steps, self.eval_limit, self.boundary_prompts) < 0:
+            raise ConfigError(
+                "weight_decay, warmup_steps, eval_limit and boundary_prompts must be >= 0"
+            )
         if not (math.isfinite(self.epochs) and self.epochs >= 0):
             raise ConfigError(f"epochs must be >= 0, got {self.epochs}")
         if not (0 <= self.warmup_ratio < 1):
@@ -315,8 +321,16 @@ class CompareConfig:
     methods: tuple[str, ...] = ("moselora", "hydralora", "lora", "lora-r22")
     #: ``--lrs``: learning rates swept per method (chosen on the validation set).
     lrs: tuple[float, ...] = (5e-4, 1e-3, 2e-3)
-    #: ``--seeds``: seeds per cell; the table reports mean ± sd over them.
+    #: ``--seeds``: seeds per cell; the table reports mean ± sd over them. Runs with the same
+    #: seed see the same training problems in the same order, whatever the method, so seeds
+    #: pair across methods.
     seeds: tuple[int, ...] = (0, 1, 2)
+    #: ``--baselines``: each method is compared, problem by problem and seed by seed, with
+    #: each of these (a paired difference with a bootstrap confidence interval); ``()``:
+    #: every other method.
+    baselines: tuple[str, ...] = ()
+    #: ``--bootstrap``: resamples of the paired bootstrap (0: no confidence intervals).
+    bootstrap: int = 2000
     #: ``--validation-per-module``: validation problems per training module.
     validation_per_module: int = 20
     #: ``--output-dir``: one folder per run below it, and ``compare.{md,json}``.

@@ -4,6 +4,12 @@ in memory or a saved adapter folder (:func:`evaluate_adapter`, the ``mosgeo-lora
 command). Both generate through :func:`generate_texts`: batches, left padding, a progress bar.
 A sequence classifier (CoLA, MRPC) is scored by the argmax of its logits instead
 (:func:`evaluate_classifier`), with the same rules and metrics.
+
+Beside exact match, :func:`evaluate` scores each problem by a continuous measure,
+:func:`answer_nll`: the mean negative log-likelihood of its gold answer tokens (the tokens a
+training example is trained on: the answer and EOS) given the prompt, teacher-forced, one
+forward pass per batch. Both are kept per problem, in problem order, so that two runs scored
+on the same problems can be compared problem by problem.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from .config import ConfigError, FinetuneConfig
 
 __all__ = [
     "evaluate",
+    "answer_nll",
     "evaluate_tasks",
     "evaluate_classifier",
     "classify",
@@ -31,6 +38,7 @@ __all__ = [
     "eval_examples",
     "task_data",
     "accuracies",
+    "nlls",
     "generate_texts",
     "predictions_path",
 ]
@@ -108,6 +116,84 @@ def generate_texts(
     return texts
 
 
+@torch.no_grad()
+def answer_nll(
+    model: nn.Module,
+    tokenizer,
+    examples: Sequence[mdata.Example],
+    batch_size: int = 32,
+    padding_side: str = "left",
+) -> list[float]:
+    """The mean negative log-likelihood (nats per token) of each example's gold answer tokens
+    given its prompt, teacher-forced, in order: one forward pass per batch of ``batch_size``.
+
+    The scored tokens are exactly those a training example is trained on
+    (:func:`~.data.tokenize_example`'s labels: the answer and EOS); the prompt is masked out.
+    Each example is padded to its batch's longest on ``padding_side`` (``"left"`` or
+    ``"right"``), with position ids counted from its first real token, so neither the padding
+    side nor the batch size changes a value beyond float rounding. Left padding puts every
+    answer at the end of its row, so a model that takes ``logits_to_keep`` (transformers'
+    causal LMs) computes the vocabulary logits of the batch's last answer positions only,
+    not of every prompt token. The whole example is scored: no truncation.
+    """
+    if padding_side not in ("left", "right"):
+        raise ValueError(f"padding_side must be 'left' or 'right', not {padding_side!r}")
+    was_training = model.training
+    model.eval()
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    device = next(model.parameters()).device
+    tail_only = padding_side == "left" and _takes_logits_to_keep(model)
+    out: list[float] = []
+    for start in range(0, len(examples), batch_size):
+        feats = [
+            mdata.tokenize_example(tokenizer, ex, max_length=10**9)
+            for ex in examples[start : start + batch_size]
+        ]
+        width = max(len(f["input_ids"]) for f in feats)
+        ids, mask, labels = [], [], []
+        for f in feats:
+            n = width - len(f["input_ids"])
+            if padding_side == "right":
+                ids.append(f["input_ids"] + [pad] * n)
+                mask.append([1] * len(f["input_ids"]) + [0] * n)
+                labels.append(f["labels"] + [-100] * n)
+            else:
+                ids.append([pad] * n + f["input_ids"])
+                mask.append([0] * n + [1] * len(f["input_ids"]))
+                labels.append([-100] * n + f["labels"])
+        ids_t = torch.tensor(ids, device=device)
+        mask_t = torch.tensor(mask, device=device)
+        labels_t = torch.tensor(labels, device=device)
+        positions = (mask_t.cumsum(-1) - 1).clamp(min=0)
+        extra: dict[str, Any] = {}
+        if tail_only:  # the answers are the rows' last tokens: logits of the tail only
+            keep = 1 + max(sum(x != -100 for x in f["labels"]) for f in feats)
+            extra["logits_to_keep"] = keep
+            labels_t = labels_t[:, -keep:]
+        logits = model(
+            input_ids=ids_t, attention_mask=mask_t, position_ids=positions, **extra
+        ).logits
+        logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+        target = labels_t[:, 1:]
+        scored = target != -100
+        picked = logp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        nll = -(picked * scored).sum(-1) / scored.sum(-1).clamp(min=1)
+        out += nll.tolist()
+    model.train(was_training)
+    return out
+
+
+def _takes_logits_to_keep(model: nn.Module) -> bool:
+    """Whether the (base) model's forward takes ``logits_to_keep``."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        return "logits_to_keep" in inspect.signature(type(base).forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def evaluate(
     model: nn.Module,
     tokenizer,
@@ -116,8 +202,15 @@ def evaluate(
     max_new_tokens: int = 16,
     samples: int = 3,
     progress: bool = False,
+    nll: bool = True,
 ) -> dict[str, dict[str, Any]]:
-    """Greedy-decode every question and score exact match: ``{set: {"accuracy", "n", …}}``."""
+    """Greedy-decode every question and score exact match; with ``nll``, also the answer's
+    negative log-likelihood (:func:`answer_nll`).
+
+    Returns ``{set: {"accuracy", "correct", "n", "samples", "nll", "per_problem"}}``:
+    ``"nll"`` the mean over problems, ``"per_problem"`` ``{"correct": [0/1, …], "nll":
+    [...]}`` in the set's order (no ``"nll"`` entries without ``nll``).
+    """
     was_training = model.training
     model.eval()
     results: dict[str, dict[str, Any]] = {}
@@ -126,18 +219,23 @@ def evaluate(
         texts = generate_texts(
             model, tokenizer, prompts, batch_size, max_new_tokens, progress=progress, desc=name
         )
-        correct, shown = 0, []
+        hits, shown = [], []
         for ex, text in zip(examples, texts, strict=True):
             pred = mdata.extract_answer(text)
-            correct += mdata.exact_match(pred, ex.answer)
+            hits.append(int(mdata.exact_match(pred, ex.answer)))
             if len(shown) < samples:
                 shown.append({"question": ex.question, "answer": ex.answer, "output": pred})
         results[name] = {
-            "accuracy": correct / max(1, len(examples)),
-            "correct": correct,
+            "accuracy": sum(hits) / max(1, len(examples)),
+            "correct": sum(hits),
             "n": len(examples),
             "samples": shown,
+            "per_problem": {"correct": hits},
         }
+        if nll:
+            values = answer_nll(model, tokenizer, examples, batch_size)
+            results[name]["nll"] = sum(values) / max(1, len(values))
+            results[name]["per_problem"]["nll"] = values
     model.train(was_training)
     return results
 
@@ -257,6 +355,11 @@ def accuracies(results: dict[str, dict[str, Any]]) -> dict[str, float]:
     return {k: v["accuracy"] for k, v in results.items()}
 
 
+def nlls(results: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """``{set: mean answer NLL}`` of :func:`evaluate`'s results (sets scored with it)."""
+    return {k: v["nll"] for k, v in results.items() if "nll" in v}
+
+
 def evaluate_adapter(
     adapter: str | None,
     model: str | None = None,
@@ -326,6 +429,7 @@ def evaluate_adapter(
         "adapter": adapter,
         "eval": results,
         "accuracy": {**accuracies(results), **accuracies(task_results)},
+        "nll": nlls(results),
         "tasks": task_results,
     }
     if folder is not None:

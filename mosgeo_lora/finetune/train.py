@@ -5,6 +5,10 @@ baseline, with the HF ``Trainer`` (no subclass).
 validate every input before the model is loaded, build the data, wrap the model, train
 (resumable from the last checkpoint; DDP under ``torchrun``), save the adapter and write
 ``metrics.json``, ``train_log.jsonl``, ``routing_stats.json`` and the curvature plots.
+
+``metrics.json`` holds, per scored set, exact match and the answer NLL, both per problem in
+problem order (:func:`.evaluate.evaluate`), and for MoSELoRA the curvature dynamics of the run
+(:mod:`.dynamics`: κ sign changes, mean ``|Δκ|``, the boundary share at start and end).
 """
 
 from __future__ import annotations
@@ -29,12 +33,14 @@ from . import tasks as mtasks
 from .base_models import LoadedModel, load
 from .callbacks import AdaLoraAllocator, CheckpointCurvatures, JsonlLog, StepStats, peak_rss_mb
 from .config import MATH_DATA, PAPER_MIX, PAPER_MIX_SIZE, ConfigError, FinetuneConfig
+from .dynamics import boundary_share, kappa_dynamics, learnable_curvatures
 from .evaluate import (
     accuracies,
     eval_examples,
     evaluate,
     evaluate_classifier,
     evaluate_tasks,
+    nlls,
     predictions_path,
     task_data,
 )
@@ -234,6 +240,10 @@ def finetune(
         before.update(_score_tasks(cfg, model, tok, tasks, classified is not None, None))
         _say(f"before: {_fmt(before)}")
 
+    kappa_start = learnable_curvatures(model)  # before training (or resuming: initial κ)
+    boundary_prompts = _boundary_prompts(cfg, tok) if method.is_moselora and rank == 0 else []
+    boundary_start = boundary_share(model, boundary_prompts) if boundary_prompts else None
+
     groups = param_groups(
         model,
         cfg.lr,
@@ -293,20 +303,40 @@ def finetune(
         (out / "routing_stats.json").write_text(json.dumps(routing, indent=1))
         files["routing_stats"] = str(out / "routing_stats.json")
         files.update({p.stem: str(p) for p in curv.files})
+        dynamics = kappa_dynamics(kappa_start, learnable_curvatures(model))
+        if boundary_prompts:
+            dynamics["boundary_share_start"] = boundary_start
+            dynamics["boundary_share_end"] = boundary_share(model, boundary_prompts)
+        metrics["curvature_dynamics"] = dynamics
     if after_sets or tasks:
         after = evaluate(model, tok, after_sets, cfg.eval_batch_size, progress=progress)
         scored = _score_tasks(cfg, model, tok, tasks, classified is not None, out)
         metrics["eval"] = after
         metrics["tasks"] = scored
         metrics["accuracy"] = {**accuracies(after), **accuracies(scored)}
+        metrics["nll"] = nlls(after)
         files.update({f"predictions {t}": str(predictions_path(out, t)) for t in scored})
         _say(f"after:  {_fmt({**after, **scored})}")
         if before is not None:
             metrics["eval_before"] = before
             metrics["accuracy_before"] = accuracies(before)
+            metrics["nll_before"] = nlls(before)
     metrics["files"] = files
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     return metrics
+
+
+def _boundary_prompts(cfg: FinetuneConfig, tok: Any) -> list[list[int]]:
+    """The prompts the boundary share is measured on: the first ``cfg.boundary_prompts``
+    questions of every frozen test set (0: none)."""
+    if not cfg.boundary_prompts:
+        return []
+    sets = mdata.eval_sets()
+    return [
+        mdata.prompt_ids(tok, ex.question)
+        for exs in sets.values()
+        for ex in exs[: cfg.boundary_prompts]
+    ]
 
 
 def _score_tasks(

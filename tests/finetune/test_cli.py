@@ -24,13 +24,15 @@ SHARED = {
 #: the flags of each command (0.1.0's, unchanged by the package layout change; since then
 #: added: --task on finetune, eval and compare, eval's --max-new-tokens and --no-progress, the
 #: score command, and the recipe flags of finetune and compare: --epochs, --warmup-ratio,
-#: --bf16, --optimizer-groups, --truncate, --recipe)
+#: --bf16, --optimizer-groups, --truncate, --recipe; compare's --baselines and --bootstrap,
+#: the paired differences of issue 15)
 FLAGS = {
     "finetune": SHARED | {"--method", "--lr", "--seed", "--resume", "--eval-before"},
     "eval": {"--base", "--model", "--eval-sets", "--eval-limit", "--batch-size", "--output",
              "--threads", "-h", "--help", "--task", "--max-new-tokens", "--no-progress"},
     "score": {"--task", "--predictions", "--references", "--limit", "-h", "--help"},
-    "compare": SHARED | {"--methods", "--lrs", "--seeds", "--validation-per-module"},
+    "compare": SHARED | {"--methods", "--lrs", "--seeds", "--validation-per-module",
+                         "--baselines", "--bootstrap"},
 }  # fmt: skip
 
 

@@ -1,0 +1,128 @@
+"""How far the curvatures of a MoSELoRA run moved, and how many hyperbolic inputs sit on the
+ball's boundary: the measures a run writes into ``metrics.json`` as ``"curvature_dynamics"``.
+
+* :func:`kappa_dynamics`: over the curved (learnable) experts, the share whose κ changed
+  sign between the start and the end of the run (an expert that changed space), and the mean
+  and largest ``|κ_end − κ_start|``.
+* :func:`boundary_share`: the share of (token, hyperbolic expert) pairs whose low-rank code
+  ``z = A x`` the stereographic input map clips onto the ball of radius ``1/√|κ|``
+  (:func:`mosgeo.math.project_factor` below 1), over prompts run one at a time (no padding
+  tokens), as ``benchmarks/clip_share.py`` measures it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from mosgeo import math as pmath
+
+__all__ = ["learnable_curvatures", "kappa_dynamics", "boundary_share"]
+
+
+def _layers(model: nn.Module):
+    from mosgeo_lora import MoSELoraLayer
+
+    for name, module in model.named_modules():
+        if isinstance(module, MoSELoraLayer):
+            yield name, module
+
+
+def learnable_curvatures(model: nn.Module) -> dict[str, list[float]]:
+    """The learnable κ of every MoSELoRA layer (the curved experts; fixed ones left out):
+    ``{layer: [κ, …]}``, empty for a model without learnable κ (``moselora-e``,
+    ``hydralora``, another method)."""
+    out: dict[str, list[float]] = {}
+    for name, layer in _layers(model):
+        for k in layer.moselora_k.values():
+            out[name] = k.detach().float().cpu().tolist()
+    return out
+
+
+def kappa_dynamics(
+    start: Mapping[str, Sequence[float]], end: Mapping[str, Sequence[float]]
+) -> dict[str, Any]:
+    """How the learnable κ moved from ``start`` to ``end`` (``{layer: [κ, …]}`` each, the
+    same layers and experts).
+
+    Returns ``{"curved_experts", "sign_changed", "sign_changed_share", "mean_abs_delta",
+    "max_abs_delta"}``: a κ that reaches exactly 0 counts as a change of sign (it left its
+    space). With no curved experts the shares are ``None``.
+
+    Raises:
+        ValueError: ``start`` and ``end`` do not hold the same layers and experts.
+    """
+    if set(start) != set(end) or any(len(start[k]) != len(end[k]) for k in start):
+        raise ValueError("start and end must hold the same layers and experts")
+    pairs = [(a, b) for name in start for a, b in zip(start[name], end[name], strict=True)]
+    if not pairs:
+        return {
+            "curved_experts": 0,
+            "sign_changed": 0,
+            "sign_changed_share": None,
+            "mean_abs_delta": None,
+            "max_abs_delta": None,
+        }
+    changed = sum((a < 0) != (b < 0) or (a > 0) != (b > 0) for a, b in pairs)
+    deltas = [abs(b - a) for a, b in pairs]
+    return {
+        "curved_experts": len(pairs),
+        "sign_changed": changed,
+        "sign_changed_share": changed / len(pairs),
+        "mean_abs_delta": sum(deltas) / len(deltas),
+        "max_abs_delta": max(deltas),
+    }
+
+
+@torch.no_grad()
+def boundary_share(model: nn.Module, prompts: Sequence[Sequence[int]]) -> dict[str, Any]:
+    """The share of (token, hyperbolic expert) pairs whose ``z = A x`` is clipped onto the
+    ball's boundary, over the tokenized ``prompts`` (each run alone, so no padding token
+    counts), overall and per layer: ``{"share", "pairs", "by_layer": {layer: share}}``.
+
+    ``"share"`` is ``None`` when no expert is hyperbolic (κ < 0) at this point. Only
+    meaningful for the stereographic input map (the ``lift`` map clips nothing; its layers
+    are left out).
+    """
+    counts: dict[str, list[float]] = {}
+    hooks = []
+    for name, layer in _layers(model):
+
+        def hook(module, args, name=name):
+            adapter = module.active_adapters[0]
+            if adapter not in module.moselora_A:
+                return
+            if module.settings[adapter].get("input_map", "stereographic") != "stereographic":
+                return
+            k = module.curvatures(adapter).detach().float()
+            k = k[k < 0]
+            if not k.numel():
+                return
+            z = module.moselora_A[adapter](args[0].float()).reshape(-1, module.r[adapter])
+            n = z.norm(dim=-1, keepdim=True)  # (tokens, 1)
+            clipped = pmath.project_factor(n, k.reshape(1, -1)) < 1  # (tokens, experts)
+            c = counts.setdefault(name, [0.0, 0.0])
+            c[0] += float(clipped.sum())
+            c[1] += float(clipped.numel())
+
+        hooks.append(layer.register_forward_pre_hook(hook))
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    try:
+        for row in prompts:
+            model(input_ids=torch.tensor([list(row)], device=device))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    clipped = sum(c for c, _ in counts.values())
+    pairs = sum(n for _, n in counts.values())
+    return {
+        "share": clipped / pairs if pairs else None,
+        "pairs": int(pairs),
+        "by_layer": {name: c / n for name, (c, n) in counts.items() if n},
+    }
