@@ -13,7 +13,7 @@ private API                                         used for
                                                     op counters), so the eager code runs
 ==================================================  =====================================
 
-``tests/geometry/test_compat.py`` fails as soon as one of them disappears or changes shape;
+``tests/geometry/test_private_torch.py`` fails as soon as one of them disappears or changes shape;
 without the prim :func:`realize` is the identity (correct, only slower when compiled).
 """
 
