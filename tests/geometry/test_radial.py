@@ -285,3 +285,23 @@ def test_an_unknown_kernel_is_refused():
     with pytest.raises(ValueError, match="kernel must be one of"):
         radial.set_kernel("triton")
     assert radial.get_kernel() in radial.KERNELS
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU (Triton)")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("input_map", MAPS)
+def test_the_compiled_kernel_on_a_gpu_equals_the_eager_one(input_map, dtype, compiled_kernel):
+    """The same kernel as Triton code: values and gradients equal the eager kernel's on the
+    GPU and the CPU's (issue 13, item 4: the parity test runs wherever a GPU exists)."""
+    z2, q, k, gates = problem(11, torch.float64, t=33)
+    args = [v.to(dtype) for v in (z2, q, k, gates)]
+    mu = torch.logspace(-2, 2, 33, dtype=torch.float64).unsqueeze(-1).to(dtype)
+    on_gpu = _gamma_and_grads([a.cuda() for a in args], input_map, mu.cuda())
+    radial.set_kernel("eager")
+    eager_gpu = _gamma_and_grads([a.cuda() for a in args], input_map, mu.cuda())
+    eager_cpu = _gamma_and_grads(args, input_map, mu)
+    rtol = 1e-5 if dtype == torch.float32 else 1e-2
+    for got, ref in ((on_gpu, eager_gpu), (on_gpu, eager_cpu)):
+        for a, b in zip((got[0], *got[1]), (ref[0], *ref[1]), strict=True):
+            b = b.to(a.device)
+            torch.testing.assert_close(a, b, rtol=rtol, atol=rtol * float(b.abs().max()))
