@@ -157,21 +157,27 @@ def mix_forward(
     zt = zc / mu
     bc = b_cat if b_cat.dtype == cdt else b_cat.to(cdt)
     bv = bc.view(d_out, n, r)
-    zg = None
+    zg = bz = None
     if save or t >= r:
         gram = torch.einsum("dnr,dns->nrs", bv, bv)  # B_iᵀB_i, once per call
         zg = torch.einsum("tr,nrs->tns", zt, gram)
         q = torch.einsum("tns,ts->tn", zg, zt)
-    else:  # no backward and fewer tokens than the rank (decoding): ‖B_i z̃‖² directly costs
-        # T·N·r·d_out multiply-adds, the Gram matrices N·r²·d_out
-        bz = torch.mm(bc.view(d_out * n, r), zt.t()).view(d_out, n, t)
-        q = bz.square().sum(0).t()
+    else:  # no backward and fewer tokens than the rank (decoding): B_i z̃ directly costs
+        # T·N·r·d_out multiply-adds, the Gram matrices N·r²·d_out; and the output is then
+        # Σ_i γ_i B_i z̃ from it, without reading B a second time
+        bz = F.linear(zt, bc.view(d_out * n, r)).view(t, d_out, n)
+        q = (bz * bz).sum(1)
     nz = None
     if input_map != "lift":  # the stereographic map reads ‖z̃‖ (in [1, √r], or 0)
         nz = torch.linalg.vector_norm(zt, dim=-1, keepdim=True)
     gamma, scale = radial.gamma_forward(
         nz, q, k, gates, mu, eps=eps, input_map=input_map, inside=cdt != dtype, save=save
     )
+    if bz is not None:
+        out = torch.bmm(bz, gamma.unsqueeze(-1)).view(t, d_out)
+        if cdt != dtype:
+            out = out.to(dtype)
+        return (out if base is None else base + out), None
     h = torch.einsum("tn,tr->tnr", gamma, zt).reshape(t, n * r)
     if cdt != dtype:
         h = h.to(dtype)
