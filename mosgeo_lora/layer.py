@@ -26,6 +26,7 @@ layer. The load-balancing loss reaches the gradient through the router logits
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterator
 from typing import Any
@@ -45,6 +46,9 @@ from .fused import adapter as fused_adapter
 from .router import route
 
 __all__ = ["MoSELoraLayer", "MoSELoraLinear", "moselora_layers"]
+
+# entering torch.autocast(enabled=False) costs a few µs per call: only where autocast is on
+_NO_CONTEXT = contextlib.nullcontext()
 
 #: Why `merge` raises: the adapter is input-dependent and nonlinear.
 MERGE_ERROR = (
@@ -186,7 +190,8 @@ class MoSELoraLayer(BaseTunerLayer):
         if token_mask is not None and tuple(token_mask.shape) != tuple(x.shape[:-1]):
             token_mask = None  # e.g. cached generation: one new token, the mask covers all
         recording = call is not None and not call.closed  # not a recomputation in backward
-        with torch.autocast(device_type=x.device.type, enabled=False):
+        autocast = torch.is_autocast_enabled(x.device.type)
+        with torch.autocast(device_type=x.device.type, enabled=False) if autocast else _NO_CONTEXT:
             x = self.moselora_dropout[adapter_name](x)
             if x.dtype != dtype:
                 x = x.to(dtype)
