@@ -156,6 +156,7 @@ def _slim(run: dict[str, Any]) -> dict[str, Any]:
     keep = (
         "method",
         "config",
+        "optimizer_groups",
         "accuracy",
         "nll",
         "train_loss",
