@@ -3,7 +3,8 @@ ball's boundary: the measures a run writes into ``metrics.json`` as ``"curvature
 
 * :func:`kappa_dynamics`: over the curved (learnable) experts, the share whose κ changed
   sign between the start and the end of the run (an expert that changed space), and the mean
-  and largest ``|κ_end − κ_start|``.
+  and largest ``|κ_end − κ_start|`` (of the parameters κ: with an input scale ``s`` the
+  experts act at ``κ/s²``, whose sign is κ's).
 * :func:`boundary_share`: the share of (token, hyperbolic expert) pairs whose low-rank code
   ``z = A x`` the stereographic input map clips onto the ball of radius ``1/√|κ|``
   (:func:`mosgeo.math.project_factor` below 1), over prompts run one at a time (no padding
