@@ -162,3 +162,24 @@ def test_input_scale_reaches_a_recreated_adapter():
     layer.update_layer("default", small_config())
     assert layer.input_scale("default") is None
     assert mosgeo_lora.curvatures(model)
+
+
+def test_the_scaled_model_compiles_as_one_graph():
+    """``torch.compile(fullgraph=True)``: no graph break with the scale, and the eager
+    gradients, ρ's included."""
+    ids = tokens()
+    over = dict(init_weights=False, input_scale=2.0)
+    explained = torch._dynamo.explain(wrapped(**over).train())(input_ids=ids, labels=ids)
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0)
+    eager, compiled = wrapped(**over).train(), wrapped(**over).train()
+    run = torch.compile(compiled, fullgraph=True, backend="aot_eager")
+    for _ in range(2):
+        out_e, out_c = eager(input_ids=ids, labels=ids), run(input_ids=ids, labels=ids)
+        out_e.loss.backward()
+        out_c.loss.backward()
+        torch.testing.assert_close(out_c.loss, out_e.loss)
+    grads = dict(compiled.named_parameters())
+    for n, p in eager.named_parameters():
+        if p.grad is not None:
+            torch.testing.assert_close(grads[n].grad, p.grad, rtol=1e-5, atol=1e-7, msg=n)
+    assert any("log_scale" in n and p.grad is not None for n, p in grads.items())
