@@ -72,9 +72,11 @@ def test_fused_equals_reference_with_the_input_scale(dtype, learn, scale):
     for n, g in g_f.items():
         top = g_r[n].abs().max().item()
         assert top > 0, n
-        # float32 κ and ρ: a token at the spherical clip falls on either side of it in the
-        # two paths (test_peft's test_fused_and_reference_paths_agree); float64 is strict
-        rel = 1e-2 if dtype == torch.float32 and (".moselora_k." in n or "log_scale" in n) else 0
+        # float32 κ and ρ: the two paths round ‖B_i s_i‖ differently (Gram matrix vs the
+        # vector; test_peft's test_fused_and_reference_paths_agree); measured ≤ 1.8e-4 of the
+        # largest here. float64 is strict
+        curv = ".moselora_k." in n or "log_scale" in n
+        rel = 1e-3 if dtype == torch.float32 and curv else 0
         torch.testing.assert_close(g, g_r[n], rtol=0, atol=max(rel, 10 * tol) * top, msg=n)
 
 
