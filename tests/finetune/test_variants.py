@@ -207,3 +207,54 @@ def test_compare_pairs_uni_with_sep_in_one_grid(tmp_path):
     pair = result["paired"][0]
     assert (pair["method"], pair["baseline"]) == ("moselora@uni", "moselora")
     assert (tmp_path / "grid" / "moselora@uni" / "lr0.01" / "seed0" / "metrics.json").is_file()
+
+
+def test_the_table_shows_the_boundary_share_at_both_ends_and_the_scale():
+    """A summary with the start's boundary share and the input scale gets their columns; one
+    without them (written before) keeps the old table."""
+    from mosgeo_lora.finetune.compare import _dynamics_lines, summarize
+
+    def run(method, seed, start, end, scale):
+        dyn = {
+            "curved_experts": 6,
+            "sign_changed_share": 0.0,
+            "mean_abs_delta": 0.05,
+            "boundary_share_start": {"share": start},
+            "boundary_share_end": {"share": end},
+        }
+        if scale:
+            dyn["input_scale_start"] = {"mean": scale[0]}
+            dyn["input_scale_end"] = {"mean": scale[1]}
+        return {
+            "method": method,
+            "config": {"lr": 1e-3, "seed": seed},
+            "accuracy": {"validation": 0.5, "numbers__place_value": 0.5},
+            "final_loss": 1.0,
+            "step_time_s": 1.0,
+            "peak_rss_mb": 1.0,
+            "trainable_parameters": 1,
+            "activated_parameters": 1,
+            "curvature_dynamics": dyn,
+        }
+
+    runs = [
+        run("moselora", 0, 0.05, 0.15, None),
+        run("moselora@scale=2", 0, 0.01, 0.02, (2.0, 1.8)),
+    ]
+    summary = summarize(runs, ["moselora", "moselora@scale=2"])
+    d = summary["moselora@scale=2"]["curvature_dynamics"]
+    assert d["boundary_share_start"] == (0.01, 0.0) and d["input_scale_end"] == (1.8, 0.0)
+    lines = "\n".join(_dynamics_lines(summary))
+    assert (
+        "| boundary share, start (%) | boundary share (%) | input scale s, start → end |" in lines
+    )
+    assert "| moselora | 0.0 ± 0.0 | 0.050 ± 0.000 | 5.0 ± 0.0 | 15.0 ± 0.0 | – |" in lines
+    assert (
+        "| moselora@scale=2 | 0.0 ± 0.0 | 0.050 ± 0.000 | 1.0 ± 0.0 | 2.0 ± 0.0 | 2.00 → 1.80 |"
+        in lines
+    )
+    for dyn in (r["curvature_dynamics"] for r in runs):
+        for key in ("boundary_share_start", "input_scale_start", "input_scale_end"):
+            dyn.pop(key, None)
+    old = "\n".join(_dynamics_lines(summarize(runs, ["moselora", "moselora@scale=2"])))
+    assert "| method | κ sign changed (%) | mean \\|Δκ\\| | boundary share (%) |" in old
