@@ -195,9 +195,9 @@ def adapter(
         scale: the balance loss's factor in the objective.
         log_scale: ``ρ`` (``(1,)``) of the layer's learnable input scale ``s = e^ρ``
             (``MoSELoraConfig.input_scale``), or ``None``: every expert then computes
-            ``s·o_i(z/s)``, which is ``o_i`` at curvature ``κ_i e^{-2ρ}`` (what runs here:
-            three ``(N,)``-sized ops forward and three backward, ``∂L/∂ρ = -2 Σ_i κ_i^{eff}
-            ∂L/∂κ_i^{eff}``).
+            ``s·o_i(z/s)``, which is ``o_i`` at curvature ``κ_i e^{-2ρ}`` (what runs here, on
+            ``(N,)``-sized tensors: 8 more aten ops per call with the backward,
+            ``tests/tuner/test_ops.py``; ``∂L/∂ρ = -2 Σ_i κ_i^{eff} ∂L/∂κ_i^{eff}``).
 
     Returns:
         ``(out, counts, value, aux)``: ``counts / value`` are the routing slots per expert
