@@ -258,3 +258,29 @@ def test_the_table_shows_the_boundary_share_at_both_ends_and_the_scale():
             dyn.pop(key, None)
     old = "\n".join(_dynamics_lines(summarize(runs, ["moselora", "moselora@scale=2"])))
     assert "| method | κ sign changed (%) | mean \\|Δκ\\| | boundary share (%) |" in old
+
+
+def test_the_scale_pilot_table_is_the_one_its_json_gives():
+    """``benchmarks/results/scale15_compare.md`` (included in docs/paired-experiment.md) is
+    what ``markdown_table`` writes from ``scale15_compare.json``, and the boundary shares the
+    page quotes are the JSON's."""
+    from mosgeo_lora.finetune.compare import markdown_table
+
+    root = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+    result = json.loads((root / "scale15_compare.json").read_text())
+    c = result["config"]
+    cfg = CompareConfig(methods=tuple(c["methods"]), lrs=tuple(c["lrs"]), seeds=tuple(c["seeds"]))
+    assert markdown_table(result["summary"], cfg, result["paired"]) == (
+        (root / "scale15_compare.md").read_text()
+    )
+    page = (root.parents[1] / "docs" / "paired-experiment.md").read_text()
+    for method, quoted in (
+        ("moselora", "4.8 % → 15.0 %"),
+        ("moselora@scale", "0.14 % → 0.14 %"),
+        ("moselora@scale=2", "2.0 % → 4.7 %"),
+    ):
+        d = result["summary"][method]["curvature_dynamics"]
+        start, end = 100 * d["boundary_share_start"][0], 100 * d["boundary_share_end"][0]
+        digits = 2 if start < 1 else 1
+        assert f"{start:.{digits}f} % → {end:.{digits}f} %" == quoted
+        assert quoted in page
