@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Union
 
 from peft.config import PeftConfig
 
-from .constants import INPUT_MAPS, PRESETS, ROUTER_INPUTS, preset_mix, preset_router_input
+from .constants import (
+    INPUT_MAPS,
+    PRESETS,
+    ROUTER_INPUTS,
+    SQRT_D_IN,
+    preset_mix,
+    preset_router_input,
+)
 from .registry import MOSELORA
 
 __all__ = ["MoSELoraConfig"]
@@ -59,6 +67,20 @@ class MoSELoraConfig(PeftConfig):
     #: ``"stereographic"`` (paper eq. 5, with the boundary projection) or ``"lift"``
     #: (``z`` itself as the space-like coordinate; an ablation).
     input_map: str = field(default="stereographic", metadata={"help": f"one of {INPUT_MAPS}"})
+    #: A learnable input scale ``s`` per adapted layer (``docs/design.md`` §2.1, "The
+    #: hyperbolic input map"): each expert reads ``z / s`` and its output is multiplied by
+    #: ``s``, ``o_i(z) = s·õ_i(z / s)``. The curved experts' ball then has radius
+    #: ``s/√|κ_i|`` in ``z`` (fewer tokens clipped onto its rim); the Euclidean experts and
+    #: the router are unchanged, and so is every expert's output near the origin. Exactly
+    #: the expert with curvature ``κ_i / s²`` (the κ-stereographic maps are homogeneous),
+    #: which is how the fused path computes it. ``s = exp(ρ)`` with ``ρ`` trained
+    #: (``moselora_log_scale``, in the curvatures' optimizer group). ``None`` (default): no
+    #: scale, today's adapter; ``"sqrt_d_in"``: ``s`` starts at ``√d_in`` of each layer
+    #: (HypLoRA's initialisation of its input scale); a positive number: ``s`` starts there.
+    input_scale: Union[float, str, None] = field(
+        default=None,
+        metadata={"help": f"learnable input scale: None (off), {SQRT_D_IN!r} or its start"},
+    )
     #: What the router reads: ``"code"`` (the low-rank code ``z = A x``, ``W_g`` is
     #: ``N × r``: the paper's MoSELoRA) or ``"input"`` (the adapter's input ``x``, after
     #: ``dropout``; ``W_g`` is ``N × d_in``: HydraLoRA's own code, whose router reads ``x``).
@@ -156,6 +178,14 @@ class MoSELoraConfig(PeftConfig):
                     f"curvature_bounds must be (low, high) with low < high, got {(lo, hi)}"
                 )
             self.curvature_bounds = (float(lo), float(hi))
+        if self.input_scale is not None and self.input_scale != SQRT_D_IN:
+            value = self.input_scale
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not (ok and math.isfinite(value) and value > 0):
+                raise ValueError(
+                    f"input_scale must be None, {SQRT_D_IN!r} or a positive number, got {value!r}"
+                )
+            self.input_scale = float(value)
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if isinstance(self.target_modules, str) and self.layers_to_transform is not None:
@@ -177,6 +207,15 @@ class MoSELoraConfig(PeftConfig):
     def scaling(self) -> float:
         """The output scale ``alpha / r``."""
         return self.alpha / self.r
+
+    def initial_input_scale(self, in_features: int) -> float | None:
+        """The start of the learnable input scale ``s`` of a layer with ``in_features``
+        inputs (:attr:`input_scale`), or ``None`` when there is none."""
+        if self.input_scale is None:
+            return None
+        if self.input_scale == SQRT_D_IN:
+            return math.sqrt(in_features)
+        return float(self.input_scale)
 
     def initial_curvatures(self) -> list[float]:
         """κ of the experts at init: hyperbolic first, then spherical, then Euclidean (0)."""

@@ -18,6 +18,7 @@ __all__ = [
     "ROUTER_INPUTS",
     "preset_router_input",
     "INPUT_MAPS",
+    "SQRT_D_IN",
     "SPACES",
     "space_of",
     "FFN_TARGET_MODULES",
@@ -66,6 +67,10 @@ def preset_router_input(preset: str) -> str:
 #: The input maps of an expert: paper eq. 5 with the ball projection, or ``z`` itself
 #: (:data:`mosgeo.radial.INPUT_MAPS`, the geometry that evaluates them).
 INPUT_MAPS = _radial.INPUT_MAPS
+
+#: ``MoSELoraConfig(input_scale=SQRT_D_IN)``: each layer's learnable input scale starts at
+#: ``√d_in`` (HypLoRA's initialisation of its input scale).
+SQRT_D_IN = "sqrt_d_in"
 
 #: The three spaces, in the order experts are laid out (hyperbolic first, Euclidean last).
 SPACES = ("hyperbolic", "spherical", "euclidean")

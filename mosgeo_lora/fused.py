@@ -66,9 +66,10 @@ class Spec(NamedTuple):
     router_on_input: bool = False
 
 
-def _forward(x, base, a_w, g_w, b_w, k_learn, k_fixed, weights, scale, spec, save):
-    """The forward pass of :func:`adapter`: ``(out, counts, value, aux, saved)``, where
-    ``saved`` (``None`` unless ``save``) is what the backward needs."""
+def _forward(x, base, a_w, g_w, b_w, k_learn, k_fixed, rho, weights, scale, spec, save):
+    """The forward pass of :func:`adapter`: ``(out, counts, value, aux, saved, scaled)``,
+    where ``saved`` (``None`` unless ``save``) is what the backward needs and ``scaled`` is
+    ``(κ e^{-2ρ}, e^{-2ρ})`` (``None`` without an input scale)."""
     shape = x.shape
     x2 = x if x.dim() == 2 else x.reshape(-1, shape[-1])
     z = F.linear(x2, a_w)
@@ -90,6 +91,11 @@ def _forward(x, base, a_w, g_w, b_w, k_learn, k_fixed, weights, scale, spec, sav
                        k_fixed.to(k_learn.dtype)))  # fmt: skip
     if k.dtype != cdt:
         k = k.to(cdt)
+    scaled = None
+    if rho is not None:  # s·o_i(z/s) is o_i at curvature κ_i/s², s = e^ρ
+        e = (rho if rho.dtype == cdt else rho.to(cdt)).mul(-2.0).exp_()
+        k = k * e
+        scaled = (k, e)
     if gates.dtype != cdt:
         gates = gates.to(cdt)
     d_out = b_w.shape[0]
@@ -102,19 +108,21 @@ def _forward(x, base, a_w, g_w, b_w, k_learn, k_fixed, weights, scale, spec, sav
     saved = None
     if save:
         saved = ((x2, z, a_w, g_w, probs, gates, mask, *state[:7], *state.scale), (c, alpha))
-    return out, counts, value, aux, saved
+    return out, counts, value, aux, saved, scaled
 
 
 class _Adapter(torch.autograd.Function):
     """:func:`adapter` with its closed-form backward."""
 
     @staticmethod
-    def forward(ctx, x, base, a_w, g_w, b_w, k_learn, k_fixed, weights, scale, spec):
+    def forward(ctx, x, base, a_w, g_w, b_w, k_learn, k_fixed, rho, weights, scale, spec):
         ctx.set_materialize_grads(False)  # no zero tensors for the outputs without a gradient
-        out, counts, value, aux, (tensors, balance) = _forward(
-            x, base, a_w, g_w, b_w, k_learn, k_fixed, weights, scale, spec, True
+        out, counts, value, aux, (tensors, balance), scaled = _forward(
+            x, base, a_w, g_w, b_w, k_learn, k_fixed, rho, weights, scale, spec, True
         )
         ctx.balance = balance  # on the node, not saved: checkpointing must not recompute it
+        ctx.scaled = scaled  # two (N,)/(1,) tensors of the input scale, or None
+        ctx.rho_dtype = None if rho is None else rho.dtype
         ctx.meta = (spec, value, x.shape, tensors[1].dtype, tensors[6] is None, 0 if k_learn is None
                     else k_learn.shape[0], None if k_learn is None else k_learn.dtype)  # fmt: skip
         ctx.save_for_backward(*tensors)
@@ -149,12 +157,21 @@ class _Adapter(torch.autograd.Function):
             g_a = g_z.t() @ x2
         if need[3]:
             g_gw = g_logits.t() @ (x2 if spec.router_on_input else z)
+        g_rho = None
+        if ctx.scaled is not None:  # κ_eff = κ e^{-2ρ}: ∂/∂κ = e, ∂/∂ρ = -2 κ_eff
+            k_eff, e = ctx.scaled
+            if need[7]:
+                g_rho = torch.dot(g_k, k_eff).mul(-2.0).reshape(1)
+                if g_rho.dtype != ctx.rho_dtype:
+                    g_rho = g_rho.to(ctx.rho_dtype)
+            if need[5]:
+                g_k = g_k * e
         if need[5]:
             g_kl = g_k[:n_learn]
             if g_kl.dtype != k_dtype:
                 g_kl = g_kl.to(k_dtype)
         g_base = grad if need[1] else None
-        return g_x, g_base, g_a, g_gw, g_b, g_kl, None, None, None, None
+        return g_x, g_base, g_a, g_gw, g_b, g_kl, None, g_rho, None, None, None
 
 
 def adapter(
@@ -164,6 +181,7 @@ def adapter(
     spec: Spec,
     token_weights: Tensor | None = None,
     scale: Tensor | float = 1.0,
+    log_scale: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None, float, Tensor | None]:
     r"""``base + (α/r) Σ_i g_i o_i(A x)`` and the call's routing data.
 
@@ -175,15 +193,20 @@ def adapter(
         spec: the static settings (:class:`Spec`).
         token_weights: ``w`` (``(T, 1)``, float32 at least: 1 = real token), or ``None``.
         scale: the balance loss's factor in the objective.
+        log_scale: ``ρ`` (``(1,)``) of the layer's learnable input scale ``s = e^ρ``
+            (``MoSELoraConfig.input_scale``), or ``None``: every expert then computes
+            ``s·o_i(z/s)``, which is ``o_i`` at curvature ``κ_i e^{-2ρ}`` (what runs here, on
+            ``(N,)``-sized tensors: 8 more aten ops per call with the backward,
+            ``tests/tuner/test_ops.py``; ``∂L/∂ρ = -2 Σ_i κ_i^{eff} ∂L/∂κ_i^{eff}``).
 
     Returns:
         ``(out, counts, value, aux)``: ``counts / value`` are the routing slots per expert
         (``None`` when not asked for or dense), and ``aux`` the balance loss (or ``None``).
     """
     a_w, g_w, b_w, k_learn, k_fixed = weights
-    args = (x, base, a_w, g_w, b_w, k_learn, k_fixed, token_weights, scale, spec)
+    args = (x, base, a_w, g_w, b_w, k_learn, k_fixed, log_scale, token_weights, scale, spec)
     if torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (x, base, a_w, g_w, b_w, k_learn)
+        t is not None and t.requires_grad for t in (x, base, a_w, g_w, b_w, k_learn, log_scale)
     ):
         return _Adapter.apply(*args)
     # no gradient asked for (evaluation, decoding): no autograd node, no local derivatives

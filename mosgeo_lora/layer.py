@@ -12,7 +12,11 @@ with the experts ``o_i`` of :mod:`mosgeo_lora.experts` and the gates of
   on the input ``x`` with ``router_input="input"`` (HydraLoRA's router),
 * ``moselora_k``: the learnable curvatures (``(n_learn,)``, the first experts), and the
   persistent buffer ``moselora_k_fixed`` with the fixed ones (Euclidean experts at 0, or all
-  when ``learn_curvature=False``); κ = ``cat(k, k_fixed)``.
+  when ``learn_curvature=False``); κ = ``cat(k, k_fixed)``,
+* ``moselora_log_scale`` (only with ``input_scale``): ``ρ = log s`` (``(1,)``) of the learnable
+  input scale ``s``; every expert then computes ``s·o_i(z/s)``, which is ``o_i`` with
+  curvature ``κ_i / s²`` (the fused node computes it so, ``κ_i e^{-2ρ}``, the literal path
+  divides and multiplies).
 
 The adapter runs in a float32 island: under bf16/fp16 autocast its inputs are cast to the
 adapter dtype and autocast is disabled inside, so the geometry never runs in half precision.
@@ -70,7 +74,13 @@ class MoSELoraLayer(BaseTunerLayer):
     """State and forward of the mixture-of-space adapter on one base layer."""
 
     #: The per-adapter trainable modules and parameters (PEFT's ``BaseTunerLayer`` contract).
-    adapter_layer_names = ("moselora_A", "moselora_B", "moselora_router", "moselora_k")
+    adapter_layer_names = (
+        "moselora_A",
+        "moselora_B",
+        "moselora_router",
+        "moselora_k",
+        "moselora_log_scale",
+    )
     #: The other per-adapter state PEFT moves, copies and deletes with an adapter.
     other_param_names = ("r", "scaling", "moselora_dropout", "moselora_k_fixed", "settings")
 
@@ -87,6 +97,7 @@ class MoSELoraLayer(BaseTunerLayer):
         self.moselora_router = nn.ModuleDict({})
         self.moselora_k = nn.ParameterDict({})
         self.moselora_k_fixed = BufferDict({}, persistent=True)
+        self.moselora_log_scale = nn.ParameterDict({})
         self.moselora_dropout = nn.ModuleDict({})
         self._disable_adapters = False
         self.merged_adapters: list[str] = []
@@ -129,6 +140,12 @@ class MoSELoraLayer(BaseTunerLayer):
         if n_learn:
             self.moselora_k[adapter_name] = nn.Parameter(k0[:n_learn].clone())
         self.moselora_k_fixed[adapter_name] = k0[n_learn:].clone()
+        s0 = config.initial_input_scale(self.in_features)
+        if s0 is not None:
+            rho = torch.tensor([math.log(s0)], dtype=torch.float32)
+            self.moselora_log_scale[adapter_name] = nn.Parameter(rho)
+        elif adapter_name in self.moselora_log_scale:  # re-created without the scale
+            del self.moselora_log_scale[adapter_name]
         self.reset_parameters(adapter_name, config.init_weights)
         self._move_adapter_to_device_of_base_layer(adapter_name)
         self.set_adapter(self.active_adapters, inference_mode=config.inference_mode)
@@ -145,8 +162,16 @@ class MoSELoraLayer(BaseTunerLayer):
         else:
             nn.init.normal_(self.moselora_B[adapter_name].weight, std=0.5)
 
+    def input_scale(self, adapter_name: str) -> torch.Tensor | None:
+        """The learnable input scale ``s = exp(ρ)`` of ``adapter_name`` (``(1,)``), or
+        ``None`` when the adapter has none (``MoSELoraConfig.input_scale``)."""
+        if adapter_name not in self.moselora_log_scale:
+            return None
+        return self.moselora_log_scale[adapter_name].exp()
+
     def curvatures(self, adapter_name: str) -> torch.Tensor:
-        """κ of the experts of ``adapter_name``, shape ``(N,)`` (bounds applied)."""
+        """κ of the experts of ``adapter_name``, shape ``(N,)`` (bounds applied). With an input
+        scale ``s`` these are the parameters; the experts act as curvature ``κ / s²``."""
         fixed = self.moselora_k_fixed[adapter_name]
         if adapter_name in self.moselora_k:
             k = self.moselora_k[adapter_name]
@@ -240,7 +265,8 @@ class MoSELoraLayer(BaseTunerLayer):
             wide = torch.float64 if x.dtype == torch.float64 else torch.float32
             w = token_mask.reshape(-1, 1).to(wide)
         scale = (call.scale(coef) if call is not None else coef) if spec.balance else 1.0
-        out, counts, value, aux = fused_adapter(x, base, weights, spec, w, scale)
+        rho = self.moselora_log_scale.get(adapter_name)  # None: no input scale
+        out, counts, value, aux = fused_adapter(x, base, weights, spec, w, scale, rho)
         if recording and aux is not None:
             call.record(aux)
         if counting:
@@ -299,7 +325,12 @@ class MoSELoraLayer(BaseTunerLayer):
         gates = gates.to(z.dtype)
         k = self.curvatures(adapter_name).to(z.dtype)
         b_cat = self.moselora_B[adapter_name].weight
-        per_expert = experts_reference(z, b_cat, k, input_map=cfg["input_map"])
+        s = self.input_scale(adapter_name)
+        if s is None:
+            per_expert = experts_reference(z, b_cat, k, input_map=cfg["input_map"])
+        else:  # literally: every expert reads z / s, its output is multiplied by s
+            s = s.to(z.dtype)
+            per_expert = experts_reference(z / s, b_cat, k, input_map=cfg["input_map"]) * s
         out = (per_expert * gates.unsqueeze(-1)).sum(-2)
         if recording or call is None:
             self._count_routing(adapter_name, mask, token_mask)

@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import fields, replace
 from pathlib import Path
 
-from mosgeo_lora.constants import INPUT_MAPS
+from mosgeo_lora.constants import INPUT_MAPS, SQRT_D_IN
 
 from .base_models import DEFAULT_MODEL, TINY_MODEL, ModelError
 from .config import (
@@ -88,6 +88,19 @@ def _add_tasks(p: argparse.ArgumentParser, default: tuple, extra: str = "") -> N
     )
 
 
+def _input_scale(text: str) -> float | str:
+    """``--input-scale``: ``sqrt_d_in`` or a positive number."""
+    if text == SQRT_D_IN:
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: {SQRT_D_IN} or a positive number")
+    return value
+
+
 def _joined(values: tuple) -> str:
     return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
 
@@ -108,7 +121,9 @@ _RUN_OPTIONS: list[tuple[str, str, Callable, str, bool]] = [
         "--method",
         "method",
         str,
-        f"one of {', '.join(METHODS)}, or lora-rN / dora-rN / melora-rN, or lora-rmatch:METHOD",
+        f"one of {', '.join(METHODS)}, or lora-rN / dora-rN / melora-rN, or lora-rmatch:METHOD;"
+        " a MoSELoRA name may carry tags: @uni / @sep (optimizer groups), @scale / @scale=X "
+        "(learnable input scale)",
         True,
     ),
     ("--rank", "rank", int, "adapter rank r", False),
@@ -173,11 +188,21 @@ def _add_run_options(p: argparse.ArgumentParser, single_run: bool) -> None:
         help="MoSELoRA load-balancing coefficient (default: the config's, 0.01)",
     )
     p.add_argument(
+        "--input-scale",
+        type=_input_scale,
+        default=_RUN["input_scale"],
+        metavar=f"{{{SQRT_D_IN},X}}",
+        help="MoSELoRA: a learnable input scale s per layer, starting at √d_in or at X; the "
+        "experts read A x / s (and their output is multiplied by s), so fewer tokens sit on "
+        "the hyperbolic ball's rim (default: none; a method tag @scale / @scale=X overrides)",
+    )
+    p.add_argument(
         "--optimizer-groups",
         choices=OPTIMIZER_GROUPS,
         default=_RUN["optimizer_groups"],
         help="sep: κ in its own AdamW group with --curvature-lr, no weight decay; uni: one "
-        "group for all (the paper's Table 2 ablation) (default: %(default)s)",
+        "group for all (the paper's Table 2 ablation); a method tag (moselora@uni, "
+        "moselora@sep) overrides it for that method (default: %(default)s)",
     )
     p.add_argument("--bf16", action="store_true", help="bfloat16 mixed precision (CPU: autocast)")
     p.add_argument(

@@ -156,6 +156,7 @@ def _slim(run: dict[str, Any]) -> dict[str, Any]:
     keep = (
         "method",
         "config",
+        "optimizer_groups",
         "accuracy",
         "nll",
         "train_loss",
@@ -224,9 +225,13 @@ def summarize(runs: list[dict[str, Any]], methods: Sequence[str]) -> dict[str, A
                 key: _mean_sd([d[key] for d in dyn])
                 for key in ("sign_changed_share", "mean_abs_delta")
             }
-            ends = [(d.get("boundary_share_end") or {}).get("share") for d in dyn]
-            if all(e is not None for e in ends):
-                out[method]["curvature_dynamics"]["boundary_share_end"] = _mean_sd(ends)
+            for when in ("start", "end"):
+                shares = [(d.get(f"boundary_share_{when}") or {}).get("share") for d in dyn]
+                if all(e is not None for e in shares):
+                    out[method]["curvature_dynamics"][f"boundary_share_{when}"] = _mean_sd(shares)
+                scales = [(d.get(f"input_scale_{when}") or {}).get("mean") for d in dyn]
+                if all(e is not None for e in scales):
+                    out[method]["curvature_dynamics"][f"input_scale_{when}"] = _mean_sd(scales)
     return out
 
 
@@ -493,22 +498,36 @@ def _dynamics_lines(summary: dict[str, Any]) -> list[str]:
     moved = [m for m in summary if "curvature_dynamics" in summary[m]]
     if not moved:
         return []
+    dyn = [summary[m]["curvature_dynamics"] for m in moved]
+    # columns a summary written before them lacks are left out (the pilot's table stays)
+    start = any("boundary_share_start" in d for d in dyn)
+    scale = any("input_scale_end" in d for d in dyn)
     lines = [
         "",
         "Curvature dynamics at the end of the runs (mean ± sd over seeds): the share of curved "
         "experts whose κ changed sign, the mean |κ_end − κ_start|, and the share of (token, "
-        "hyperbolic expert) pairs clipped onto the ball's boundary:",
+        "hyperbolic expert) pairs clipped onto the ball's boundary"
+        + (" (at the start and at the end)" if start else "")
+        + (", and the mean input scale s over the layers at the start and the end" if scale else "")
+        + ":",
         "",
-        "| method | κ sign changed (%) | mean \\|Δκ\\| | boundary share (%) |",
-        "|---|---|---|---|",
+        "| method | κ sign changed (%) | mean \\|Δκ\\| | "
+        + ("boundary share, start (%) | " if start else "")
+        + "boundary share (%) |"
+        + (" input scale s, start → end |" if scale else ""),
+        "|---|---|---|---|" + "---|" * (start + scale),
     ]
-    for m in moved:
-        d = summary[m]["curvature_dynamics"]
-        share = d.get("boundary_share_end")
-        b = f"{100 * share[0]:.1f} ± {100 * share[1]:.1f}" if share else "–"
-        lines.append(
-            f"| {m} | {100 * d['sign_changed_share'][0]:.1f} ± "
-            f"{100 * d['sign_changed_share'][1]:.1f} | {d['mean_abs_delta'][0]:.3f} ± "
-            f"{d['mean_abs_delta'][1]:.3f} | {b} |"
-        )
+    for m, d in zip(moved, dyn, strict=True):
+        cells = [
+            f"{100 * d['sign_changed_share'][0]:.1f} ± {100 * d['sign_changed_share'][1]:.1f}",
+            f"{d['mean_abs_delta'][0]:.3f} ± {d['mean_abs_delta'][1]:.3f}",
+        ]
+        keys = (["boundary_share_start"] if start else []) + ["boundary_share_end"]
+        for key in keys:
+            share = d.get(key)
+            cells.append(f"{100 * share[0]:.1f} ± {100 * share[1]:.1f}" if share else "–")
+        if scale:
+            a, b = d.get("input_scale_start"), d.get("input_scale_end")
+            cells.append(f"{a[0]:.2f} → {b[0]:.2f}" if a and b else "–")
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return lines

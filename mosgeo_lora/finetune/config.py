@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from mosgeo_lora.constants import INPUT_MAPS
+from mosgeo_lora.constants import INPUT_MAPS, SQRT_D_IN
 
 from . import data as mdata
 from . import tasks as mtasks
@@ -111,7 +111,9 @@ class FinetuneConfig:
     #: ``warmup_steps``; setting both is an error).
     warmup_ratio: float = 0.0
     #: ``--optimizer-groups``: ``"sep"`` or ``"uni"`` (:data:`OPTIMIZER_GROUPS`); with
-    #: ``"uni"`` κ trains with ``lr`` and ``curvature_lr`` is not used.
+    #: ``"uni"`` κ trains with ``lr`` and ``curvature_lr`` is not used. A method tag
+    #: (``moselora@uni``, ``moselora@sep``) overrides it for that method
+    #: (:meth:`optimizer_grouping`).
     optimizer_groups: str = "sep"
     #: ``--bf16``: bfloat16 mixed precision (the Trainer's ``bf16``; autocast on the CPU).
     bf16: bool = False
@@ -159,6 +161,10 @@ class FinetuneConfig:
     input_map: str | None = None
     #: ``--aux-loss-coef`` (MoSELoRA only); ``None``: the config's.
     aux_loss_coef: float | None = None
+    #: ``--input-scale`` (MoSELoRA only): a learnable input scale per layer starting at
+    #: ``"sqrt_d_in"`` (``√d_in``) or at a positive number; ``None``: none (the config's
+    #: default). A method tag (``moselora@scale``, ``moselora@scale=2``) overrides it.
+    input_scale: float | str | None = None
     #: ``--no-progress``: no progress bar.
     disable_tqdm: bool = False
     #: ``--compile``: train a ``torch.compile`` version of the model (the Trainer's
@@ -210,8 +216,18 @@ class FinetuneConfig:
                 "epochs of generated problems need a training-set size: give train_examples "
                 "(--train-examples N), or steps instead of epochs"
             )
-        if not method.is_moselora and (self.input_map or self.aux_loss_coef is not None):
-            raise ConfigError(f"input_map / aux_loss_coef apply to MoSELoRA, not {self.method}")
+        moselora_only = (self.input_map, self.aux_loss_coef, self.input_scale)
+        if not method.is_moselora and any(v is not None for v in moselora_only):
+            raise ConfigError(
+                f"input_map / aux_loss_coef / input_scale apply to MoSELoRA, not {self.method}"
+            )
+        if self.input_scale is not None and self.input_scale != SQRT_D_IN:
+            value = self.input_scale
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not (number and math.isfinite(value) and value > 0):
+                raise ConfigError(
+                    f"input_scale must be {SQRT_D_IN!r} or a positive number, not {value!r}"
+                )
         if self.input_map is not None and self.input_map not in INPUT_MAPS:
             raise ConfigError(f"input_map must be one of {INPUT_MAPS}, not {self.input_map!r}")
         unknown = [s for s in self.eval_sets if s not in (*mdata.EVAL_SETS, "none")]
@@ -267,13 +283,22 @@ class FinetuneConfig:
         return classified
 
     def moselora_overrides(self) -> dict[str, Any]:
-        """The ``MoSELoraConfig`` fields this run sets (``--input-map``, ``--aux-loss-coef``)."""
+        """The ``MoSELoraConfig`` fields this run sets (``--input-map``, ``--aux-loss-coef``,
+        ``--input-scale``; a method tag such as ``@scale`` is applied over them by
+        :func:`~mosgeo_lora.finetune.methods.peft_config`)."""
         out: dict[str, Any] = {}
         if self.input_map is not None:
             out["input_map"] = self.input_map
         if self.aux_loss_coef is not None:
             out["aux_loss_coef"] = self.aux_loss_coef
+        if self.input_scale is not None:
+            out["input_scale"] = self.input_scale
         return out
+
+    def optimizer_grouping(self) -> str:
+        """The run's optimizer grouping, ``"sep"`` or ``"uni"``: the method's tag
+        (``moselora@uni``) if it has one, else ``optimizer_groups``."""
+        return parse_method(self.method, self.rank).optimizer_groups or self.optimizer_groups
 
     def total_steps(self, n_examples: int, world_size: int = 1) -> int:
         """The optimizer steps of the run: ``steps``, or with ``epochs`` the Trainer's count,

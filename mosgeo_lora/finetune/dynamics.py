@@ -3,11 +3,16 @@ ball's boundary: the measures a run writes into ``metrics.json`` as ``"curvature
 
 * :func:`kappa_dynamics`: over the curved (learnable) experts, the share whose κ changed
   sign between the start and the end of the run (an expert that changed space), and the mean
-  and largest ``|κ_end − κ_start|``.
+  and largest ``|κ_end − κ_start|`` (of the parameters κ: with an input scale ``s`` the
+  experts act at ``κ/s²``, whose sign is κ's).
 * :func:`boundary_share`: the share of (token, hyperbolic expert) pairs whose low-rank code
   ``z = A x`` the stereographic input map clips onto the ball of radius ``1/√|κ|``
   (:func:`mosgeo.math.project_factor` below 1), over prompts run one at a time (no padding
-  tokens), as ``benchmarks/clip_share.py`` measures it.
+  tokens), as ``benchmarks/clip_share.py`` measures it. With a learnable input scale ``s``
+  (``MoSELoraConfig.input_scale``) the expert reads ``z / s``, so the ball is ``s`` times
+  larger in ``z``.
+* :func:`input_scale_summary`: the mean, smallest and largest input scale ``s`` over the
+  layers (none without the option).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from torch import nn
 
 from mosgeo import math as pmath
 
-__all__ = ["learnable_curvatures", "kappa_dynamics", "boundary_share"]
+__all__ = ["learnable_curvatures", "kappa_dynamics", "boundary_share", "input_scale_summary"]
 
 
 def _layers(model: nn.Module):
@@ -103,6 +108,9 @@ def boundary_share(model: nn.Module, prompts: Sequence[Sequence[int]]) -> dict[s
                 return
             z = module.moselora_A[adapter](args[0].float()).reshape(-1, module.r[adapter])
             n = z.norm(dim=-1, keepdim=True)  # (tokens, 1)
+            s = module.input_scale(adapter)
+            if s is not None:  # the expert reads z / s
+                n = n / s.detach().float()
             clipped = pmath.project_factor(n, k.reshape(1, -1)) < 1  # (tokens, experts)
             c = counts.setdefault(name, [0.0, 0.0])
             c[0] += float(clipped.sum())
@@ -125,4 +133,22 @@ def boundary_share(model: nn.Module, prompts: Sequence[Sequence[int]]) -> dict[s
         "share": clipped / pairs if pairs else None,
         "pairs": int(pairs),
         "by_layer": {name: c / n for name, (c, n) in counts.items() if n},
+    }
+
+
+def input_scale_summary(model: nn.Module) -> dict[str, Any] | None:
+    """``{"mean", "min", "max", "layers"}`` of the learnable input scales ``s`` of ``model``'s
+    MoSELoRA layers (active adapter), or ``None`` when no layer has one."""
+    scales = []
+    for _, layer in _layers(model):
+        s = layer.input_scale(layer.active_adapters[0])
+        if s is not None:
+            scales.append(float(s.detach().float()))
+    if not scales:
+        return None
+    return {
+        "mean": sum(scales) / len(scales),
+        "min": min(scales),
+        "max": max(scales),
+        "layers": len(scales),
     }

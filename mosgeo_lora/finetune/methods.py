@@ -22,6 +22,14 @@ Every row of the paper's Table 1/3 is one name away:
   method ``M``'s (at the run's ``--rank``) on the model being trained, e.g.
   ``lora-rmatch:moselora`` (rank 22 on SmolLM2-135M).
 
+A MoSELoRA name may carry variant tags, ``NAME@TAG[@TAG]``, so that ``compare`` can pair
+variants of one method in one grid (:data:`TAGS`); a tag overrides the run's flag:
+
+* ``@uni`` / ``@sep``: the run's optimizer grouping (``--optimizer-groups``): ``moselora@uni``
+  against ``moselora`` is the paper's Table 2 contrast, UNI vs SEP;
+* ``@scale``: a learnable input scale starting at ``√d_in`` (``--input-scale sqrt_d_in``,
+  :attr:`mosgeo_lora.MoSELoraConfig.input_scale`); ``@scale=X``: starting at ``X``.
+
 All methods adapt the feed-forward projections
 (:data:`mosgeo_lora.constants.FFN_TARGET_MODULES`) and use ``alpha = 2 r``. MELoRA and HMoRA
 are PEFT tuners of the application (:mod:`mosgeo_lora.finetune.baselines`, registered with
@@ -31,19 +39,21 @@ PEFT when this module is imported).
 from __future__ import annotations
 
 import copy
+import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 
-from mosgeo_lora.constants import PRESETS, task_type_of
+from mosgeo_lora.constants import PRESETS, SQRT_D_IN, task_type_of
 from mosgeo_lora.constants import ffn_targets as _ffn_targets
 
 from . import baselines
 
 __all__ = [
     "METHODS",
+    "TAGS",
     "HYDRALORA_CODE",
     "MELORA_MINI",
     "MethodError",
@@ -65,6 +75,9 @@ HYDRALORA_CODE = "hydralora-code"
 MELORA_MINI = 8
 _RANKED = re.compile(r"^(lora|dora|melora)-r(\d+)$")
 _RMATCH = "lora-rmatch:"
+#: The variant tags of a MoSELoRA name (``moselora@uni``, ``moselora@scale=2``): ``uni`` and
+#: ``sep`` set the optimizer grouping, ``scale`` / ``scale=X`` the learnable input scale.
+TAGS = ("uni", "sep", "scale")
 
 
 class MethodError(ValueError):
@@ -84,6 +97,11 @@ class Method:
     rank: int
     #: ``lora-rmatch:M``: the method ``M`` whose activated parameters LoRA's rank matches.
     match: str | None = None
+    #: ``@uni`` / ``@sep``: the optimizer grouping of the run (``None``: the run's flag).
+    optimizer_groups: str | None = None
+    #: ``@scale`` (``"sqrt_d_in"``) / ``@scale=X`` (``X``): the learnable input scale's start
+    #: (``None``: the run's flag).
+    input_scale: float | str | None = None
 
     @property
     def is_moselora(self) -> bool:
@@ -93,7 +111,10 @@ class Method:
 
 def parse_method(name: str, rank: int = 8) -> Method:
     """``"moselora"`` → Method(family="moselora", rank); ``"lora-r32"`` → rank 32;
-    ``"lora-rmatch:moselora"`` → LoRA matched to MoSELoRA of rank ``rank``."""
+    ``"lora-rmatch:moselora"`` → LoRA matched to MoSELoRA of rank ``rank``;
+    ``"moselora@uni"`` → MoSELoRA trained with one optimizer group (:data:`TAGS`)."""
+    if "@" in name:
+        return _tagged(name, rank)
     if name in PRESETS or name == HYDRALORA_CODE:
         return Method(name, "moselora", rank)
     if name in ("lora", "dora", "adalora", "melora", "hmora"):
@@ -109,8 +130,39 @@ def parse_method(name: str, rank: int = 8) -> Method:
     raise MethodError(
         f"unknown method {name!r}; choose one of {', '.join(METHODS)} "
         "(or lora-rN / dora-rN / melora-rN for rank N, lora-rmatch:M for LoRA with the "
-        "activated parameters of method M)"
+        "activated parameters of method M, NAME@uni / NAME@scale for a MoSELoRA variant)"
     )
+
+
+def _tagged(name: str, rank: int) -> Method:
+    """``NAME@TAG[@TAG…]``: the MoSELoRA method ``NAME`` with its variant tags applied."""
+    base, *tags = name.split("@")
+    method = parse_method(base, rank)
+    if not method.is_moselora:
+        raise MethodError(f"{name!r}: variant tags (@{', @'.join(TAGS)}) apply to MoSELoRA only")
+    groups = scale = None
+    for tag in tags:
+        key, eq, value = tag.partition("=")
+        if key in ("uni", "sep") and not eq and groups is None:
+            groups = key
+        elif key == "scale" and scale is None:
+            scale = SQRT_D_IN if not eq else _positive(value, name)
+        else:
+            raise MethodError(
+                f"{name!r}: unknown or repeated tag {tag!r}; tags: @uni or @sep (optimizer "
+                "groups), @scale or @scale=X (learnable input scale from √d_in or X)"
+            )
+    return replace(method, name=name, optimizer_groups=groups, input_scale=scale)
+
+
+def _positive(value: str, name: str) -> float:
+    try:
+        x = float(value)
+    except ValueError:
+        x = float("nan")
+    if not (math.isfinite(x) and x > 0):
+        raise MethodError(f"{name!r}: @scale=X needs a positive number, got {value!r}")
+    return x
 
 
 def ffn_targets(model: nn.Module) -> list[str] | str:
@@ -146,9 +198,11 @@ def peft_config(method: Method, model: nn.Module, total_steps: int, **moselora_o
     if method.is_moselora:
         from mosgeo_lora import MoSELoraConfig
 
-        preset, routing = method.name, {}
-        if method.name == HYDRALORA_CODE:
+        preset, routing = method.name.partition("@")[0], {}
+        if preset == HYDRALORA_CODE:
             preset, routing = "hydralora", {"router_input": "code"}
+        if method.input_scale is not None:  # the tag overrides the run's flag
+            moselora_overrides = {**moselora_overrides, "input_scale": method.input_scale}
         return MoSELoraConfig(
             preset=preset,
             r=method.rank,

@@ -33,7 +33,12 @@ from . import tasks as mtasks
 from .base_models import LoadedModel, load
 from .callbacks import AdaLoraAllocator, CheckpointCurvatures, JsonlLog, StepStats, peak_rss_mb
 from .config import MATH_DATA, PAPER_MIX, PAPER_MIX_SIZE, ConfigError, FinetuneConfig
-from .dynamics import boundary_share, kappa_dynamics, learnable_curvatures
+from .dynamics import (
+    boundary_share,
+    input_scale_summary,
+    kappa_dynamics,
+    learnable_curvatures,
+)
 from .evaluate import (
     accuracies,
     eval_examples,
@@ -241,6 +246,7 @@ def finetune(
         _say(f"before: {_fmt(before)}")
 
     kappa_start = learnable_curvatures(model)  # before training (or resuming: initial κ)
+    scale_start = input_scale_summary(model)
     boundary_prompts = _boundary_prompts(cfg, tok) if method.is_moselora and rank == 0 else []
     boundary_start = boundary_share(model, boundary_prompts) if boundary_prompts else None
 
@@ -249,7 +255,7 @@ def finetune(
         cfg.lr,
         cfg.curvature_lr,
         cfg.weight_decay,
-        separate=cfg.optimizer_groups == "sep",
+        separate=cfg.optimizer_grouping() == "sep",
     )
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
     stats = StepStats()
@@ -281,6 +287,7 @@ def finetune(
     metrics: dict[str, Any] = {
         "method": cfg.method,
         "model": loaded.name,
+        "optimizer_groups": cfg.optimizer_grouping(),
         "config": asdict(cfg),
         "world_size": world,
         "trainable_parameters": trainable,
@@ -307,6 +314,9 @@ def finetune(
         if boundary_prompts:
             dynamics["boundary_share_start"] = boundary_start
             dynamics["boundary_share_end"] = boundary_share(model, boundary_prompts)
+        if scale_start is not None:
+            dynamics["input_scale_start"] = scale_start
+            dynamics["input_scale_end"] = input_scale_summary(model)
         metrics["curvature_dynamics"] = dynamics
     if after_sets or tasks:
         after = evaluate(model, tok, after_sets, cfg.eval_batch_size, progress=progress)

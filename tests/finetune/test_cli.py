@@ -20,12 +20,14 @@ SHARED = {
     "--eval-limit", "--save-steps", "--logging-steps", "--input-map", "--aux-loss-coef",
     "--no-progress", "--threads", "--output-dir", "-h", "--help", "--compile", "--task",
     "--epochs", "--warmup-ratio", "--bf16", "--optimizer-groups", "--truncate", "--recipe",
+    "--input-scale",
 }  # fmt: skip
 #: the flags of each command (0.1.0's, unchanged by the package layout change; since then
 #: added: --task on finetune, eval and compare, eval's --max-new-tokens and --no-progress, the
 #: score command, and the recipe flags of finetune and compare: --epochs, --warmup-ratio,
 #: --bf16, --optimizer-groups, --truncate, --recipe; compare's --baselines and --bootstrap,
-#: the paired differences of issue 15)
+#: the paired differences of issue 15; --input-scale on finetune and compare, the learnable
+#: input scale of issue 15 item 4)
 FLAGS = {
     "finetune": SHARED | {"--method", "--lr", "--seed", "--resume", "--eval-before"},
     "eval": {"--base", "--model", "--eval-sets", "--eval-limit", "--batch-size", "--output",

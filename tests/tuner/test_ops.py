@@ -13,6 +13,10 @@ the compiled γ kernel (``mosgeo.radial.set_kernel("compiled")``: γ's ~60 eleme
 as two fused kernels) 77 top-level, within the issue's goal of 85 (``docs/design.md`` §2.2).
 The kernel-level count runs under a ``TorchDispatchMode``, where compiled code cannot run:
 it counts the eager kernel, so it is measured once, for the eager kernel.
+
+The learnable input scale (``MoSELoraConfig(input_scale=...)``, off by default) adds 8 ops
+(140 / 242): ``κ e^{-2ρ}`` and its two gradients, on ``(N,)``-sized tensors inside the fused
+node; the default's count does not change.
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ from mosgeo import radial  # noqa: E402
 #: MoSELoRA's bounds: the counts above, with a few ops of slack for other torch versions
 MAX_TOPLEVEL = 136
 MAX_KERNEL = 245
+#: what the learnable input scale may add (8 measured)
+MAX_INPUT_SCALE_EXTRA = 10
 #: the issue's goal, with the compiled γ kernel
 MAX_TOPLEVEL_COMPILED = 85
 TARGETS = ["gate_proj", "up_proj", "down_proj"]
@@ -48,6 +54,8 @@ def _gate_proj(variant: str):
     torch.manual_seed(1)
     if variant == "lora":
         model = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, target_modules=TARGETS))
+    elif variant == "moselora+scale":
+        model = mosgeo_lora.wrap(base, mosgeo_lora.MoSELoraConfig(input_scale="sqrt_d_in"))
     else:
         model = mosgeo_lora.wrap(base)  # the paper's defaults
     for name, p in model.named_parameters():  # non-zero B: the adapter does work
@@ -72,6 +80,15 @@ def test_one_adapted_layer_runs_a_bounded_number_of_ops():
     assert top <= MAX_TOPLEVEL, sorted(by_name.items(), key=lambda kv: -kv[1])
     assert kernels <= MAX_KERNEL
     assert lora_top <= 40  # the yardstick is the measure of the issue
+
+
+def test_the_input_scale_adds_a_few_ops_and_the_default_none():
+    top, kernels, _ = _counts("moselora")
+    s_top, s_kernels, by_name = _counts("moselora+scale")
+    print(f"\ntop-level / kernel-level aten ops: MoSELoRA {top} / {kernels}, with the input "
+          f"scale {s_top} / {s_kernels}")  # fmt: skip
+    assert s_top - top <= MAX_INPUT_SCALE_EXTRA, sorted(by_name.items(), key=lambda kv: -kv[1])
+    assert s_kernels - kernels <= MAX_INPUT_SCALE_EXTRA
 
 
 @pytest.fixture
