@@ -316,12 +316,13 @@ def test_balance_weight_counts_classification_labels_as_the_trainer_does(head):
     assert grads[2] == pytest.approx(grads[0] / 2, rel=1e-6)  # half of them: weight 1/2
 
 
+@pytest.mark.parametrize("input_scale", [None, 2.0])
 @pytest.mark.parametrize("length", [1, 7])
-def test_a_no_grad_call_equals_a_training_call(length):
+def test_a_no_grad_call_equals_a_training_call(length, input_scale):
     """Evaluation and decoding skip the autograd node and the local derivatives (and, for
     fewer tokens than the rank, the Gram matrices): the same logits as a call that builds
     the backward, padded batch included."""
-    model = wrapped(init_weights=False).eval()
+    model = wrapped(init_weights=False, input_scale=input_scale).eval()
     ids = tokens(length=length)
     mask = torch.ones_like(ids)
     mask[0, :1] = 0
