@@ -18,7 +18,20 @@ from .constants import (
 )
 from .registry import MOSELORA
 
-__all__ = ["MoSELoraConfig"]
+__all__ = ["MoSELoraConfig", "check_input_scale"]
+
+
+def check_input_scale(value: object) -> float | str | None:
+    """``input_scale`` checked: ``None``, ``"sqrt_d_in"`` or a positive finite number (as a
+    float); anything else raises ``ValueError``."""
+    if value is None or value == SQRT_D_IN:
+        return value
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not (number and math.isfinite(value) and value > 0):
+        raise ValueError(
+            f"input_scale must be None, {SQRT_D_IN!r} or a positive number, got {value!r}"
+        )
+    return float(value)
 
 
 @dataclass
@@ -178,14 +191,7 @@ class MoSELoraConfig(PeftConfig):
                     f"curvature_bounds must be (low, high) with low < high, got {(lo, hi)}"
                 )
             self.curvature_bounds = (float(lo), float(hi))
-        if self.input_scale is not None and self.input_scale != SQRT_D_IN:
-            value = self.input_scale
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-            if not (ok and math.isfinite(value) and value > 0):
-                raise ValueError(
-                    f"input_scale must be None, {SQRT_D_IN!r} or a positive number, got {value!r}"
-                )
-            self.input_scale = float(value)
+        self.input_scale = check_input_scale(self.input_scale)
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if isinstance(self.target_modules, str) and self.layers_to_transform is not None:

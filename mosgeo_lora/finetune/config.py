@@ -13,7 +13,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from mosgeo_lora.constants import INPUT_MAPS, SQRT_D_IN
+from mosgeo_lora.config import check_input_scale
+from mosgeo_lora.constants import INPUT_MAPS
 
 from . import data as mdata
 from . import tasks as mtasks
@@ -221,13 +222,10 @@ class FinetuneConfig:
             raise ConfigError(
                 f"input_map / aux_loss_coef / input_scale apply to MoSELoRA, not {self.method}"
             )
-        if self.input_scale is not None and self.input_scale != SQRT_D_IN:
-            value = self.input_scale
-            number = isinstance(value, (int, float)) and not isinstance(value, bool)
-            if not (number and math.isfinite(value) and value > 0):
-                raise ConfigError(
-                    f"input_scale must be {SQRT_D_IN!r} or a positive number, not {value!r}"
-                )
+        try:
+            check_input_scale(self.input_scale)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
         if self.input_map is not None and self.input_map not in INPUT_MAPS:
             raise ConfigError(f"input_map must be one of {INPUT_MAPS}, not {self.input_map!r}")
         unknown = [s for s in self.eval_sets if s not in (*mdata.EVAL_SETS, "none")]
