@@ -274,14 +274,20 @@ def evaluate_tasks(
             progress=progress,
             desc=task.name,
         )
-        judged = mtasks.judge(task, texts, item.rows)
-        results[task.name] = mtasks.summarize(task, judged)
-        if predictions_dir is not None:
-            mtasks.write_predictions(
-                predictions_path(predictions_dir, task.name), task, texts, judged
-            )
+        results[task.name] = _score(task, texts, item.rows, predictions_dir)
     model.train(was_training)
     return results
+
+
+def _score(task, outputs: list, rows: list, predictions_dir) -> dict:
+    """Judge a task's outputs (generated texts or class labels) against its rows, summarize,
+    and write the predictions file when ``predictions_dir`` is given."""
+    judged = mtasks.judge(task, outputs, rows)
+    if predictions_dir is not None:
+        mtasks.write_predictions(
+            predictions_path(predictions_dir, task.name), task, outputs, judged
+        )
+    return mtasks.summarize(task, judged)
 
 
 @torch.no_grad()
@@ -340,12 +346,7 @@ def evaluate_classifier(
             for row in item.rows
         ]
         labels = classify(model, tokenizer, features, batch_size, progress, desc=task.name)
-        judged = mtasks.judge(task, labels, item.rows)
-        results[task.name] = mtasks.summarize(task, judged)
-        if predictions_dir is not None:
-            mtasks.write_predictions(
-                predictions_path(predictions_dir, task.name), task, labels, judged
-            )
+        results[task.name] = _score(task, labels, item.rows, predictions_dir)
     model.train(was_training)
     return results
 
