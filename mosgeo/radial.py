@@ -325,14 +325,18 @@ def gamma_forward(
     input_map: str,
     inside: bool = False,
     save: bool = True,
+    terms: CurvatureTerms | None = None,
 ) -> tuple[Tensor, tuple | None]:
     """:func:`curvature_terms` then :func:`scale_forward`, by the :func:`set_kernel` kernel.
 
-    ``k`` is the experts' curvatures ``(N,)`` in ``q``'s dtype; the other arguments are
-    :func:`scale_forward`'s."""
+    ``k`` is the experts' curvatures ``(N,)`` in ``q``'s dtype; ``terms``, if given, is
+    :func:`curvature_terms` of ``k`` computed before (a caller that reuses it across calls,
+    while κ is unchanged; the compiled kernel recomputes it inside its one kernel); the
+    other arguments are :func:`scale_forward`'s."""
     if _compiling():
         return _forward_kernel(eps, input_map, inside, save)(nz, q, k, gates, mu)
-    terms = curvature_terms(k, eps, input_map)
+    if terms is None:
+        terms = curvature_terms(k, eps, input_map)
     return scale_forward(nz, q, terms, gates, mu, eps=eps, inside=inside, save=save)
 
 

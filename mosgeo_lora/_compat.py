@@ -14,6 +14,9 @@ private API                              used for
 ``_get_in_out_features``                 transformers ``Conv1D`` and quantised layers
 ``Enum._member_map_`` and friends        adding ``MOSELORA`` to PEFT's closed
                                          ``PeftType`` enum
+``Tensor._version``                      the in-place version counter: a layer's
+                                         inference cache is valid while its
+                                         weights' versions are unchanged
 =======================================  ==========================================
 """
 
@@ -25,7 +28,7 @@ import torch
 from peft.tuners._buffer_dict import BufferDict
 from peft.tuners.tuners_utils import _get_in_out_features
 
-__all__ = ["BufferDict", "extend_str_enum", "in_out_features"]
+__all__ = ["BufferDict", "extend_str_enum", "in_out_features", "tensor_versions"]
 
 
 def in_out_features(layer: torch.nn.Module) -> tuple[int | None, int | None]:
@@ -53,3 +56,11 @@ def extend_str_enum(enum_cls: type[enum.Enum], name: str, value: str) -> enum.En
     enum_cls._value2member_map_[value] = member
     enum_cls._member_names_.append(name)
     return member
+
+
+def tensor_versions(*tensors: torch.Tensor | None) -> tuple:
+    """An identity of the tensors' current values (``None`` for ``None``): each one's storage
+    address and in-place version counter, which every in-place op bumps (an optimizer step,
+    ``copy_``, ``load_state_dict``); a new tensor (``.to()``, ``param.data = …``) has a new
+    address. Plain tensors with data only."""
+    return tuple(None if t is None else (t.data_ptr(), t._version) for t in tensors)

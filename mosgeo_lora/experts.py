@@ -52,6 +52,7 @@ __all__ = [
     "experts_fused",
     "input_factor",
     "MixState",
+    "gram_matrices",
     "mix_forward",
     "mix_backward",
 ]
@@ -128,6 +129,16 @@ class MixState(NamedTuple):
     scale: tuple
 
 
+def gram_matrices(b_cat: Tensor, n: int, dtype: torch.dtype | None = None) -> Tensor:
+    r"""``[G_1 … G_N]``, ``G_i = B_iᵀB_i``, as one ``(r, N·r)`` matrix (in ``dtype``, default
+    ``b_cat``'s): ``z̃ [G_1 … G_N]`` is every ``G_i z̃`` in one matmul (``G_i`` is
+    symmetric)."""
+    d_out = b_cat.shape[0]
+    r = b_cat.shape[1] // n
+    bv = (b_cat if dtype is None or b_cat.dtype == dtype else b_cat.to(dtype)).view(d_out, n, r)
+    return torch.einsum("dnr,dns->rns", bv, bv).reshape(r, n * r)
+
+
 def mix_forward(
     z: Tensor,
     b_cat: Tensor,
@@ -137,6 +148,9 @@ def mix_forward(
     input_map: str,
     base: Tensor | None = None,
     save: bool = True,
+    gram: Tensor | None = None,
+    terms: radial.CurvatureTerms | None = None,
+    alpha: float = 1.0,
 ) -> tuple[Tensor, MixState | None]:
     r"""``base + Σ_i γ_i B_i z`` (module docstring) for ``(T, r)`` codes, no autograd graph.
 
@@ -144,7 +158,14 @@ def mix_forward(
     :func:`mosgeo.radial.gate_scale` of the storage dtype's margin and the output weight;
     ``base`` (``(T, d_out)``, or ``None``) is added by the up-projection's matmul. Each token is
     divided by its largest ``|z_j|`` (``μ``, detached: the mixture does not depend on it),
-    so that ``‖z‖²`` and the Gram forms cannot overflow. Returns ``(out, state)``."""
+    so that ``‖z‖²`` and the Gram forms cannot overflow. ``gram`` (:func:`gram_matrices`
+    in the compute dtype) and ``terms`` (:func:`mosgeo.radial.curvature_terms` of ``k``)
+    may come from an earlier call with the same weights (the layer's inference cache).
+    ``alpha`` multiplies the adapter's output (``base + alpha·Σ_i γ_i B_i z``; a constant
+    factor of the gates folded into the up-projection's ``addmm`` at no cost; with
+    ``alpha ≠ 1`` the call saves no state). Returns ``(out, state)``."""
+    if alpha != 1.0 and save:
+        raise ValueError("mix_forward: alpha ≠ 1 is for calls without a backward (save=False)")
     dtype = z.dtype
     cdt = compute_dtype(dtype)
     eps = default_eps(dtype)  # the literal path's margins: those of the storage dtype
@@ -158,7 +179,9 @@ def mix_forward(
     bc = b_cat if b_cat.dtype == cdt else b_cat.to(cdt)
     bv = bc.view(d_out, n, r)
     zg = bz = None
-    if save or t >= r:
+    if gram is not None:  # the inference cache's: plain ops, cheapest to dispatch on few tokens
+        q = ((zt @ gram).view(t, n, r) * zt.unsqueeze(1)).sum(-1)
+    elif save or t >= r:  # one top-level op each (one launch per contraction)
         gram = torch.einsum("dnr,dns->nrs", bv, bv)  # B_iᵀB_i, once per call
         zg = torch.einsum("tr,nrs->tns", zt, gram)
         q = torch.einsum("tns,ts->tn", zg, zt)
@@ -171,17 +194,24 @@ def mix_forward(
     if input_map != "lift":  # the stereographic map reads ‖z̃‖ (in [1, √r], or 0)
         nz = torch.linalg.vector_norm(zt, dim=-1, keepdim=True)
     gamma, scale = radial.gamma_forward(
-        nz, q, k, gates, mu, eps=eps, input_map=input_map, inside=cdt != dtype, save=save
-    )
+        nz, q, k, gates, mu, eps=eps, input_map=input_map, inside=cdt != dtype, save=save,
+        terms=terms,
+    )  # fmt: skip
+    if alpha != 1.0 and (bz is not None or base is None):
+        gamma = gamma * alpha
+        alpha = 1.0
     if bz is not None:
         out = torch.bmm(bz, gamma.unsqueeze(-1)).view(t, d_out)
         if cdt != dtype:
             out = out.to(dtype)
         return (out if base is None else base + out), None
-    h = torch.einsum("tn,tr->tnr", gamma, zt).reshape(t, n * r)
+    if save:
+        h = torch.einsum("tn,tr->tnr", gamma, zt).reshape(t, n * r)
+    else:
+        h = (gamma.unsqueeze(-1) * zt.unsqueeze(1)).view(t, n * r)
     if cdt != dtype:
         h = h.to(dtype)
-    out = F.linear(h, b_cat) if base is None else torch.addmm(base, h, b_cat.t())
+    out = F.linear(h, b_cat) if base is None else torch.addmm(base, h, b_cat.t(), alpha=alpha)
     if not save:
         return out, None
     return out, MixState(zt, mu, b_cat, bv, zg, gamma, h, scale)

@@ -21,8 +21,9 @@ is one node here: one adapted layer's forward+backward runs 132 top-level aten o
 436, 74 with γ's compiled kernel (:func:`mosgeo.radial.set_kernel`; ``tests/tuner/test_ops.py``,
 ``docs/design.md`` §2.2), the difference being kernel launches on a GPU. A call that needs no
 gradient (evaluation, decoding) runs the forward alone, without the node or the local
-derivatives. The balance coefficients are kept on the node (not saved for
-backward), so activation checkpointing's recomputation cannot change them
+derivatives; a layer's evaluation and decoding calls take :func:`infer`, which reuses the
+weight-only terms (:func:`constants`) across calls. The balance coefficients are kept on the
+node (not saved for backward), so activation checkpointing's recomputation cannot change them
 (:mod:`mosgeo_lora.balance`). Not twice differentiable (the backward is not recorded).
 """
 
@@ -38,12 +39,12 @@ from mosgeo import radial
 from mosgeo.numerics import compute_dtype, default_eps
 
 from .balance import balance_terms
-from .experts import MixState, mix_backward, mix_forward
-from .router import route_backward, route_forward
+from .experts import MixState, gram_matrices, mix_backward, mix_forward
+from .router import route_backward, route_forward, route_gates
 
 Tensor = torch.Tensor
 
-__all__ = ["Spec", "adapter"]
+__all__ = ["Spec", "adapter", "Constants", "constants", "infer"]
 
 
 class Spec(NamedTuple):
@@ -66,6 +67,23 @@ class Spec(NamedTuple):
     router_on_input: bool = False
 
 
+def _curvatures(k_learn, k_fixed, rho, cdt) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
+    """``(κ, scaled)``: the experts' curvatures in the compute dtype ``cdt`` (``κ e^{-2ρ}``
+    with an input scale), and ``scaled = (κ e^{-2ρ}, e^{-2ρ})`` (``None`` without one)."""
+    k = k_fixed
+    if k_learn is not None:
+        k = torch.cat((k_learn, k_fixed if k_fixed.dtype == k_learn.dtype else
+                       k_fixed.to(k_learn.dtype)))  # fmt: skip
+    if k.dtype != cdt:
+        k = k.to(cdt)
+    if rho is None:
+        return k, None
+    # s·o_i(z/s) is o_i at curvature κ_i/s², s = e^ρ
+    e = (rho if rho.dtype == cdt else rho.to(cdt)).mul(-2.0).exp_()
+    k = k * e
+    return k, (k, e)
+
+
 def _forward(x, base, a_w, g_w, b_w, k_learn, k_fixed, rho, weights, scale, spec, save):
     """The forward pass of :func:`adapter`: ``(out, counts, value, aux, saved, scaled)``,
     where ``saved`` (``None`` unless ``save``) is what the backward needs and ``scaled`` is
@@ -85,17 +103,7 @@ def _forward(x, base, a_w, g_w, b_w, k_learn, k_fixed, rho, weights, scale, spec
             probs, mask, spec.top_k, weights, value=value, scale=scale,
             grad=spec.balance, aux=spec.aux,
         )  # fmt: skip
-    k = k_fixed
-    if k_learn is not None:
-        k = torch.cat((k_learn, k_fixed if k_fixed.dtype == k_learn.dtype else
-                       k_fixed.to(k_learn.dtype)))  # fmt: skip
-    if k.dtype != cdt:
-        k = k.to(cdt)
-    scaled = None
-    if rho is not None:  # s·o_i(z/s) is o_i at curvature κ_i/s², s = e^ρ
-        e = (rho if rho.dtype == cdt else rho.to(cdt)).mul(-2.0).exp_()
-        k = k * e
-        scaled = (k, e)
+    k, scaled = _curvatures(k_learn, k_fixed, rho, cdt)
     if gates.dtype != cdt:
         gates = gates.to(cdt)
     d_out = b_w.shape[0]
@@ -211,3 +219,65 @@ def adapter(
         return _Adapter.apply(*args)
     # no gradient asked for (evaluation, decoding): no autograd node, no local derivatives
     return _forward(*args, False)[:4]
+
+
+class Constants(NamedTuple):
+    """What a call without a backward reads of the weights alone (:func:`constants`): valid
+    while ``B``, κ and ρ are unchanged, so a layer computes it once for a whole generation."""
+
+    #: :func:`mosgeo.radial.curvature_terms` of κ (``κ e^{-2ρ}`` with an input scale), in the
+    #: compute dtype.
+    terms: radial.CurvatureTerms
+    #: :func:`mosgeo_lora.experts.gram_matrices` of ``B_cat``, ``(r, N·r)``, compute dtype.
+    gram: Tensor
+
+
+def constants(
+    weights: tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor],
+    input_map: str,
+    log_scale: Tensor | None = None,
+) -> Constants:
+    """The :class:`Constants` of ``weights`` (:func:`adapter`'s, in the adapter's dtype)."""
+    a_w, _, b_w, k_learn, k_fixed = weights
+    dtype = a_w.dtype
+    cdt = compute_dtype(dtype)
+    with torch.no_grad():
+        k, _ = _curvatures(k_learn, k_fixed, log_scale, cdt)
+        terms = radial.curvature_terms(k, default_eps(dtype), input_map)
+        return Constants(terms, gram_matrices(b_w, k.shape[0], cdt))
+
+
+def infer(
+    x: Tensor,
+    base: Tensor | None,
+    weights: tuple[Tensor, Tensor, Tensor],
+    consts: Constants,
+    spec: Spec,
+) -> tuple[Tensor, Tensor | None]:
+    r""":func:`adapter`'s output for a call that needs no gradient and no balance term
+    (evaluation, decoding), with the weight-only terms of :func:`constants` computed before:
+    the fewest ops per call (one adapted layer decoding one token: 48 top-level aten ops with
+    the base layer's matmul, against 59 for :func:`adapter` without a gradient;
+    ``tests/tuner/test_ops.py``).
+
+    ``weights`` is ``(A, W_g, B_cat)``. Returns ``(out, chosen)``: ``chosen`` the indices
+    of each token's experts (``(T, top_k)``; ``None`` when dense), from which a layer counts
+    its routing (:func:`mosgeo_lora.router.route_gates`)."""
+    a_w, g_w, b_w = weights
+    shape = x.shape
+    x2 = x if x.dim() == 2 else x.reshape(-1, shape[-1])
+    z = F.linear(x2, a_w)
+    logits = F.linear(x2 if spec.router_on_input else z, g_w)
+    value = radial.gate_scale(default_eps(z.dtype), spec.scaling)
+    gates, chosen = route_gates(logits, spec.top_k)  # value: the addmm's alpha
+    d_out = b_w.shape[0]
+    if base is not None and base.dim() != 2:
+        base = base.reshape(-1, d_out)
+    terms = consts.terms
+    out, _ = mix_forward(
+        z, b_w, terms.k, gates, input_map=spec.input_map, base=base, save=False,
+        gram=consts.gram, terms=terms, alpha=value,
+    )  # fmt: skip
+    if x.dim() != 2:
+        out = out.view(*shape[:-1], d_out)
+    return out, chosen

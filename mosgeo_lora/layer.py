@@ -41,12 +41,15 @@ from torch import nn
 
 from mosgeo.numerics import HALF_DTYPES
 
-from ._compat import BufferDict, in_out_features
+from ._compat import BufferDict, in_out_features, tensor_versions
 from .balance import CALL_KWARG, BalanceGradient, CallState, balance_loss_and_grad
 from .config import MoSELoraConfig
 from .experts import experts_reference
+from .fused import Constants as FusedConstants
 from .fused import Spec
 from .fused import adapter as fused_adapter
+from .fused import constants as fused_constants
+from .fused import infer as fused_infer
 from .router import route
 
 __all__ = ["MoSELoraLayer", "MoSELoraLinear", "moselora_layers"]
@@ -108,6 +111,11 @@ class MoSELoraLayer(BaseTunerLayer):
         #: device: counting never waits for the device; :func:`~mosgeo_lora.stats.routing_stats`
         #: reads it).
         self.route_tokens: dict[str, torch.Tensor | int] = {}
+        #: Per adapter, the weight-only terms of a call without a backward
+        #: (:func:`mosgeo_lora.fused.constants`) and the weights' versions they were computed
+        #: from: reused while those are unchanged (a generation), recomputed after any
+        #: in-place update (an optimizer step, loading) or move.
+        self._inference_constants: dict[str, tuple[tuple, FusedConstants]] = {}
         in_features, out_features = in_out_features(self.get_base_layer())
         if in_features is None:
             raise TypeError(f"MoSELoRA cannot adapt {type(self.get_base_layer()).__name__}")
@@ -217,7 +225,9 @@ class MoSELoraLayer(BaseTunerLayer):
         recording = call is not None and not call.closed  # not a recomputation in backward
         autocast = torch.is_autocast_enabled(x.device.type)
         with torch.autocast(device_type=x.device.type, enabled=False) if autocast else _NO_CONTEXT:
-            x = self.moselora_dropout[adapter_name](x)
+            drop = self.moselora_dropout[adapter_name]
+            if drop.training:  # in evaluation mode dropout is the identity: no call
+                x = drop(x)
             if x.dtype != dtype:
                 x = x.to(dtype)
             # the fused path adds base in its up-projection's addmm; not in half precision,
@@ -245,12 +255,16 @@ class MoSELoraLayer(BaseTunerLayer):
         recording: bool,
     ) -> torch.Tensor:
         cfg = self.settings[adapter_name]
+        counting = recording or call is None
+        if not (torch.is_grad_enabled() or (recording and self.training)) and _cacheable(
+            x
+        ):  # evaluation, decoding: no gradient, no balance term
+            return self._inferred_delta(x, base, adapter_name, token_mask, counting)
         weights = self._weights(adapter_name)
         coef = cfg["aux_loss_coef"]
         grad_on = torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in (x, weights[0], weights[1])
         )  # the router's logits need a gradient
-        counting = recording or call is None
         spec = Spec(
             top_k=cfg["top_k"],
             input_map=cfg["input_map"],
@@ -262,8 +276,7 @@ class MoSELoraLayer(BaseTunerLayer):
         )
         w = None
         if token_mask is not None and (spec.balance or spec.counts or spec.aux):
-            wide = torch.float64 if x.dtype == torch.float64 else torch.float32
-            w = token_mask.reshape(-1, 1).to(wide)
+            w = token_mask.reshape(-1, 1).to(_wide(x.dtype))
         scale = (call.scale(coef) if call is not None else coef) if spec.balance else 1.0
         rho = self.moselora_log_scale.get(adapter_name)  # None: no input scale
         out, counts, value, aux = fused_adapter(x, base, weights, spec, w, scale, rho)
@@ -271,6 +284,37 @@ class MoSELoraLayer(BaseTunerLayer):
             call.record(aux)
         if counting:
             self._count_fused(adapter_name, counts, value, w, x)
+        return out
+
+    def _inferred_delta(
+        self,
+        x: torch.Tensor,
+        base: torch.Tensor | None,
+        adapter_name: str,
+        token_mask: torch.Tensor | None,
+        counting: bool,
+    ) -> torch.Tensor:
+        """:meth:`_fused_delta` of a call under ``no_grad``, outside training (no balance
+        term to record): :func:`mosgeo_lora.fused.infer` with the cached constants."""
+        cfg = self.settings[adapter_name]
+        weights = (
+            self.moselora_A[adapter_name].weight,
+            self.moselora_router[adapter_name].weight,
+            self.moselora_B[adapter_name].weight,
+        )
+        spec = Spec(
+            top_k=cfg["top_k"],
+            input_map=cfg["input_map"],
+            scaling=self.scaling[adapter_name],
+            balance=False,
+            counts=counting,
+            aux=False,
+            router_on_input=cfg["router_input"] == "input",
+        )
+        out, chosen = fused_infer(x, base, weights, self._constants(adapter_name), spec)
+        if counting:
+            w = None if token_mask is None else token_mask.reshape(-1, 1).to(_wide(x.dtype))
+            self._count_chosen(adapter_name, chosen, w, x)
         return out
 
     def _weights(self, adapter_name: str) -> tuple:
@@ -286,6 +330,50 @@ class MoSELoraLayer(BaseTunerLayer):
             k,
             self.moselora_k_fixed[adapter_name],
         )
+
+    def _constants(self, adapter_name: str) -> FusedConstants:
+        """The adapter's :func:`mosgeo_lora.fused.constants`, from the cache while ``A``,
+        ``B``, κ and ρ have the versions it was computed from."""
+        k = self.moselora_k[adapter_name] if adapter_name in self.moselora_k else None
+        rho = self.moselora_log_scale.get(adapter_name)
+        a_w = self.moselora_A[adapter_name].weight
+        b_w = self.moselora_B[adapter_name].weight
+        fixed = self.moselora_k_fixed[adapter_name]
+        key = tensor_versions(a_w, b_w, k, fixed, rho)
+        hit = self._inference_constants.get(adapter_name)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        bounds = self.settings[adapter_name]["curvature_bounds"]
+        if k is not None and bounds is not None:
+            k = k.clamp(*bounds)
+        consts = fused_constants(
+            (a_w, None, b_w, k, fixed), self.settings[adapter_name]["input_map"], rho
+        )
+        self._inference_constants[adapter_name] = (key, consts)
+        return consts
+
+    def _count_chosen(
+        self, adapter_name: str, chosen: torch.Tensor | None, w: torch.Tensor | None, x
+    ) -> None:
+        """:meth:`_count_fused` from the indices of the chosen experts (a call without a
+        backward, :func:`mosgeo_lora.fused.infer`): one ``index_add`` into the counts."""
+        if chosen is None:  # dense
+            self._count_fused(adapter_name, None, 1.0, w, x)
+            return
+        with torch.no_grad():
+            flat = chosen.reshape(-1)
+            prev = self.route_counts.get(adapter_name)
+            if prev is None:
+                n = self.settings[adapter_name]["num_experts"]
+                prev = torch.zeros(n, dtype=_wide(x.dtype), device=x.device)
+            if w is None:
+                tokens = chosen.shape[0]
+                counts = prev.index_add(0, flat, _one(prev).expand(flat.shape))
+            else:
+                tokens = w.sum()
+                counts = prev.index_add(0, flat, w.expand(chosen.shape).reshape(-1))
+            self.route_counts[adapter_name] = counts
+            self.route_tokens[adapter_name] = self.route_tokens.get(adapter_name, 0) + tokens
 
     def _count_fused(
         self,
@@ -371,6 +459,31 @@ class MoSELoraLayer(BaseTunerLayer):
             self.route_counts[adapter_name] = counts if prev is None else prev + counts
             tokens = m.shape[0] if token_mask is None else token_mask.sum()  # no host sync
             self.route_tokens[adapter_name] = self.route_tokens.get(adapter_name, 0) + tokens
+
+
+def _wide(dtype: torch.dtype) -> torch.dtype:
+    """The routing statistics' dtype: float64 for float64 inputs, else float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+#: A 0-dim 1 per (dtype, device), for :meth:`MoSELoraLayer._count_chosen`'s ``index_add``.
+_ONES: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
+
+
+def _one(like: torch.Tensor) -> torch.Tensor:
+    key = (like.dtype, like.device)
+    one = _ONES.get(key)
+    if one is None:
+        with torch.inference_mode(False):
+            one = _ONES[key] = torch.ones((), dtype=like.dtype, device=like.device)
+    return one
+
+
+def _cacheable(x: torch.Tensor) -> bool:
+    """Whether a call may use the inference cache: a plain tensor (not a fake, meta or
+    other subclass tensor, which has no data to cache from), and not while
+    :func:`torch.compile` traces (the traced graph must read the weights)."""
+    return type(x) is torch.Tensor and not x.is_meta and not torch.compiler.is_compiling()
 
 
 class MoSELoraLinear(nn.Module, MoSELoraLayer):

@@ -28,7 +28,7 @@ from torch.autograd.function import once_differentiable
 
 Tensor = torch.Tensor
 
-__all__ = ["route", "route_forward", "route_backward", "load_balancing_loss"]
+__all__ = ["route", "route_forward", "route_gates", "route_backward", "load_balancing_loss"]
 
 
 def route_forward(
@@ -57,6 +57,28 @@ def route_forward(
     if top_k == 1:
         return probs * mask, probs, mask
     return probs * (mask / top.sum(-1, keepdim=True)), probs, mask
+
+
+def route_gates(logits: Tensor, top_k: int, value: float = 1.0) -> tuple[Tensor, Tensor | None]:
+    r"""``(value · gates, chosen)``: :func:`route_forward`'s gates for a call with no backward
+    and no balance term (evaluation, decoding), and the ``(T, top_k)`` indices of the chosen
+    experts (``None`` when dense).
+
+    For ``1 < top_k < N`` the renormalised gates ``p_i / Σ_chosen p_j`` are the softmax of
+    the chosen logits alone, ``e^{l_i} / Σ_chosen e^{l_j}``: top-k on the logits (the same
+    experts: the softmax is monotone), a softmax over ``top_k`` values and one scatter —
+    no softmax over every expert, no mask and no sum, which a backward would need."""
+    n = logits.shape[-1]
+    if top_k >= n or top_k == 1:
+        gates, _, mask = route_forward(logits, top_k, value)
+        return gates, (None if mask is None else mask.argmax(-1, keepdim=True))
+    wide = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    top, chosen = logits.topk(top_k, dim=-1)
+    g = torch.softmax(top, dim=-1, dtype=wide)
+    if value != 1.0:
+        g = g.mul_(value)
+    gates = torch.zeros(logits.shape, dtype=wide, device=logits.device)
+    return gates.scatter_(-1, chosen, g), chosen
 
 
 def route_backward(

@@ -41,3 +41,23 @@ def test_extend_str_enum_adds_a_member_once():
     assert list(Kind) == [Kind.A, b]
     assert _compat.extend_str_enum(Kind, "B", "B") is b  # idempotent
     assert list(Kind) == [Kind.A, b]
+
+
+def test_tensor_versions_change_with_every_in_place_update_and_only_then():
+    """The inference cache's key (``Tensor._version`` and the storage address)."""
+    tensor_versions = _compat.tensor_versions
+    p = torch.nn.Parameter(torch.ones(3))
+    key = tensor_versions(p, None)
+    assert key[1] is None
+    assert tensor_versions(p, None) == key and (p * 2).sum() > 0  # reading changes nothing
+    assert tensor_versions(p, None) == key
+    with torch.no_grad():
+        p.add_(1.0)
+    assert tensor_versions(p, None) != key
+    key = tensor_versions(p)
+    p.grad = torch.ones(3)
+    torch.optim.SGD([p], lr=0.1).step()
+    assert tensor_versions(p) != key
+    key = tensor_versions(p)
+    p.data = p.data.double()  # a new tensor
+    assert tensor_versions(p) != key

@@ -269,3 +269,40 @@ def test_the_inference_forward_equals_the_training_forward(t, input_map, dtype):
     assert none is None and state is not None
     tol = {torch.float64: 1e-12, torch.float32: 1e-5}.get(dtype, 1e-2)
     torch.testing.assert_close(inferred, trained, rtol=tol, atol=tol * float(trained.abs().max()))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("input_map", ["stereographic", "lift"])
+@pytest.mark.parametrize("t", [1, 5, 40])
+def test_the_cached_gram_and_terms_give_the_training_forward(t, input_map, dtype):
+    """The inference path's inputs computed once per weight version (the Gram matrices as
+    one ``(r, N·r)`` matrix, κ's terms) and the output weight as the ``addmm``'s ``alpha``:
+    the training forward's output, with and without ``base``; huge and tiny tokens."""
+    from mosgeo import radial
+    from mosgeo.numerics import default_eps
+    from mosgeo_lora.experts import gram_matrices, mix_forward
+
+    g = torch.Generator().manual_seed(t)
+    n, r, d = 6, 8, 11
+    z = torch.randn(t, r, generator=g, dtype=torch.float64)
+    z = z * torch.logspace(-3, 8, t, dtype=torch.float64).unsqueeze(-1)
+    b = torch.randn(d, n * r, generator=g, dtype=torch.float64) * 0.5
+    k = torch.tensor([0.0, 1e-8, -1.0, 1.0, -3.0, 2.5], dtype=torch.float64)
+    gates = torch.rand(t, n, generator=g, dtype=torch.float64)
+    base = torch.randn(t, d, generator=g, dtype=torch.float64)
+    cdt = torch.float64 if dtype == torch.float64 else torch.float32
+    z, b, base, k, gates = z.to(dtype), b.to(dtype), base.to(dtype), k.to(cdt), gates.to(cdt)
+    gram = gram_matrices(b, n, cdt)
+    terms = radial.curvature_terms(k, default_eps(dtype), input_map)
+    tol = {torch.float64: 1e-12, torch.float32: 1e-5}.get(dtype, 2e-2)
+    for b0 in (None, base):
+        trained, _ = mix_forward(z, b, k, gates * 0.5, input_map=input_map, base=b0)
+        cached, state = mix_forward(
+            z, b, k, gates, input_map=input_map, base=b0, save=False, gram=gram, terms=terms,
+            alpha=0.5,
+        )  # fmt: skip
+        assert state is None
+        scale = float(trained.abs().max())
+        torch.testing.assert_close(cached, trained, rtol=tol, atol=tol * scale)
+    with pytest.raises(ValueError, match="alpha"):
+        mix_forward(z, b, k, gates, input_map=input_map, alpha=0.5)

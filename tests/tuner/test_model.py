@@ -331,3 +331,70 @@ def test_a_no_grad_call_equals_a_training_call(length, input_scale):
     with torch.no_grad():
         no_grad = model(input_ids=ids, attention_mask=mask).logits
     torch.testing.assert_close(no_grad, with_grad.detach(), rtol=1e-5, atol=1e-6)
+
+
+def _stats_close(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys() and a
+    for name in a:
+        assert a[name]["tokens"] == b[name]["tokens"]
+        assert a[name]["load"] == pytest.approx(b[name]["load"], rel=1e-6, abs=1e-9)
+
+
+@pytest.mark.parametrize("length", [1, 7])
+def test_a_no_grad_call_counts_the_routing_of_a_training_call(length):
+    """The inference path counts the chosen experts (an ``index_add`` of their indices,
+    padding weighted out) as the training path counts its mask."""
+    model = wrapped(init_weights=False).eval()
+    ids = tokens(batch=3, length=length)
+    mask = torch.ones_like(ids)
+    mask[0, :1] = 0
+    stats = []
+    for grad in (True, False):
+        mosgeo_lora.reset_routing_stats(model)
+        with torch.set_grad_enabled(grad):
+            model(input_ids=ids, attention_mask=mask)
+            model(input_ids=ids[:, :1])  # no mask: every token counts
+        stats.append(mosgeo_lora.routing_stats(model))
+    _stats_close(stats[1], stats[0])
+    first = next(iter(stats[1].values()))
+    assert first["tokens"] == int(mask.sum()) + ids.shape[0]
+
+
+def test_the_inference_cache_follows_the_weights(tmp_path):
+    """A call without a gradient reuses the layer's weight-only terms (κ's terms, the Gram
+    matrices) while the weights are unchanged, and recomputes them after an optimizer step,
+    an in-place edit, ``load_state_dict`` or a dtype change: always the logits of a call
+    that builds the backward (which reads the weights themselves)."""
+    model = wrapped(init_weights=False).eval()
+    ids = tokens(length=5)
+
+    def check() -> torch.Tensor:
+        with torch.no_grad():
+            cached = model(input_ids=ids).logits
+        reference = model(input_ids=ids).logits.detach()
+        torch.testing.assert_close(cached, reference, rtol=1e-5, atol=1e-6)
+        return cached
+
+    start = check()
+    layer = next(iter(adapted_layers(model).values()))
+    assert layer._inference_constants  # the no-grad call filled the cache
+    saved = {k: v.clone() for k, v in model.state_dict().items() if "moselora" in k}
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=0.05)
+    model(input_ids=ids, labels=ids).loss.backward()
+    opt.step()  # every adapter weight, κ included, moves in place
+    stepped = check()
+    assert not torch.allclose(stepped, start)
+
+    with torch.no_grad():  # an edit of κ alone
+        for name, p in model.named_parameters():
+            if ".moselora_k." in name:
+                p.mul_(-1.0)
+    assert not torch.allclose(check(), stepped)
+
+    model.load_state_dict(saved, strict=False)
+    torch.testing.assert_close(check(), start, rtol=1e-5, atol=1e-6)
+
+    model.double()  # new tensors: the float32 terms must not be served to float64 weights
+    assert check().dtype == torch.float64

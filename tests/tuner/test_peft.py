@@ -229,7 +229,8 @@ def test_disable_adapter_unload_and_merge_errors(arch):
 # --------------------------------------------------------------------------- multiple adapters
 def test_multiple_named_adapters(tmp_path):
     ids = tokens()
-    model = wrapped(init_weights=False)
+    # evaluation mode, as the loaded model below: the same (inference) path, bitwise logits
+    model = wrapped(init_weights=False).eval()
     first = logits_of(model, ids)
     torch.manual_seed(5)
     second_cfg = MoSELoraConfig(r=R, num_experts=N, preset="moselora-h", init_weights=False)

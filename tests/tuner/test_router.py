@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mosgeo_lora.router import load_balancing_loss, route
+from mosgeo_lora.router import load_balancing_loss, route, route_forward, route_gates
 
 
 def test_topk_renormalised_and_masked() -> None:
@@ -124,3 +124,23 @@ def test_balance_terms_give_the_loss_and_its_gradient(padded, tensor_scale) -> N
     torch.testing.assert_close(got.reshape(grad.shape), grad)
     if padded:
         assert not got.reshape(2, 6, 5)[0, 4:].any()  # padding gets no balance gradient
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("top_k", [1, 3, 8])
+def test_the_inference_gates_are_the_training_gates(top_k, dtype) -> None:
+    """``route_gates`` (no backward: top-k of the logits, a softmax over the chosen) gives
+    ``route_forward``'s gates and chooses the experts of its mask, with the value folded."""
+    g = torch.Generator().manual_seed(top_k)
+    logits = (torch.randn(64, 8, generator=g) * 3).to(dtype)
+    value = 0.75
+    gates, _, mask = route_forward(logits, top_k, value)
+    inferred, chosen = route_gates(logits, top_k, value)
+    assert inferred.dtype == gates.dtype
+    tol = 1e-12 if dtype == torch.float64 else 1e-6
+    torch.testing.assert_close(inferred, gates, rtol=tol, atol=tol)
+    if top_k >= 8:
+        assert chosen is None and mask is None
+        return
+    picked = torch.zeros(64, 8).scatter_(-1, chosen, 1.0)
+    torch.testing.assert_close(picked, (mask > 0).float(), rtol=0, atol=0)
