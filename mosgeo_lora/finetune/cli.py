@@ -123,7 +123,7 @@ _RUN_OPTIONS: list[tuple[str, str, Callable, str, bool]] = [
         str,
         f"one of {', '.join(METHODS)}, or lora-rN / dora-rN / melora-rN, or lora-rmatch:METHOD;"
         " a MoSELoRA name may carry tags: @uni / @sep (optimizer groups), @scale / @scale=X "
-        "(learnable input scale)",
+        "(learnable input scale), @klr=X (κ learning rate)",
         True,
     ),
     ("--rank", "rank", int, "adapter rank r", False),

@@ -102,7 +102,8 @@ class FinetuneConfig:
     grad_accum: int = 1
     #: ``--lr``: learning rate of the adapter weights.
     lr: float = 1e-3
-    #: ``--curvature-lr``: learning rate of the curvatures κ (their own group).
+    #: ``--curvature-lr``: learning rate of the curvatures κ (their own group). A method tag
+    #: (``moselora@klr=X``) overrides it for that method (:meth:`curvature_learning_rate`).
     curvature_lr: float = 1e-2
     #: ``--weight-decay``: AdamW weight decay (never on κ).
     weight_decay: float = 0.0
@@ -207,6 +208,10 @@ class FinetuneConfig:
             raise ConfigError(
                 f"optimizer_groups must be one of {OPTIMIZER_GROUPS}, not {self.optimizer_groups!r}"
             )
+        if method.curvature_lr is not None and self.optimizer_grouping() == "uni":
+            raise ConfigError(
+                f"{self.method}: with optimizer_groups 'uni' κ trains with lr; @klr does not apply"
+            )
         if self.recipe and self.recipe not in RECIPES:
             raise ConfigError(f"unknown recipe {self.recipe!r}; recipes: {', '.join(RECIPES)}")
         if self.recipe == "paper-nlu" and self.classification_task() is None:
@@ -297,6 +302,11 @@ class FinetuneConfig:
         """The run's optimizer grouping, ``"sep"`` or ``"uni"``: the method's tag
         (``moselora@uni``) if it has one, else ``optimizer_groups``."""
         return parse_method(self.method, self.rank).optimizer_groups or self.optimizer_groups
+
+    def curvature_learning_rate(self) -> float:
+        """The run's κ learning rate: the method's tag (``moselora@klr=X``) if it has one,
+        else ``curvature_lr``."""
+        return parse_method(self.method, self.rank).curvature_lr or self.curvature_lr
 
     def total_steps(self, n_examples: int, world_size: int = 1) -> int:
         """The optimizer steps of the run: ``steps``, or with ``epochs`` the Trainer's count,

@@ -28,7 +28,11 @@ variants of one method in one grid (:data:`TAGS`); a tag overrides the run's fla
 * ``@uni`` / ``@sep``: the run's optimizer grouping (``--optimizer-groups``): ``moselora@uni``
   against ``moselora`` is the paper's Table 2 contrast, UNI vs SEP;
 * ``@scale``: a learnable input scale starting at ``√d_in`` (``--input-scale sqrt_d_in``,
-  :attr:`mosgeo_lora.MoSELoraConfig.input_scale`); ``@scale=X``: starting at ``X``.
+  :attr:`mosgeo_lora.MoSELoraConfig.input_scale`); ``@scale=X``: starting at ``X``;
+* ``@klr=X``: the curvatures' learning rate ``X`` (``--curvature-lr``), e.g.
+  ``moselora@klr=1e-2`` against ``moselora`` at ``--curvature-lr 5e-2``: issue 15's
+  curvature-learning-rate A/B in one paired grid (not with ``@uni``, where κ trains with
+  the adapter's learning rate).
 
 All methods adapt the feed-forward projections
 (:data:`mosgeo_lora.constants.FFN_TARGET_MODULES`) and use ``alpha = 2 r``. MELoRA and HMoRA
@@ -75,9 +79,10 @@ HYDRALORA_CODE = "hydralora-code"
 MELORA_MINI = 8
 _RANKED = re.compile(r"^(lora|dora|melora)-r(\d+)$")
 _RMATCH = "lora-rmatch:"
-#: The variant tags of a MoSELoRA name (``moselora@uni``, ``moselora@scale=2``): ``uni`` and
-#: ``sep`` set the optimizer grouping, ``scale`` / ``scale=X`` the learnable input scale.
-TAGS = ("uni", "sep", "scale")
+#: The variant tags of a MoSELoRA name (``moselora@uni``, ``moselora@scale=2``,
+#: ``moselora@klr=1e-2``): ``uni`` and ``sep`` set the optimizer grouping, ``scale`` /
+#: ``scale=X`` the learnable input scale, ``klr=X`` the curvatures' learning rate.
+TAGS = ("uni", "sep", "scale", "klr")
 
 
 class MethodError(ValueError):
@@ -102,6 +107,8 @@ class Method:
     #: ``@scale`` (``"sqrt_d_in"``) / ``@scale=X`` (``X``): the learnable input scale's start
     #: (``None``: the run's flag).
     input_scale: float | str | None = None
+    #: ``@klr=X``: the curvatures' learning rate (``None``: the run's ``--curvature-lr``).
+    curvature_lr: float | None = None
 
     @property
     def is_moselora(self) -> bool:
@@ -130,7 +137,8 @@ def parse_method(name: str, rank: int = 8) -> Method:
     raise MethodError(
         f"unknown method {name!r}; choose one of {', '.join(METHODS)} "
         "(or lora-rN / dora-rN / melora-rN for rank N, lora-rmatch:M for LoRA with the "
-        "activated parameters of method M, NAME@uni / NAME@scale for a MoSELoRA variant)"
+        "activated parameters of method M, NAME@uni / NAME@scale / NAME@klr=X for a MoSELoRA "
+        "variant)"
     )
 
 
@@ -140,28 +148,33 @@ def _tagged(name: str, rank: int) -> Method:
     method = parse_method(base, rank)
     if not method.is_moselora:
         raise MethodError(f"{name!r}: variant tags (@{', @'.join(TAGS)}) apply to MoSELoRA only")
-    groups = scale = None
+    groups = scale = klr = None
     for tag in tags:
         key, eq, value = tag.partition("=")
         if key in ("uni", "sep") and not eq and groups is None:
             groups = key
         elif key == "scale" and scale is None:
-            scale = SQRT_D_IN if not eq else _positive(value, name)
+            scale = SQRT_D_IN if not eq else _positive(value, name, key)
+        elif key == "klr" and eq and klr is None:
+            klr = _positive(value, name, key)
         else:
             raise MethodError(
                 f"{name!r}: unknown or repeated tag {tag!r}; tags: @uni or @sep (optimizer "
-                "groups), @scale or @scale=X (learnable input scale from √d_in or X)"
+                "groups), @scale or @scale=X (learnable input scale from √d_in or X), "
+                "@klr=X (the curvatures' learning rate)"
             )
-    return replace(method, name=name, optimizer_groups=groups, input_scale=scale)
+    if klr is not None and groups == "uni":
+        raise MethodError(f"{name!r}: with @uni κ trains with the adapter's learning rate: no @klr")
+    return replace(method, name=name, optimizer_groups=groups, input_scale=scale, curvature_lr=klr)
 
 
-def _positive(value: str, name: str) -> float:
+def _positive(value: str, name: str, key: str) -> float:
     try:
         x = float(value)
     except ValueError:
         x = float("nan")
     if not (math.isfinite(x) and x > 0):
-        raise MethodError(f"{name!r}: @scale=X needs a positive number, got {value!r}")
+        raise MethodError(f"{name!r}: @{key}=X needs a positive number, got {value!r}")
     return x
 
 

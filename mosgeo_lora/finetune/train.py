@@ -253,7 +253,7 @@ def finetune(
     groups = param_groups(
         model,
         cfg.lr,
-        cfg.curvature_lr,
+        cfg.curvature_learning_rate(),
         cfg.weight_decay,
         separate=cfg.optimizer_grouping() == "sep",
     )
@@ -288,6 +288,7 @@ def finetune(
         "method": cfg.method,
         "model": loaded.name,
         "optimizer_groups": cfg.optimizer_grouping(),
+        "curvature_lr": cfg.curvature_learning_rate(),
         "config": asdict(cfg),
         "world_size": world,
         "trainable_parameters": trainable,

@@ -83,6 +83,24 @@ def test_the_input_scale_setting_is_checked():
         FinetuneConfig(method="lora", input_scale=2.0).validate()
 
 
+def test_the_curvature_learning_rate_tag():
+    """``@klr=X`` sets the κ learning rate of that method's runs (issue 15's κ-lr A/B in one
+    paired grid); refused where κ has no group of its own (``@uni``)."""
+    m = parse_method("moselora@klr=5e-2", 4)
+    assert (m.curvature_lr, m.optimizer_groups, m.input_scale) == (5e-2, None, None)
+    assert parse_method("moselora-h@scale=2@klr=0.1").curvature_lr == 0.1
+    assert parse_method("moselora").curvature_lr is None
+    assert FinetuneConfig(method="moselora@klr=0.2").curvature_learning_rate() == 0.2
+    assert FinetuneConfig(curvature_lr=0.03).curvature_learning_rate() == 0.03
+    for bad in ("moselora@klr", "moselora@klr=0", "moselora@klr=-1", "moselora@klr=x",
+                "moselora@klr=1@klr=2", "moselora@uni@klr=1e-2", "lora@klr=1e-2"):  # fmt: skip
+        with pytest.raises(MethodError):
+            parse_method(bad)
+    with pytest.raises(ConfigError, match="klr"):
+        FinetuneConfig(method="moselora@klr=1e-2", optimizer_groups="uni").validate()
+    assert FinetuneConfig(method="moselora@klr=1e-2").validate().is_moselora
+
+
 def test_the_optimizer_grouping_of_a_run():
     assert FinetuneConfig().optimizer_grouping() == "sep"
     assert FinetuneConfig(method="moselora@uni").optimizer_grouping() == "uni"
@@ -130,6 +148,12 @@ def _run(out: Path, method: str, **kw) -> tuple[dict, _Groups]:
         **kw,
     )
     return finetune(cfg, callbacks=[spy]), spy
+
+
+def test_a_klr_tagged_run_trains_kappa_at_its_rate(tmp_path):
+    metrics, spy = _run(tmp_path / "klr", "moselora@klr=0.3")
+    assert sorted(lr for _, lr in spy.groups) == [1e-2, 0.3]
+    assert metrics["curvature_lr"] == 0.3 and metrics["config"]["curvature_lr"] == 0.1
 
 
 def test_a_tagged_run_trains_its_variant(tmp_path):
