@@ -246,6 +246,22 @@ def test_huge_tokens_are_exact(dtype, norm, b_scale):
     _fused_vs_reference(z, b, k, gates)
 
 
+def _mix_inputs(t: int, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    """``(z, B_cat, κ, gates, base)`` for ``t`` tokens from 1e-3 to 1e8 in norm, 6 experts of
+    rank 8 with κ through 0, 11 outputs: ``z``, ``B``, ``base`` in ``dtype``, κ and the gates
+    in its compute dtype."""
+    g = torch.Generator().manual_seed(t)
+    n, r, d = 6, 8, 11
+    z = torch.randn(t, r, generator=g, dtype=torch.float64)
+    z = z * torch.logspace(-3, 8, t, dtype=torch.float64).unsqueeze(-1)
+    b = torch.randn(d, n * r, generator=g, dtype=torch.float64) * 0.5
+    k = torch.tensor([0.0, 1e-8, -1.0, 1.0, -3.0, 2.5], dtype=torch.float64)
+    gates = torch.rand(t, n, generator=g, dtype=torch.float64)
+    base = torch.randn(t, d, generator=g, dtype=torch.float64)
+    cdt = torch.float64 if dtype == torch.float64 else torch.float32
+    return z.to(dtype), b.to(dtype), k.to(cdt), gates.to(cdt), base.to(dtype)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 @pytest.mark.parametrize("input_map", ["stereographic", "lift"])
 @pytest.mark.parametrize("t", [1, 3, 8, 20])
@@ -255,15 +271,8 @@ def test_the_inference_forward_equals_the_training_forward(t, input_map, dtype):
     derivatives are formed: the same output, huge and tiny tokens, κ through 0."""
     from mosgeo_lora.experts import mix_forward
 
-    g = torch.Generator().manual_seed(t)
-    n, r, d = 6, 8, 11
-    z = torch.randn(t, r, generator=g, dtype=torch.float64)
-    z = z * torch.logspace(-3, 8, t, dtype=torch.float64).unsqueeze(-1)
-    b = torch.randn(d, n * r, generator=g, dtype=torch.float64) * 0.5
-    k = torch.tensor([0.0, 1e-8, -1.0, 1.0, -3.0, 2.5], dtype=torch.float64)
-    gates = torch.rand(t, n, generator=g, dtype=torch.float64)
-    cdt = torch.float64 if dtype == torch.float64 else torch.float32
-    args = (z.to(dtype), b.to(dtype), k.to(cdt), gates.to(cdt))
+    z, b, k, gates, _ = _mix_inputs(t, dtype)
+    args = (z, b, k, gates)
     trained, state = mix_forward(*args, input_map=input_map, save=True)
     inferred, none = mix_forward(*args, input_map=input_map, save=False)
     assert none is None and state is not None
@@ -282,17 +291,9 @@ def test_the_cached_gram_and_terms_give_the_training_forward(t, input_map, dtype
     from mosgeo.numerics import default_eps
     from mosgeo_lora.experts import gram_matrices, mix_forward
 
-    g = torch.Generator().manual_seed(t)
-    n, r, d = 6, 8, 11
-    z = torch.randn(t, r, generator=g, dtype=torch.float64)
-    z = z * torch.logspace(-3, 8, t, dtype=torch.float64).unsqueeze(-1)
-    b = torch.randn(d, n * r, generator=g, dtype=torch.float64) * 0.5
-    k = torch.tensor([0.0, 1e-8, -1.0, 1.0, -3.0, 2.5], dtype=torch.float64)
-    gates = torch.rand(t, n, generator=g, dtype=torch.float64)
-    base = torch.randn(t, d, generator=g, dtype=torch.float64)
-    cdt = torch.float64 if dtype == torch.float64 else torch.float32
-    z, b, base, k, gates = z.to(dtype), b.to(dtype), base.to(dtype), k.to(cdt), gates.to(cdt)
-    gram = gram_matrices(b, n, cdt)
+    z, b, k, gates, base = _mix_inputs(t, dtype)
+    n = k.shape[0]
+    gram = gram_matrices(b, n, k.dtype)
     terms = radial.curvature_terms(k, default_eps(dtype), input_map)
     tol = {torch.float64: 1e-12, torch.float32: 1e-5}.get(dtype, 2e-2)
     for b0 in (None, base):
