@@ -386,6 +386,10 @@ class MoSELoraLayer(BaseTunerLayer):
         """Add the call's routing slots (``counts / value``) and real tokens, on the device."""
         with torch.no_grad():
             tokens = x.numel() // x.shape[-1] if w is None else w.sum()  # no host sync
+            if w is None and torch.compiler.is_compiling():
+                # a Python int kept on the module is a guard of the compiled graph: a new
+                # total every call would recompile every call (unpadded batches, decoding)
+                tokens = torch.tensor(tokens, device=x.device)
             if counts is None:  # dense routing: every token to every expert
                 n = self.settings[adapter_name]["num_experts"]
                 counts, value = torch.ones(n, device=x.device) * tokens, 1.0

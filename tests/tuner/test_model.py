@@ -189,13 +189,18 @@ def test_wrap_seed_fixes_the_adapter_and_leaves_the_global_generator():
     assert any(not torch.equal(sa[k], sc[k]) for k in adapter if ".moselora_A." in k)
 
 
-def test_the_whole_wrapped_model_compiles_as_one_graph():
+@pytest.mark.parametrize("padded", [True, False], ids=["padded", "unpadded"])
+def test_the_whole_wrapped_model_compiles_as_one_graph(padded):
     """``torch.compile(fullgraph=True)`` of the whole wrapped model: no graph break, the
     eager values and gradients (balance term included: its scale is a graph input, not a
-    constant traced once), and the routing statistics, two calls in a row."""
+    constant traced once), and the routing statistics, five calls in a row with no new
+    graph after the first ones (without an attention mask the routing's token count was a
+    Python int on the module, a guard that recompiled every call)."""
     ids = tokens()
     mask = torch.ones_like(ids)
     mask[0, 5:] = 0
+    if not padded:
+        mask = None
     explained = torch._dynamo.explain(wrapped(init_weights=False).train())(
         input_ids=ids, attention_mask=mask, labels=ids
     )
