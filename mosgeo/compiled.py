@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from . import math as _math
+from ._compat import no_pattern_passes
 from .numerics import as_curvature, float32_island
 
 #: The ops offered compiled (every other name of :mod:`mosgeo.math` is a helper).
@@ -42,6 +43,9 @@ OPS = (
 
 __all__ = ["OPS", *OPS]
 
+#: inductor options of single ops (:func:`mosgeo._compat.no_pattern_passes` says why)
+_OPTIONS = {"mobius_matvec": no_pattern_passes}
+
 
 @functools.cache
 def _compiled(name: str) -> Callable[..., torch.Tensor]:
@@ -49,7 +53,8 @@ def _compiled(name: str) -> Callable[..., torch.Tensor]:
     # compile the op's own code: the float32-island wrapper is one code object shared by
     # every op (torch.compile would count each op as a recompilation of it); the island
     # itself (with the op's strictly-inside rule for point results) runs outside the graph
-    compiled = torch.compile(inspect.unwrap(eager), fullgraph=True, dynamic=True)
+    options = _OPTIONS[name]() if name in _OPTIONS else None
+    compiled = torch.compile(inspect.unwrap(eager), fullgraph=True, dynamic=True, options=options)
     graph = float32_island(compiled, inside=getattr(eager, "island_inside", None))
 
     @functools.wraps(eager)

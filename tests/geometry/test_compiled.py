@@ -53,6 +53,29 @@ def test_one_compilation_per_kind_of_curvature():
     assert _graphs() == start, "a batch size or a curvature value recompiled"
 
 
+def test_mobius_matvec_compiles_once_per_kind_of_curvature_forward_and_backward():
+    """The op compiled with its own inductor options (``mosgeo.compiled._OPTIONS``): new batch
+    sizes and curvature values reuse the graphs, gradients included."""
+    m = torch.randn(16, 16, generator=torch.Generator().manual_seed(1)) * 0.3
+
+    def both(module, x, k):
+        leaves = [t.clone().requires_grad_() for t in (m, x)]
+        out = module.mobius_matvec(*leaves, k=k)
+        out.sum().backward()
+        return out, leaves[0].grad, leaves[1].grad
+
+    x, _, k = _points(48)
+    both(cmath, x, k)  # the per-row kind
+    both(cmath, x, -1.0)  # the scalar kind
+    start = _graphs()
+    for rows in (32, 80, 200):
+        xb, _, kb = _points(rows, seed=rows)
+        for kk in (kb, 0.5, 0.0):
+            for c, e in zip(both(cmath, xb, kk), both(pmath, xb, kk), strict=True):
+                torch.testing.assert_close(c, e)
+    assert _graphs() == start, "a batch size or a curvature value recompiled"
+
+
 def test_the_compiled_ops_are_the_math_ops():
     x, y, k = _points(40)
     torch.testing.assert_close(cmath.mobius_add(x, y, k=k), pmath.mobius_add(x, y, k=k))
@@ -78,8 +101,8 @@ def test_compiled_half_precision_points_stay_inside_the_ball(dtype):
 @pytest.mark.parametrize("op", ["expmap0", "logmap0", "mobius_matvec"])
 def test_the_radial_ops_compiled_give_the_eager_values_and_gradients(op):
     """The ops whose per-row factor is computed once per row under compile
-    (``mosgeo._compat.realize``) and whose norm is one float64-accumulated pass there: rows
-    of norm 1e-30 … 1e30 (a float32 square overflows from 1.8e19), mixed κ."""
+    (``mosgeo._compat.realize``): rows of norm 1e-30 … 1e30 (a float32 square overflows from
+    1.8e19, and the norm of those rows is recomputed on a scaled copy), mixed κ."""
     g = torch.Generator().manual_seed(4)
     x = torch.randn(40, 16, generator=g, dtype=torch.float64)
     x = x / x.norm(dim=-1, keepdim=True)
