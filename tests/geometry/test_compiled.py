@@ -101,8 +101,8 @@ def test_compiled_half_precision_points_stay_inside_the_ball(dtype):
 @pytest.mark.parametrize("op", ["expmap0", "logmap0", "mobius_matvec"])
 def test_the_radial_ops_compiled_give_the_eager_values_and_gradients(op):
     """The ops whose per-row factor is computed once per row under compile
-    (``mosgeo._compat.realize``): rows of norm 1e-30 … 1e30 (a float32 square overflows from
-    1.8e19, and the norm of those rows is recomputed on a scaled copy), mixed κ."""
+    (``mosgeo._compat.realize``) and whose norm is one float64-accumulated pass there: rows
+    of norm 1e-30 … 1e30 (a float32 square overflows from 1.8e19), mixed κ."""
     g = torch.Generator().manual_seed(4)
     x = torch.randn(40, 16, generator=g, dtype=torch.float64)
     x = x / x.norm(dim=-1, keepdim=True)
