@@ -70,10 +70,25 @@ def test_mobius_matvec_compiles_once_per_kind_of_curvature_forward_and_backward(
     start = _graphs()
     for rows in (32, 80, 200):
         xb, _, kb = _points(rows, seed=rows)
-        for kk in (kb, 0.5, 0.0):
+        for kk in (kb, -1.0, 0.0, 1e-9, 0.5):
             for c, e in zip(both(cmath, xb, kk), both(pmath, xb, kk), strict=True):
                 torch.testing.assert_close(c, e)
     assert _graphs() == start, "a batch size or a curvature value recompiled"
+
+
+def test_compiled_mobius_matvec_float64_values_and_gradcheck():
+    g = torch.Generator().manual_seed(2)
+    m = torch.randn(3, 5, generator=g, dtype=torch.float64) * 0.4
+    x = torch.randn(6, 5, generator=g, dtype=torch.float64) * 0.2
+    k = torch.tensor([[-1.0], [0.0], [1e-9], [0.7], [-3.0], [2.0]], dtype=torch.float64)
+    torch.testing.assert_close(
+        cmath.mobius_matvec(m, x, k=k), pmath.mobius_matvec(m, x, k=k), rtol=1e-12, atol=1e-14
+    )
+    leaves = (m.clone().requires_grad_(), x.clone().requires_grad_())
+    # gradcheck calls backward with retain_graph: compile the training graph without buffer
+    # donation (a compiled backward may write into the saved Mx, which is then gone)
+    with torch._functorch.config.patch(donated_buffer=False):
+        assert torch.autograd.gradcheck(lambda a, b: cmath.mobius_matvec(a, b, k=k), leaves)
 
 
 def test_the_compiled_ops_are_the_math_ops():
