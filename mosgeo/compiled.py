@@ -10,12 +10,13 @@ under :func:`torch.compile` the chain becomes one or two loops, several times fa
 
 Each op is compiled once, on its first call, with ``fullgraph=True`` (every op of
 :mod:`mosgeo.math` is branch-free) and ``dynamic=True`` (no recompilation when the batch
-size changes). A Python-float ``k`` is passed on as a 0-dim tensor, so its value is not baked
-into the graph: expect one compilation per op and per kind of ``k`` (a scalar, or a per-row
-tensor), dtype and device, whatever the batch size or the curvature's value
-(``tests/geometry/test_compiled.py`` counts them). The first call pays the compilation
-(about 5–10 s per op and direction on a CPU with the default inductor backend; see
-``benchmarks/results/core.md``).
+size changes); ``mobius_matvec`` also without inductor's pattern passes
+(:func:`mosgeo._compat.no_pattern_passes`). A Python-float ``k`` is passed on as a 0-dim
+tensor, so its value is not baked into the graph: expect one compilation per op and per kind
+of ``k`` (a scalar, or a per-row tensor), dtype and device, whatever the batch size or the
+curvature's value (``tests/geometry/test_compiled.py`` counts them). The first call pays the
+compilation (2–17 s per op and direction on a CPU with the default inductor backend and an
+empty cache; see ``benchmarks/results/core.md``).
 """
 
 from __future__ import annotations
