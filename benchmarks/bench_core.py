@@ -8,6 +8,7 @@ back to back in alternating order; the table reports medians and the ratio mosge
 
     python benchmarks/bench_core.py                 # full run, writes benchmarks/results/
     python benchmarks/bench_core.py --rows 20000 --reps 5   # quick look
+    python benchmarks/bench_core.py --ops mobius_matvec --out /tmp/core   # one op
 """
 
 from __future__ import annotations
@@ -92,14 +93,22 @@ def timed(lib, op: str, inp: dict, backward: bool, grad_out: dict) -> float:
     return time.perf_counter() - t0
 
 
-def bench(rows: int, n: int, reps: int, warmup: int, seed: int, compiled: bool) -> list[dict]:
+def bench(
+    rows: int,
+    n: int,
+    reps: int,
+    warmup: int,
+    seed: int,
+    compiled: bool,
+    ops: list[str] | None = None,
+) -> list[dict]:
     gen = torch.Generator().manual_seed(seed)
     results = []
     libs = [("geoopt", gmath), ("mosgeo", mmath)] + ([("compiled", cmath)] if compiled else [])
     for kname in ["-1", "0", "1", "mixed"]:
         inp = make_inputs(rows, n, kname, gen)
         grad_out: dict = {}
-        for op in OPS:
+        for op in ops or OPS:
             for backward in (False, True):
                 contenders = libs + ([("floor", _Floor)] if op in FLOOR_OPS else [])
                 runs = {
@@ -219,8 +228,12 @@ def main() -> None:
     ap.add_argument(
         "--no-compiled", dest="compiled", action="store_false", help="skip the compiled column"
     )
+    ap.add_argument("--ops", default=",".join(OPS), help=f"comma list of {OPS} to time")
     add_common_options(ap, reps=15, warmup=2)
     args = ap.parse_args()
+    ops = [op for op in args.ops.split(",") if op]
+    if not ops or set(ops) - set(OPS):
+        ap.error(f"--ops: a comma list of {OPS}")
     torch.set_num_threads(args.threads)
     import geoopt
 
@@ -234,7 +247,7 @@ def main() -> None:
         "geoopt": geoopt.__version__,
         "machine": machine(),
     }
-    results = bench(args.rows, args.dim, args.reps, args.warmup, args.seed, args.compiled)
+    results = bench(args.rows, args.dim, args.reps, args.warmup, args.seed, args.compiled, ops)
     write_results(args.out, "core", {"meta": meta, "results": results}, to_markdown(results, meta))
 
 

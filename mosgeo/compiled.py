@@ -10,12 +10,13 @@ under :func:`torch.compile` the chain becomes one or two loops, several times fa
 
 Each op is compiled once, on its first call, with ``fullgraph=True`` (every op of
 :mod:`mosgeo.math` is branch-free) and ``dynamic=True`` (no recompilation when the batch
-size changes). A Python-float ``k`` is passed on as a 0-dim tensor, so its value is not baked
-into the graph: expect one compilation per op and per kind of ``k`` (a scalar, or a per-row
-tensor), dtype and device, whatever the batch size or the curvature's value
-(``tests/geometry/test_compiled.py`` counts them). The first call pays the compilation
-(about 5–10 s per op and direction on a CPU with the default inductor backend; see
-``benchmarks/results/core.md``).
+size changes); ``mobius_matvec`` also without inductor's pattern passes
+(:func:`mosgeo._compat.no_pattern_passes`). A Python-float ``k`` is passed on as a 0-dim
+tensor, so its value is not baked into the graph: expect one compilation per op and per kind
+of ``k`` (a scalar, or a per-row tensor), dtype and device, whatever the batch size or the
+curvature's value (``tests/geometry/test_compiled.py`` counts them). The first call pays the
+compilation (2–17 s per op and direction on a CPU with the default inductor backend and an
+empty cache; see ``benchmarks/results/core.md``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Any
 import torch
 
 from . import math as _math
+from ._compat import no_pattern_passes
 from .numerics import as_curvature, float32_island
 
 #: The ops offered compiled (every other name of :mod:`mosgeo.math` is a helper).
@@ -42,6 +44,9 @@ OPS = (
 
 __all__ = ["OPS", *OPS]
 
+#: inductor options of single ops (:func:`mosgeo._compat.no_pattern_passes` says why)
+_OPTIONS = {"mobius_matvec": no_pattern_passes}
+
 
 @functools.cache
 def _compiled(name: str) -> Callable[..., torch.Tensor]:
@@ -49,7 +54,8 @@ def _compiled(name: str) -> Callable[..., torch.Tensor]:
     # compile the op's own code: the float32-island wrapper is one code object shared by
     # every op (torch.compile would count each op as a recompilation of it); the island
     # itself (with the op's strictly-inside rule for point results) runs outside the graph
-    compiled = torch.compile(inspect.unwrap(eager), fullgraph=True, dynamic=True)
+    options = _OPTIONS[name]() if name in _OPTIONS else None
+    compiled = torch.compile(inspect.unwrap(eager), fullgraph=True, dynamic=True, options=options)
     graph = float32_island(compiled, inside=getattr(eager, "island_inside", None))
 
     @functools.wraps(eager)

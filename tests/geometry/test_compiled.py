@@ -53,6 +53,44 @@ def test_one_compilation_per_kind_of_curvature():
     assert _graphs() == start, "a batch size or a curvature value recompiled"
 
 
+def test_mobius_matvec_compiles_once_per_kind_of_curvature_forward_and_backward():
+    """The op compiled with its own inductor options (``mosgeo.compiled._OPTIONS``): new batch
+    sizes and curvature values reuse the graphs, gradients included."""
+    m = torch.randn(16, 16, generator=torch.Generator().manual_seed(1)) * 0.3
+
+    def both(module, x, k):
+        leaves = [t.clone().requires_grad_() for t in (m, x)]
+        out = module.mobius_matvec(*leaves, k=k)
+        out.sum().backward()
+        return out, leaves[0].grad, leaves[1].grad
+
+    x, _, k = _points(48)
+    both(cmath, x, k)  # the per-row kind
+    both(cmath, x, -1.0)  # the scalar kind
+    start = _graphs()
+    for rows in (32, 80, 200):
+        xb, _, kb = _points(rows, seed=rows)
+        for kk in (kb, -1.0, 0.0, 1e-9, 0.5):
+            for c, e in zip(both(cmath, xb, kk), both(pmath, xb, kk), strict=True):
+                torch.testing.assert_close(c, e)
+    assert _graphs() == start, "a batch size or a curvature value recompiled"
+
+
+def test_compiled_mobius_matvec_float64_values_and_gradcheck():
+    g = torch.Generator().manual_seed(2)
+    m = torch.randn(3, 5, generator=g, dtype=torch.float64) * 0.4
+    x = torch.randn(6, 5, generator=g, dtype=torch.float64) * 0.2
+    k = torch.tensor([[-1.0], [0.0], [1e-9], [0.7], [-3.0], [2.0]], dtype=torch.float64)
+    torch.testing.assert_close(
+        cmath.mobius_matvec(m, x, k=k), pmath.mobius_matvec(m, x, k=k), rtol=1e-12, atol=1e-14
+    )
+    leaves = (m.clone().requires_grad_(), x.clone().requires_grad_())
+    # gradcheck calls backward with retain_graph: compile the training graph without buffer
+    # donation (a compiled backward may write into the saved Mx, which is then gone)
+    with torch._functorch.config.patch(donated_buffer=False):
+        assert torch.autograd.gradcheck(lambda a, b: cmath.mobius_matvec(a, b, k=k), leaves)
+
+
 def test_the_compiled_ops_are_the_math_ops():
     x, y, k = _points(40)
     torch.testing.assert_close(cmath.mobius_add(x, y, k=k), pmath.mobius_add(x, y, k=k))

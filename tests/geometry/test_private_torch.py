@@ -41,3 +41,11 @@ def test_dispatch_mode_active_sees_a_torch_dispatch_mode():
     assert not _compat.dispatch_mode_active()
     with Mode():
         assert _compat.dispatch_mode_active()
+
+
+def test_the_pattern_matcher_option_exists():
+    import torch._inductor.config as config
+
+    # else no_pattern_passes() is {} and mosgeo.compiled.mobius_matvec silently slower
+    assert isinstance(config.pattern_matcher, bool)
+    assert _compat.no_pattern_passes() == {"pattern_matcher": False}
