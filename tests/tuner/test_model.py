@@ -403,3 +403,18 @@ def test_the_inference_cache_follows_the_weights(tmp_path):
 
     model.double()  # new tensors: the float32 terms must not be served to float64 weights
     assert check().dtype == torch.float64
+
+
+def test_inference_mode_then_no_grad_then_training():
+    """The cache filled under ``torch.inference_mode`` (its tensors are inference tensors)
+    serves a later ``no_grad`` call, and training afterwards builds its graph as usual."""
+    model = wrapped(init_weights=False).eval()
+    ids = tokens(length=5)
+    with torch.inference_mode():
+        first = model(input_ids=ids).logits
+    with torch.no_grad():
+        second = model(input_ids=ids).logits
+    torch.testing.assert_close(second, first, rtol=0, atol=0)
+    model.train()
+    model(input_ids=ids, labels=ids).loss.backward()
+    assert all(p.grad is not None for n, p in model.named_parameters() if ".moselora_B." in n)
