@@ -1,8 +1,9 @@
 """How many tokens does the hyperbolic input map put on the ball's boundary? (docs/design.md §2.1)
 
 For every MoSELoRA layer of SmolLM2-135M and every hyperbolic expert (κ < 0), the share of
-tokens whose low-rank code ``z = A x`` lies outside the ball of radius ``1/√|κ|`` (so that
-``mosgeo.math.project`` moves it onto the boundary), and the median of ``√|κ|·‖z‖``, over the
+tokens whose low-rank code ``z = A x`` (``z/s`` with a learnable input scale ``s``) lies
+outside the ball of radius ``1/√|κ|`` (so that ``mosgeo.math.project`` moves it onto the
+boundary), and the median of ``√|κ|·‖z‖``, over the
 prompts of the frozen test sets. At initialisation (``mosgeo_lora.wrap`` with seed 0) and, if
 given, for a trained adapter.
 
@@ -17,50 +18,20 @@ import statistics
 import torch
 
 import mosgeo.math as pmath
-from mosgeo_lora import MoSELoraLayer
 from mosgeo_lora.finetune import data as mdata
 from mosgeo_lora.finetune.base_models import load
+from mosgeo_lora.finetune.dynamics import hyperbolic_code_norms
 
 
 def measure(model, tokenizer, prompts: list[str]) -> dict[str, tuple[float, float]]:
-    """``{layer: (share of (token, hyperbolic expert) pairs clipped, median √|κ|‖z‖)}``."""
-    found: dict[str, list[torch.Tensor]] = {}
-    hooks = []
-    for name, mod in model.named_modules():
-        if isinstance(mod, MoSELoraLayer):
-
-            def hook(module, args, name=name):
-                adapter = module.active_adapters[0]
-                z = module.moselora_A[adapter](args[0].to(torch.float32)).reshape(
-                    -1, module.r[adapter]
-                )
-                k = module.moselora_k[adapter].detach()
-                k = k[k < 0]
-                if k.numel():
-                    found.setdefault(name, []).append(
-                        (z.norm(dim=-1, keepdim=True) * (-k).sqrt()).flatten()
-                    )
-                    moved = [
-                        (pmath.project(z, k=ki) - z).norm(dim=-1) > 1e-6 * z.norm(dim=-1)
-                        for ki in k
-                    ]
-                    found.setdefault(name + "#clip", []).append(
-                        torch.stack(moved).float().flatten()
-                    )
-
-            hooks.append(mod.register_forward_pre_hook(hook))
-    with torch.no_grad():
-        for start in range(0, len(prompts), 16):
-            ids = [mdata.prompt_ids(tokenizer, q) for q in prompts[start : start + 16]]
-            for row in ids:  # one at a time: no padding tokens in the statistics
-                model(input_ids=torch.tensor([row]))
-    for h in hooks:
-        h.remove()
+    """``{layer: (share of (token, hyperbolic expert) pairs clipped, median √|κ|·‖z/s‖)}``,
+    from :func:`mosgeo_lora.finetune.dynamics.hyperbolic_code_norms` (``s``: the layer's
+    learnable input scale, 1 without one)."""
+    ids = [mdata.prompt_ids(tokenizer, q) for q in prompts]
     out = {}
-    for name in [n for n in found if not n.endswith("#clip")]:
-        radius = torch.cat(found[name])
-        clip = torch.cat(found[name + "#clip"])
-        out[name] = (clip.mean().item(), radius.median().item())
+    for name, (n, k) in hyperbolic_code_norms(model, ids).items():
+        clipped = pmath.project_factor(n, k) < 1  # (tokens, experts)
+        out[name] = (clipped.float().mean().item(), (n * (-k).sqrt()).median().item())
     return out
 
 

@@ -8,9 +8,9 @@ ball's boundary: the measures a run writes into ``metrics.json`` as ``"curvature
 * :func:`boundary_share`: the share of (token, hyperbolic expert) pairs whose low-rank code
   ``z = A x`` the stereographic input map clips onto the ball of radius ``1/√|κ|``
   (:func:`mosgeo.math.project_factor` below 1), over prompts run one at a time (no padding
-  tokens), as ``benchmarks/clip_share.py`` measures it. With a learnable input scale ``s``
-  (``MoSELoraConfig.input_scale``) the expert reads ``z / s``, so the ball is ``s`` times
-  larger in ``z``.
+  tokens), from :func:`hyperbolic_code_norms`, which ``benchmarks/clip_share.py`` reads
+  too. With a learnable input scale ``s`` (``MoSELoraConfig.input_scale``) the expert reads
+  ``z / s``, so the ball is ``s`` times larger in ``z``.
 * :func:`input_scale_summary`: the mean, smallest and largest input scale ``s`` over the
   layers (none without the option).
 """
@@ -25,7 +25,13 @@ from torch import nn
 
 from mosgeo import math as pmath
 
-__all__ = ["learnable_curvatures", "kappa_dynamics", "boundary_share", "input_scale_summary"]
+__all__ = [
+    "learnable_curvatures",
+    "kappa_dynamics",
+    "hyperbolic_code_norms",
+    "boundary_share",
+    "input_scale_summary",
+]
 
 
 def _layers(model: nn.Module):
@@ -83,16 +89,19 @@ def kappa_dynamics(
 
 
 @torch.no_grad()
-def boundary_share(model: nn.Module, prompts: Sequence[Sequence[int]]) -> dict[str, Any]:
-    """The share of (token, hyperbolic expert) pairs whose ``z = A x`` is clipped onto the
-    ball's boundary, over the tokenized ``prompts`` (each run alone, so no padding token
-    counts), overall and per layer: ``{"share", "pairs", "by_layer": {layer: share}}``.
+def hyperbolic_code_norms(
+    model: nn.Module, prompts: Sequence[Sequence[int]]
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """What the hyperbolic experts' input map reads, per MoSELoRA layer with a stereographic
+    input map and at least one hyperbolic expert (κ < 0): ``{layer: (n, k)}``, ``n`` the norms
+    ``‖z/s‖`` of the codes ``z = A x`` of every token of the tokenized ``prompts`` (each run
+    alone, so no padding token counts; ``s`` the layer's input scale, 1 without one), shape
+    ``(tokens, 1)``, and ``k`` the hyperbolic κ, shape ``(1, experts)`` (float32, on the CPU).
 
-    ``"share"`` is ``None`` when no expert is hyperbolic (κ < 0) at this point. Only
-    meaningful for the stereographic input map (the ``lift`` map clips nothing; its layers
-    are left out).
-    """
-    counts: dict[str, list[float]] = {}
+    ``mosgeo.math.project_factor(n, k) < 1`` is then "clipped onto the ball's boundary" and
+    ``n·√|κ|`` the code's radius in units of the ball's."""
+    found: dict[str, list[torch.Tensor]] = {}
+    kappas: dict[str, torch.Tensor] = {}
     hooks = []
     for name, layer in _layers(model):
 
@@ -111,10 +120,8 @@ def boundary_share(model: nn.Module, prompts: Sequence[Sequence[int]]) -> dict[s
             s = module.input_scale(adapter)
             if s is not None:  # the expert reads z / s
                 n = n / s.detach().float()
-            clipped = pmath.project_factor(n, k.reshape(1, -1)) < 1  # (tokens, experts)
-            c = counts.setdefault(name, [0.0, 0.0])
-            c[0] += float(clipped.sum())
-            c[1] += float(clipped.numel())
+            found.setdefault(name, []).append(n.cpu())
+            kappas[name] = k.reshape(1, -1).cpu()
 
         hooks.append(layer.register_forward_pre_hook(hook))
     was_training = model.training
@@ -127,6 +134,23 @@ def boundary_share(model: nn.Module, prompts: Sequence[Sequence[int]]) -> dict[s
         for h in hooks:
             h.remove()
         model.train(was_training)
+    return {name: (torch.cat(ns), kappas[name]) for name, ns in found.items()}
+
+
+def boundary_share(model: nn.Module, prompts: Sequence[Sequence[int]]) -> dict[str, Any]:
+    """The share of (token, hyperbolic expert) pairs whose ``z = A x`` is clipped onto the
+    ball's boundary, over the tokenized ``prompts`` (each run alone, so no padding token
+    counts), overall and per layer: ``{"share", "pairs", "by_layer": {layer: share}}``
+    (from :func:`hyperbolic_code_norms`).
+
+    ``"share"`` is ``None`` when no expert is hyperbolic (κ < 0) at this point. Only
+    meaningful for the stereographic input map (the ``lift`` map clips nothing; its layers
+    are left out).
+    """
+    counts = {}
+    for name, (n, k) in hyperbolic_code_norms(model, prompts).items():
+        clipped = pmath.project_factor(n, k) < 1  # (tokens, experts)
+        counts[name] = (float(clipped.sum()), float(clipped.numel()))
     clipped = sum(c for c, _ in counts.values())
     pairs = sum(n for _, n in counts.values())
     return {
