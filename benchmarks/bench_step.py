@@ -45,7 +45,7 @@ from _report import (
     sync,
 )
 from _report import write_results as _write
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 import mosgeo_lora
 from mosgeo import radial
@@ -73,9 +73,39 @@ def smollm2_config(layers: int) -> LlamaConfig:
     )
 
 
-def build(variant: str, layers: int, device: str, dtype: torch.dtype, seed: int):
+def qwen2_config(layers: int) -> Qwen2Config:
+    """Qwen2-1.5B's shape (its config.json: the paper's base model), ``layers`` deep."""
+    return Qwen2Config(
+        hidden_size=1536,
+        intermediate_size=8960,
+        num_hidden_layers=layers,
+        num_attention_heads=12,
+        num_key_value_heads=2,
+        vocab_size=151936,
+        max_position_embeddings=32768,
+        rope_theta=1000000.0,
+        tie_word_embeddings=True,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+
+
+_MODEL_NAMES = {"smollm2": "SmolLM2-135M", "qwen2-1.5b": "Qwen2-1.5B"}
+
+#: ``--shape``: the model shapes, ``(config factory, model class, default depth)``
+SHAPES = {
+    "smollm2": (smollm2_config, LlamaForCausalLM, 30),
+    "qwen2-1.5b": (qwen2_config, Qwen2ForCausalLM, 28),
+}
+
+
+def build(
+    variant: str, layers: int, device: str, dtype: torch.dtype, seed: int, shape: str = "smollm2"
+):
+    config, model_class, _ = SHAPES[shape]
     torch.manual_seed(seed)
-    base = LlamaForCausalLM(smollm2_config(layers))
+    base = model_class(config(layers))
     torch.manual_seed(seed + 1)
     if variant == "lora":
         cfg = peft.LoraConfig(r=8, lora_alpha=16, target_modules=TARGETS, task_type="CAUSAL_LM")
@@ -140,7 +170,7 @@ def ops_per_layer(model, device: str, dtype: torch.dtype) -> tuple[int, int]:
     """Top-level and kernel-level aten ops of one adapted gate_proj, forward + backward,
     8 tokens (``_report.aten_ops``)."""
     layer = model.get_base_model().model.layers[0].mlp.gate_proj
-    x = torch.randn(1, 8, 576, device=device, dtype=dtype, requires_grad=True)
+    x = torch.randn(1, 8, layer.in_features, device=device, dtype=dtype, requires_grad=True)
     top, kernels = aten_ops(lambda: layer(x).sum().backward())
     # compiled code cannot run under the dispatch mode that counts kernels: that count would
     # be the eager kernel's
@@ -180,7 +210,7 @@ def syncs_per_step(model, opt, device: str) -> dict[str, int]:
 def run(args) -> dict:
     dtype = getattr(torch, args.dtype)
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.train_shapes.split(",")]
-    models = {v: build(v, args.layers, args.device, dtype, args.seed) for v in VARIANTS}
+    models = {v: build(v, args.layers, args.device, dtype, args.seed, args.shape) for v in VARIANTS}
     rows = {v: {"variant": v} for v in VARIANTS}
     for v, (model, opt) in models.items():
         rows[v]["toplevel_ops_per_layer"], rows[v]["ops_per_layer"] = with_kernel(v, ops_per_layer)(
@@ -189,8 +219,9 @@ def run(args) -> dict:
         rows[v].update(with_kernel(v, syncs_per_step)(model, opt, args.device))
         rows[v]["trainable"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
     gen = torch.Generator().manual_seed(args.seed)
+    vocab = models["lora"][0].get_base_model().config.vocab_size
     for b, t in shapes:
-        ids = torch.randint(3, 49152, (b, t), generator=gen).to(args.device)
+        ids = torch.randint(3, vocab, (b, t), generator=gen).to(args.device)
         runs = {
             v: functools.partial(
                 _timed, with_kernel(v, functools.partial(train_step, m, o, ids)), args.device
@@ -223,7 +254,7 @@ def run(args) -> dict:
                 + "  ".join(f"{v} {rows[v][f'train_{b}x{t}_compiled_ms']:.1f} ms" for v in runs),
                 flush=True,
             )
-    prompt = torch.randint(3, 49152, (1, 16), generator=gen).to(args.device)
+    prompt = torch.randint(3, vocab, (1, 16), generator=gen).to(args.device)
     for m, _ in models.values():
         m.eval()
     runs = {
@@ -304,7 +335,8 @@ def to_markdown(result: dict, meta: dict) -> str:
     return (
         "# MoSELoRA vs LoRA: short steps, decoding, ops and syncs\n\n"
         f"`{meta['command']}` — device {meta['device']}, {meta['dtype']}, "
-        f"{meta['layers']} layers of SmolLM2-135M's shape (random weights), median of "
+        f"{meta['layers']} layers of {_MODEL_NAMES[meta.get('shape', 'smollm2')]}'s shape "
+        "(random weights), median of "
         f"{meta['reps']} interleaved repetitions after {meta['warmup']} warm-up; torch "
         f"{meta['torch']}, transformers {meta['transformers']}, peft {meta['peft']}; "
         f"{meta['machine']}.\n\n"
@@ -320,12 +352,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
-    ap.add_argument("--layers", type=int, default=30)
+    ap.add_argument("--shape", default="smollm2", choices=tuple(SHAPES), help="model shape")
+    ap.add_argument("--layers", type=int, default=None, help="depth (default: the shape's)")
     ap.add_argument("--train-shapes", default="8x64,8x512")
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--compile", action="store_true", help="also time torch.compile'd steps")
     add_common_options(ap, reps=10, warmup=2)
     args = ap.parse_args()
+    if args.layers is None:
+        args.layers = SHAPES[args.shape][2]
     torch.set_num_threads(args.threads)
     result = run(args)
     meta = {
@@ -337,6 +372,8 @@ def main() -> None:
         "machine": machine(args.device),
     }
     stem = "step_" + ("cuda" if args.device.startswith("cuda") else "cpu")
+    if args.shape != "smollm2":
+        stem += "_" + args.shape.replace("-", "_").replace(".", "_")
     _write(args.out, stem, {"meta": meta, **result}, to_markdown(result, meta))
 
 
