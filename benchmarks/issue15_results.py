@@ -67,6 +67,8 @@ REPORT_COMMAND = (
     "mosgeo-lora compare --report-only --runs-dir runs/issue15 --runs-dir runs/issue15b "
     "--baselines moselora-e,hydralora,lora-rmatch:moselora --output-dir runs/issue15-report"
 )
+#: The level of the intervals (``paired_bootstrap``'s default).
+LEVEL = 0.95
 #: The scores each contrast is reported on: all test problems, the seen sets, the unseen.
 SCOPES = ("all", "seen", "unseen")
 #: The scalars of ``train_log.jsonl`` the κ figure draws.
@@ -156,6 +158,8 @@ def collect(runs_dirs: Sequence[Path], bootstrap: int, command: str) -> dict[str
             "seeds": list(SEEDS),
             "runs": len(cfg.methods) * len(LRS) * len(SEEDS),
             "finished": len(runs),
+            "bootstrap": bootstrap,
+            "level": LEVEL,
             **{
                 k: settings.get(k)
                 for k in (
@@ -234,7 +238,7 @@ def missing_note(result: dict[str, Any]) -> list[str]:
 def markdown(result: dict[str, Any]) -> str:
     """``issue15.md``: the paired differences, then the curvature dynamics per run."""
     lines = missing_note(result)
-    level = next((c["all"]["nll"]["level"] for c in result["contrasts"] if "nll" in c["all"]), 0.95)
+    level = result["grid"]["level"]
     lines += [
         f"Paired differences, {METHOD} − baseline, on the seeds both ran; in brackets the "
         f"{100 * level:g} % bootstrap interval (problems and seeds resampled). Exact match in "
@@ -337,6 +341,8 @@ def plot_kappa(result: dict[str, Any], path: Path) -> Path:
         series = (t["kappa_hyperbolic"], t["kappa_spherical"], flipped)
         for ax, ys in zip(axes, series, strict=True):
             ax.plot(t["step"], ys, label=f"seed {d['seed']}")
+    for ax in axes[:2]:
+        ax.axhline(0.0, color="black", linewidth=0.6)  # crossing it: changing space
     for ax, title in zip(axes, titles, strict=True):
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("step")
@@ -390,6 +396,7 @@ def plot_boundary(result: dict[str, Any], path: Path) -> Path:
                 list(shares),
                 [100 * v for v in shares.values()],
                 style,
+                marker=".",
                 label=f"{proj}, {when}",
                 **kw,
             )
@@ -397,6 +404,7 @@ def plot_boundary(result: dict[str, Any], path: Path) -> Path:
     right.set_xlabel("layer")
     right.set_title("per layer, mean over seeds", fontsize=10)
     for ax in (left, right):
+        ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend(fontsize=7)
