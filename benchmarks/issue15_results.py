@@ -16,7 +16,8 @@ nothing, and writes
   grid: mean κ of the hyperbolic and the spherical experts and the share of experts that
   changed space, against the step, one line per seed) and
   ``docs/_static/figures/issue15_boundary_share.png`` (the boundary share at the start and
-  the end per seed, and per layer).
+  the end per seed, and per layer), and ``issue15_kappa_per_expert.png`` (κ of every expert of
+  four layers over the steps, the first MoSELoRA run, from its ``curvatures.json``).
 
 usage: python benchmarks/issue15_results.py --runs runs/issue15 runs/issue15b
 """
@@ -76,14 +77,13 @@ TRAJECTORY_KEYS = ("kappa_hyperbolic", "kappa_spherical", "kappa_flipped")
 
 
 # ----------------------------------------------------------------------------- the numbers
-def run_folder(runs_dirs: Sequence[Path], run: dict[str, Any]) -> Path:
-    """The folder of a finished ``run`` among the grid folders ``runs_dirs``."""
-    c = run["config"]
+def run_folder(runs_dirs: Sequence[Path], method: str, lr: float, seed: int) -> Path:
+    """The folder of the finished run (``method``, ``lr``, ``seed``) among ``runs_dirs``."""
     for root in runs_dirs:
-        folder = root / run["method"] / f"lr{c['lr']:g}" / f"seed{c['seed']}"
+        folder = root / method / f"lr{lr:g}" / f"seed{seed}"
         if (folder / "metrics.json").is_file():
             return folder
-    raise FileNotFoundError(f"no folder of {run['method']} seed {c['seed']} under {runs_dirs}")
+    raise FileNotFoundError(f"no finished {method} lr {lr:g} seed {seed} under {runs_dirs}")
 
 
 def read_trajectory(log: Path) -> dict[str, list[float]]:
@@ -102,6 +102,10 @@ def read_trajectory(log: Path) -> dict[str, list[float]]:
     return out
 
 
+def _lr_seed(run: dict[str, Any]) -> tuple[float, int]:
+    return float(run["config"]["lr"]), int(run["config"]["seed"])
+
+
 def run_dynamics(run: dict[str, Any], folder: Path) -> dict[str, Any] | None:
     """The curvature dynamics of a MoSELoRA run with curved experts (``None`` otherwise):
     its ``metrics.json`` measures (boundary shares as shares, per layer too) and its κ
@@ -113,6 +117,7 @@ def run_dynamics(run: dict[str, Any], folder: Path) -> dict[str, Any] | None:
     out: dict[str, Any] = {
         "method": run["method"],
         "seed": run["config"]["seed"],
+        "lr": run["config"]["lr"],
         "steps": run["steps"],
         **{k: d[k] for k in (*keep, "max_abs_delta")},
     }
@@ -139,15 +144,13 @@ def collect(runs_dirs: Sequence[Path], bootstrap: int, command: str) -> dict[str
     """Everything the page quotes, from the finished runs under ``runs_dirs``."""
     cfg = CompareConfig(methods=(METHOD, *BASELINES), lrs=LRS, seeds=SEEDS, baselines=BASELINES)
     wanted = {(m, lr, s) for m in cfg.methods for lr in LRS for s in SEEDS}
-    runs = [
-        r
-        for r in finished_runs(runs_dirs)
-        if (r["method"], float(r["config"]["lr"]), int(r["config"]["seed"])) in wanted
-    ]
+    runs = [r for r in finished_runs(runs_dirs) if (r["method"], *_lr_seed(r)) in wanted]
     check_one_experiment(runs)
     summary = summarize(runs, cfg.methods)
     paired = paired_differences(runs, summary, BASELINES, bootstrap, methods=(METHOD,))
-    dynamics = [d for r in runs if (d := run_dynamics(r, run_folder(runs_dirs, r)))]
+    dynamics = [
+        d for r in runs if (d := run_dynamics(r, run_folder(runs_dirs, r["method"], *_lr_seed(r))))
+    ]
     settings = runs[0]["config"] if runs else {}
     return {
         "question": QUESTION,
@@ -411,6 +414,23 @@ def plot_boundary(result: dict[str, Any], path: Path) -> Path:
     return _save(fig, path)
 
 
+def plot_per_expert(runs_dirs: Sequence[Path], result: dict[str, Any], path: Path) -> Path | None:
+    """κ of every expert of 4 evenly spaced layers over the steps, for the first MoSELoRA run
+    of the JSON (:func:`mosgeo_lora.plot.plot_curvature_dynamics` on its ``curvatures.json``,
+    the paper's Figure 2 itself); ``None`` when no such run or file exists."""
+    from mosgeo_lora.plot import plot_curvature_dynamics
+
+    for d in result["dynamics"]:
+        folder = run_folder(runs_dirs, d["method"], d["lr"], d["seed"])
+        history = folder / "curvatures.json"
+        if history.is_file():
+            title = f"{d['method']}, seed {d['seed']}: κ of every expert (4 of the layers)"
+            return plot_curvature_dynamics(
+                history, path, max_layers=4, group_by="block", dpi=90, title=title
+            )
+    return None
+
+
 def _save(fig, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, metadata={"Software": None})
@@ -436,6 +456,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     (args.out / "issue15_verdict.md").write_text(verdict_markdown(result))
     plot_kappa(result, args.figures / "issue15_curvature_dynamics.png")
     plot_boundary(result, args.figures / "issue15_boundary_share.png")
+    plot_per_expert(args.runs, result, args.figures / "issue15_kappa_per_expert.png")
     print(markdown(result) + "\n" + verdict_markdown(result))
     return 0
 

@@ -138,6 +138,25 @@ def test_the_command_writes_json_tables_and_figures(grid, tmp_path, monkeypatch,
     for name in ("issue15_curvature_dynamics.png", "issue15_boundary_share.png"):
         assert (figs / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "moselora vs moselora-e" in capsys.readouterr().out
+    assert not (figs / "issue15_kappa_per_expert.png").exists()  # no curvatures.json
+
+
+def test_the_per_expert_figure_is_drawn_from_the_first_run_with_a_history(grid, tmp_path):
+    result = r15.collect(grid, bootstrap=0, command="cmd")
+    history = {
+        "history": [
+            {"step": s, "kappa": {LAYER: [-1.0 + 0.1 * s, 1.0 - 0.1 * s, 0.0]}} for s in (0, 5, 10)
+        ],
+        "spaces": {LAYER: ["hyperbolic", "spherical", "euclidean"]},
+    }
+    seed1 = r15.run_folder(grid, "moselora", 1e-3, 1)
+    (seed1 / "curvatures.json").write_text(json.dumps(history))
+    out = r15.plot_per_expert(grid, result, tmp_path / "k.png")
+    assert out == tmp_path / "k.png" and out.read_bytes()[:4] == b"\x89PNG"
+    (seed1 / "curvatures.json").unlink()
+    assert r15.plot_per_expert(grid, result, tmp_path / "none.png") is None
+    with pytest.raises(FileNotFoundError, match="no finished moselora lr 0.001 seed 2"):
+        r15.run_folder(grid, "moselora", 1e-3, 2)
 
 
 def test_no_finished_run_is_a_report_too(tmp_path):
