@@ -72,6 +72,13 @@ REPORT_COMMAND = (
 LEVEL = 0.95
 #: The scores each contrast is reported on: all test problems, the seen sets, the unseen.
 SCOPES = ("all", "seen", "unseen")
+#: The figures (in ``docs/_static/figures``): κ against the step, the boundary share, and
+#: κ of every expert of 4 layers.
+FIGURE_NAMES = (
+    "issue15_curvature_dynamics.png",
+    "issue15_boundary_share.png",
+    "issue15_kappa_per_expert.png",
+)
 #: The scalars of ``train_log.jsonl`` the κ figure draws.
 TRAJECTORY_KEYS = ("kappa_hyperbolic", "kappa_spherical", "kappa_flipped")
 
@@ -315,7 +322,24 @@ def verdict_markdown(result: dict[str, Any]) -> str:
         )
     if not lines:
         lines.append("- No contrast has a finished pair of runs yet.")
+    lines += _dynamics_verdict(result)
     return "\n".join(lines) + "\n"
+
+
+def _dynamics_verdict(result: dict[str, Any]) -> list[str]:
+    """The verdict's line on the curvatures: do experts change space, and how many inputs
+    sit on the ball's boundary (mean over the finished MoSELoRA runs)."""
+    m, n = result["dynamics_mean"], len(result["dynamics"])
+    if not n:
+        return []
+    share = "–"
+    if "boundary_share_end" in m:
+        share = f"{_pct(m.get('boundary_share_start'))} → {_pct(m['boundary_share_end'])}"
+    return [
+        f"- **Curvatures** ({n} {METHOD} run{'s' if n > 1 else ''}, mean): "
+        f"{_pct(m['sign_changed_share'])} of the curved experts changed space, mean "
+        f"|Δκ| {m['mean_abs_delta']:.3f}; boundary share {share}."
+    ]
 
 
 # --------------------------------------------------------------------------- the figures
@@ -454,9 +478,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     (args.out / "issue15.json").write_text(json.dumps(result, indent=1) + "\n")
     (args.out / "issue15.md").write_text(markdown(result))
     (args.out / "issue15_verdict.md").write_text(verdict_markdown(result))
-    plot_kappa(result, args.figures / "issue15_curvature_dynamics.png")
-    plot_boundary(result, args.figures / "issue15_boundary_share.png")
-    plot_per_expert(args.runs, result, args.figures / "issue15_kappa_per_expert.png")
+    kappa, boundary, per_expert = (args.figures / name for name in FIGURE_NAMES)
+    plot_kappa(result, kappa)
+    plot_boundary(result, boundary)
+    plot_per_expert(args.runs, result, per_expert)
     print(markdown(result) + "\n" + verdict_markdown(result))
     return 0
 

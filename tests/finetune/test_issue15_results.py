@@ -100,9 +100,13 @@ def test_markdown_and_verdict_say_what_the_intervals_say(grid):
     assert "| -0.200 [-0.200, -0.200] |" in md  # the unseen NLL: -0.2 on every problem
     assert "| moselora | 0 | 4 | 1 of 4 (25.0 %) | 0.100 | 0.300 | 5.0 % → 15.0 % |" in md
     verdict = r15.verdict_markdown(result)
-    assert verdict.count("\n") == 2  # one line per contrast
+    assert verdict.count("\n") == 3  # one line per contrast, one on the curvatures
     assert "- **moselora vs moselora-e** (2 seeds, 6 problems): answer NLL -0.100 [" in verdict
     assert "unseen sets alone, answer NLL -0.200 [-0.200, -0.200], better." in verdict
+    assert verdict.endswith(
+        "- **Curvatures** (2 moselora runs, mean): 25.0 % of the curved experts changed "
+        "space, mean |Δκ| 0.100; boundary share 5.0 % → 15.0 %.\n"
+    )
 
 
 @pytest.mark.parametrize(
@@ -206,7 +210,7 @@ def test_the_results_page_is_the_one_its_json_gives():
     page = PAGE.read_text()
     for name in ("issue15.md", "issue15_verdict.md"):
         assert f"```{{include}} ../benchmarks/results/{name}\n```" in page
-    for name in ("issue15_curvature_dynamics.png", "issue15_boundary_share.png"):
+    for name in r15.FIGURE_NAMES:
         assert f"```{{figure}} _static/figures/{name}\n" in page
     flat = " ".join(page.replace("\\\n", " ").split())
     for command in [*result["commands"]["grid"], result["commands"]["report"]]:
