@@ -66,7 +66,8 @@ GRID_COMMANDS = (
 #: The same grid's report from its finished runs, training nothing.
 REPORT_COMMAND = (
     "mosgeo-lora compare --report-only --runs-dir runs/issue15 --runs-dir runs/issue15b "
-    "--baselines moselora-e,hydralora,lora-rmatch:moselora --output-dir runs/issue15-report"
+    "--seeds 0,1,2 --baselines moselora-e,hydralora,lora-rmatch:moselora "
+    "--output-dir runs/issue15-report"
 )
 #: The level of the intervals (``paired_bootstrap``'s default).
 LEVEL = 0.95
@@ -314,8 +315,8 @@ def verdict_markdown(result: dict[str, Any]) -> str:
         every, unseen = c["all"], c.get("unseen", {})
         some = every.get("nll") or every.get("accuracy")
         lines.append(
-            f"- **{METHOD} vs {c['baseline']}** ({some['seeds']} seeds, {some['problems']} "
-            f"problems): answer NLL {_ci(every.get('nll'), 1, 3)} nats per token, "
+            f"- **{METHOD} vs {c['baseline']}** ({some['problems']} problems, "
+            f"{_seeds(some['seeds'])}): answer NLL {_ci(every.get('nll'), 1, 3)} nats per token, "
             f"{_word(every.get('nll'), True)}; exact match {_ci(every.get('accuracy'), 100, 1)} "
             f"points, {_word(every.get('accuracy'), False)}; on the unseen sets alone, answer "
             f"NLL {_ci(unseen.get('nll'), 1, 3)}, {_word(unseen.get('nll'), True)}."
@@ -324,6 +325,13 @@ def verdict_markdown(result: dict[str, Any]) -> str:
         lines.append("- No contrast has a finished pair of runs yet.")
     lines += _dynamics_verdict(result)
     return "\n".join(lines) + "\n"
+
+
+def _seeds(n: int) -> str:
+    """``n`` seeds, saying that one seed's interval covers the problems only."""
+    if n == 1:
+        return "1 seed: the interval covers the problems, not the seeds"
+    return f"{n} seeds"
 
 
 def _dynamics_verdict(result: dict[str, Any]) -> list[str]:

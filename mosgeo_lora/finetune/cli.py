@@ -340,8 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="train nothing: write compare.json and compare.md into --output-dir from the "
         "finished runs under --runs-dir, listing the runs of the grid not finished; "
-        "--methods, --lrs and --seeds not given are those of the runs found, and run "
-        "options given must be the runs' own",
+        "--methods (with --baselines), --lrs and --seeds not given are those of the runs "
+        "found, and run options given must be the runs' own",
     )
     cp.add_argument(
         "--runs-dir",
@@ -510,15 +510,17 @@ def _compare_report(ns: argparse.Namespace) -> int:
         "lrs": tuple(sorted({float(r["config"]["lr"]) for r in runs})),
         "seeds": tuple(sorted({int(r["config"]["seed"]) for r in runs})),
     }
+    if "methods" not in ns.explicit:  # a baseline with no finished run yet: all missing
+        found["methods"] += tuple(b for b in ns.baselines if b not in found["methods"])
     axes = {k: getattr(ns, k) if k in ns.explicit else v for k, v in found.items()}
-    if not all(axes.values()):
+    if not runs:
         raise ConfigError(f"no finished run under {', '.join(map(str, dirs))}")
     unknown = [b for b in ns.baselines if b not in axes["methods"]]
     if unknown:
-        raise ConfigError(f"--baselines {', '.join(unknown)}: not among the methods reported")
+        raise ConfigError(f"--baselines {', '.join(unknown)}: not among --methods")
     if ns.bootstrap < 0:
         raise ConfigError(f"--bootstrap must be >= 0, got {ns.bootstrap}")
-    base = _base_of(runs, ns) if runs else FinetuneConfig()
+    base = _base_of(runs, ns)
     cfg = CompareConfig(
         **axes,
         baselines=ns.baselines,

@@ -101,8 +101,9 @@ def test_markdown_and_verdict_say_what_the_intervals_say(grid):
     assert "| moselora | 0 | 4 | 1 of 4 (25.0 %) | 0.100 | 0.300 | 5.0 % → 15.0 % |" in md
     verdict = r15.verdict_markdown(result)
     assert verdict.count("\n") == 3  # one line per contrast, one on the curvatures
-    assert "- **moselora vs moselora-e** (2 seeds, 6 problems): answer NLL -0.100 [" in verdict
+    assert "- **moselora vs moselora-e** (6 problems, 2 seeds): answer NLL -0.100 [" in verdict
     assert "unseen sets alone, answer NLL -0.200 [-0.200, -0.200], better." in verdict
+    assert "- **moselora vs hydralora** (6 problems, 1 seed: the interval covers the " in verdict
     assert verdict.endswith(
         "- **Curvatures** (2 moselora runs, mean): 25.0 % of the curved experts changed "
         "space, mean |Δκ| 0.100; boundary share 5.0 % → 15.0 %.\n"

@@ -131,7 +131,8 @@ def test_cli_report_only_takes_the_grid_from_the_runs(tmp_path, capsys):
     a, b = two_grids(tmp_path)
     out = tmp_path / "report"
     argv = ["compare", "--report-only", "--runs-dir", str(a), "--runs-dir", str(b)]
-    argv += ["--baselines", "moselora-e,hydralora", "--output-dir", str(out), "--bootstrap", "50"]
+    argv += ["--output-dir", str(out), "--bootstrap", "50"]
+    argv += ["--baselines", "moselora-e,hydralora"]
     assert main(argv) == 0
     saved = json.loads((out / "compare.json").read_text())
     c = saved["config"]
@@ -143,6 +144,11 @@ def test_cli_report_only_takes_the_grid_from_the_runs(tmp_path, capsys):
     # --seeds given: seed 2 is a missing cell of every method
     assert main([*argv, "--seeds", "0,1,2"]) == 0
     assert len(json.loads((out / "compare.json").read_text())["missing"]) == 5
+    # a baseline with no finished run yet is a method of the grid, every run missing
+    assert main([*argv[:-1], "lora,hydralora"]) == 0
+    saved = json.loads((out / "compare.json").read_text())
+    assert saved["config"]["methods"][-1] == "lora"
+    assert [m["seed"] for m in saved["missing"] if m["method"] == "lora"] == [0, 1]
 
 
 def test_cli_report_only_refuses_a_command_that_is_not_the_runs(tmp_path, capsys):
@@ -151,7 +157,8 @@ def test_cli_report_only_refuses_a_command_that_is_not_the_runs(tmp_path, capsys
     assert main([*base, "--steps", "4", "--save-steps", "50"]) == 0  # the runs' own steps
     assert main([*base, "--steps", "400"]) == 2
     assert "--steps 400 given, the runs have 4" in capsys.readouterr().err
-    assert main([*base, "--baselines", "lora"]) == 2
+    assert main([*base, "--methods", "moselora", "--baselines", "lora"]) == 2
+    assert "--baselines lora: not among --methods" in capsys.readouterr().err
     assert main(["compare", "--runs-dir", str(a)]) == 2  # --runs-dir trains nothing
     assert "--runs-dir is for --report-only" in capsys.readouterr().err
     assert main(["compare", "--report-only", "--runs-dir", str(tmp_path / "empty")]) == 2
