@@ -504,6 +504,8 @@ def _compare_report(ns: argparse.Namespace) -> int:
 
     dirs = ns.runs_dir or [ns.output_dir]
     runs = finished_runs(dirs)
+    if not runs:
+        raise ConfigError(f"no finished run under {', '.join(map(str, dirs))}")
     check_one_experiment(runs)
     found = {
         "methods": tuple(dict.fromkeys(r["method"] for r in runs)),
@@ -513,8 +515,6 @@ def _compare_report(ns: argparse.Namespace) -> int:
     if "methods" not in ns.explicit:  # a baseline with no finished run yet: all missing
         found["methods"] += tuple(b for b in ns.baselines if b not in found["methods"])
     axes = {k: getattr(ns, k) if k in ns.explicit else v for k, v in found.items()}
-    if not runs:
-        raise ConfigError(f"no finished run under {', '.join(map(str, dirs))}")
     unknown = [b for b in ns.baselines if b not in axes["methods"]]
     if unknown:
         raise ConfigError(f"--baselines {', '.join(unknown)}: not among --methods")
@@ -534,8 +534,9 @@ def _compare_report(ns: argparse.Namespace) -> int:
     return 0
 
 
-#: Run options that a report does not check against its runs: what the grid varies, the
-#: recipe's name (its values are checked), and what does not change what a run learns.
+#: Run options that a report does not check against its runs (besides the bookkeeping
+#: that does not change what a run learns): what the grid varies, and ``--recipe`` (only
+#: the options given one by one are checked, not a recipe's values).
 _NOT_CHECKED = frozenset({"method", "lr", "seed", "recipe"})
 
 
