@@ -335,6 +335,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="validation problems per training module (default: %(default)s)",
     )
     cp.add_argument("--output-dir", default=_GRID["output_dir"], help="(default: %(default)s)")
+    cp.add_argument(
+        "--report-only",
+        action="store_true",
+        help="train nothing: write compare.json and compare.md into --output-dir from the "
+        "finished runs under --runs-dir, listing the runs of the grid not finished; "
+        "--methods (with --baselines), --lrs and --seeds not given are those of the runs "
+        "found, and run options given must be the runs' own",
+    )
+    cp.add_argument(
+        "--runs-dir",
+        action=_Extend,
+        type=_csv(str),
+        default=(),
+        help="with --report-only: a grid folder to read finished runs from, repeatable or "
+        "comma-separated (several folders made with the same settings report as one grid, "
+        "paired by seed; default: --output-dir)",
+    )
     return parser
 
 
@@ -446,6 +463,10 @@ def _score(ns: argparse.Namespace) -> int:
 def _compare(ns: argparse.Namespace) -> int:
     from .compare import compare
 
+    if ns.runs_dir and not ns.report_only:
+        raise ConfigError("--runs-dir is for --report-only (a grid trains into --output-dir)")
+    if ns.report_only:
+        return _compare_report(ns)
     base = _run_config(ns, ns.explicit)
     lrs = ns.lrs
     if ns.recipe and "lrs" not in ns.explicit:
@@ -475,6 +496,75 @@ def _compare(ns: argparse.Namespace) -> int:
     compare(cfg)
     print((Path(cfg.output_dir) / "compare.md").read_text())
     return 0
+
+
+def _compare_report(ns: argparse.Namespace) -> int:
+    """``compare --report-only``: the report of the finished runs under ``--runs-dir``."""
+    from .compare import check_one_experiment, finished_runs, report
+
+    dirs = ns.runs_dir or [ns.output_dir]
+    runs = finished_runs(dirs)
+    if not runs:
+        raise ConfigError(f"no finished run under {', '.join(map(str, dirs))}")
+    check_one_experiment(runs)
+    found = {
+        "methods": tuple(dict.fromkeys(r["method"] for r in runs)),
+        "lrs": tuple(sorted({float(r["config"]["lr"]) for r in runs})),
+        "seeds": tuple(sorted({int(r["config"]["seed"]) for r in runs})),
+    }
+    if "methods" not in ns.explicit:  # a baseline with no finished run yet: all missing
+        found["methods"] += tuple(b for b in ns.baselines if b not in found["methods"])
+    axes = {k: getattr(ns, k) if k in ns.explicit else v for k, v in found.items()}
+    unknown = [b for b in ns.baselines if b not in axes["methods"]]
+    if unknown:
+        raise ConfigError(f"--baselines {', '.join(unknown)}: not among --methods")
+    if ns.bootstrap < 0:
+        raise ConfigError(f"--bootstrap must be >= 0, got {ns.bootstrap}")
+    base = _base_of(runs, ns)
+    cfg = CompareConfig(
+        **axes,
+        baselines=ns.baselines,
+        bootstrap=ns.bootstrap,
+        validation_per_module=ns.validation_per_module,
+        output_dir=ns.output_dir,
+        base=base,
+    )
+    report(cfg, dirs)
+    print((Path(cfg.output_dir) / "compare.md").read_text())
+    return 0
+
+
+#: Run options that a report does not check against its runs (besides the bookkeeping
+#: that does not change what a run learns): what the grid varies, and ``--recipe`` (only
+#: the options given one by one are checked, not a recipe's values).
+_NOT_CHECKED = frozenset({"method", "lr", "seed", "recipe"})
+
+
+def _base_of(runs: Sequence[dict], ns: argparse.Namespace) -> FinetuneConfig:
+    """The run settings a report states: the first run's; every run option given on the
+    command line must be the runs' own (a report of other runs than the command names would
+    mislead), else :class:`ConfigError`."""
+    from .compare import BOOKKEEPING
+
+    names = {f.name for f in fields(FinetuneConfig)}
+    saved = {k: v for k, v in runs[0]["config"].items() if k in names}
+    given = _run_config(ns, ns.explicit)
+    diffs = [
+        f"--{k.replace('_', '-')} {_plain(getattr(given, k))} given, the runs have {saved[k]!r}"
+        for k in sorted(ns.explicit & names & set(saved) - _NOT_CHECKED - BOOKKEEPING)
+        if _plain(getattr(given, k)) != saved[k]
+    ]
+    if diffs:
+        raise ConfigError(f"the runs under --runs-dir differ from the command: {'; '.join(diffs)}")
+    for k in ("eval_sets", "tasks"):  # JSON lists back to the config's tuples
+        if isinstance(saved.get(k), list):
+            saved[k] = tuple(saved[k])
+    return FinetuneConfig(**saved)
+
+
+def _plain(value: object) -> object:
+    """``value`` as it reads back from JSON (tuples as lists)."""
+    return json.loads(json.dumps(value))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

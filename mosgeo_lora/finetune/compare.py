@@ -16,6 +16,12 @@ order whatever the method, and every run is scored on the same test problems, ea
 by exact match and by the NLL of its answer (:func:`~.evaluate.evaluate`). So each method is
 compared with each baseline problem by problem and seed by seed: the mean paired difference
 with a 95 % bootstrap confidence interval over problems and seeds (:func:`paired_bootstrap`).
+
+:func:`report` writes the same files from the finished runs found under one or more grid
+folders, training nothing (``mosgeo-lora compare --report-only``): a partial grid is
+reportable, and the runs it lacks are listed in both files (``"missing"``), never silently
+dropped; several folders made with the same settings (two halves of one grid, run side by
+side) report as one grid, their methods paired by seed.
 """
 
 from __future__ import annotations
@@ -38,6 +44,10 @@ from .train import finetune, last_checkpoint
 
 __all__ = [
     "compare",
+    "report",
+    "finished_runs",
+    "missing_runs",
+    "check_one_experiment",
     "summarize",
     "paired_bootstrap",
     "paired_differences",
@@ -101,13 +111,118 @@ def compare(cfg: CompareConfig, output_dir: str | None = None) -> dict[str, Any]
                 how = f"resuming {last_checkpoint(run_dir).name}" if resume else "->"
                 print(f"[compare] {method} lr={lr:g} seed={seed} {how} {run_dir}", flush=True)
                 runs.append(finetune(run, loaded=fresh, extra_eval=validation))
-                _write(out, cfg, runs)
-    return _write(out, cfg, runs)
+                _write(out, cfg, runs, [out])
+    return _write(out, cfg, runs, [out])
+
+
+def finished_runs(runs_dirs: Sequence[str | Path]) -> list[dict[str, Any]]:
+    """The finished runs (their ``metrics.json``) under each grid folder of ``runs_dirs``,
+    in ``<dir>/<method>/lr<lr>/seed<seed>/`` (the layout :func:`compare` writes), ordered by
+    seed, method and learning rate.
+
+    Raises:
+        ConfigError: a folder does not exist, or two folders hold the same run (method,
+            learning rate and seed): which one to report would be a guess.
+    """
+    found: dict[tuple[str, float, int], tuple[Path, dict[str, Any]]] = {}
+    for root in map(Path, runs_dirs):
+        if not root.is_dir():
+            raise ConfigError(f"{root}: no such grid folder")
+        for path in sorted(root.glob("*/lr*/seed*/metrics.json")):
+            run = json.loads(path.read_text())
+            key = (run["method"], float(run["config"]["lr"]), int(run["config"]["seed"]))
+            if key in found:
+                raise ConfigError(
+                    f"{found[key][0].parent} and {path.parent} hold the same run ({key[0]}, lr "
+                    f"{key[1]:g}, seed {key[2]}); report each grid folder once"
+                )
+            found[key] = (path, run)
+    return [found[k][1] for k in sorted(found, key=lambda k: (k[2], k[0], k[1]))]
+
+
+def missing_runs(
+    cfg: CompareConfig, runs: Sequence[dict[str, Any]], runs_dirs: Sequence[str | Path]
+) -> list[dict[str, Any]]:
+    """The cells of ``cfg``'s grid (methods × learning rates × seeds) that no run of
+    ``runs`` finished, each ``{"method", "lr", "seed", "state"}``: ``state`` is
+    ``"interrupted or running at checkpoint-N"`` when a folder of ``runs_dirs`` holds a
+    checkpoint of it, ``"started"`` when one holds only its ``run_config.json``, else
+    ``"not started"``."""
+    done = {(r["method"], float(r["config"]["lr"]), int(r["config"]["seed"])) for r in runs}
+    out = []
+    for seed in cfg.seeds:
+        for method in cfg.methods:
+            for lr in cfg.lrs:
+                if (method, float(lr), int(seed)) not in done:
+                    state = _state(runs_dirs, method, lr, seed)
+                    out.append({"method": method, "lr": lr, "seed": seed, "state": state})
+    return out
+
+
+def _state(runs_dirs: Sequence[str | Path], method: str, lr: float, seed: int) -> str:
+    """How far an unfinished run got, over the grid folders that could hold it."""
+    for root in map(Path, runs_dirs):
+        run_dir = _run_dir(root, method, lr, seed)
+        checkpoint = last_checkpoint(run_dir) if run_dir.is_dir() else None
+        if checkpoint is not None:
+            return f"interrupted or running at {checkpoint.name}"
+        if (run_dir / "run_config.json").is_file():
+            return "started"
+    return "not started"
+
+
+#: Run settings that may differ between the runs of one report: what the grid varies.
+_GRID_AXES = frozenset({"method", "lr", "seed"})
+
+
+def report(
+    cfg: CompareConfig, runs_dirs: Sequence[str | Path], output_dir: str | None = None
+) -> dict[str, Any]:
+    """Summarise the finished runs of ``cfg``'s grid found under ``runs_dirs`` and write
+    ``compare.json`` and ``compare.md`` into ``output_dir`` (default ``cfg.output_dir``),
+    training nothing. Runs of other methods, learning rates or seeds than ``cfg``'s are
+    left out; the grid's cells no run finished are listed (:func:`missing_runs`).
+
+    Raises:
+        ConfigError: the runs were not all made with the same settings (apart from method,
+            learning rate, seed and bookkeeping such as ``save_steps``), so they are not one
+            experiment; or as :func:`finished_runs`.
+    """
+    wanted = {(m, float(lr), int(s)) for m in cfg.methods for lr in cfg.lrs for s in cfg.seeds}
+    runs = [
+        r
+        for r in finished_runs(runs_dirs)
+        if (r["method"], float(r["config"]["lr"]), int(r["config"]["seed"])) in wanted
+    ]
+    check_one_experiment(runs)
+    out = Path(cfg.output_dir if output_dir is None else output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return _write(out, cfg, runs, runs_dirs)
+
+
+def check_one_experiment(runs: Sequence[dict[str, Any]]) -> None:
+    """Raise :class:`ConfigError` unless every run of ``runs`` was made with the first one's
+    settings, apart from the grid's axes (method, learning rate, seed) and bookkeeping."""
+    if not runs:
+        return
+    first = runs[0]["config"]
+    for run in runs[1:]:
+        c = run["config"]
+        diffs = [
+            f"{k}: {first[k]!r} vs {c[k]!r}"
+            for k in sorted(set(first) & set(c) - BOOKKEEPING - _GRID_AXES)
+            if first[k] != c[k]
+        ]
+        if diffs:
+            raise ConfigError(
+                f"{c.get('output_dir')} was made with other settings than "
+                f"{first.get('output_dir')} ({'; '.join(diffs)}): not one experiment"
+            )
 
 
 #: Settings that do not change what a run learns or scores: a finished or interrupted run
 #: that differs from the grid only in these is reused or resumed.
-_BOOKKEEPING = frozenset(
+BOOKKEEPING = frozenset(
     {
         "output_dir",
         "resume",
@@ -128,7 +243,7 @@ def _check_same_settings(run_dir: Path, saved: dict[str, Any], run: FinetuneConf
     wanted = json.loads(json.dumps(asdict(run)))  # tuples as JSON lists, like the saved ones
     diffs = [
         f"{k}: {saved[k]!r} there, {wanted[k]!r} now"
-        for k in sorted(set(saved) & set(wanted) - _BOOKKEEPING)
+        for k in sorted(set(saved) & set(wanted) - BOOKKEEPING)
         if saved[k] != wanted[k]
     ]
     if diffs:
@@ -138,17 +253,25 @@ def _check_same_settings(run_dir: Path, saved: dict[str, Any], run: FinetuneConf
         )
 
 
-def _write(out: Path, cfg: CompareConfig, runs: list[dict[str, Any]]) -> dict[str, Any]:
+def _write(
+    out: Path,
+    cfg: CompareConfig,
+    runs: list[dict[str, Any]],
+    runs_dirs: Sequence[str | Path],
+) -> dict[str, Any]:
     summary = summarize(runs, cfg.methods)
     paired = paired_differences(runs, summary, cfg.baselines, cfg.bootstrap)
+    missing = missing_runs(cfg, runs, runs_dirs)
     result = {
         "config": asdict(cfg),
+        "runs_dirs": [str(d) for d in runs_dirs],
         "summary": summary,
         "paired": paired,
+        "missing": missing,
         "runs": [_slim(r) for r in runs],
     }
     (out / "compare.json").write_text(json.dumps(result, indent=1))
-    (out / "compare.md").write_text(markdown_table(summary, cfg, paired))
+    (out / "compare.md").write_text(markdown_table(summary, cfg, paired, missing))
     return result
 
 
@@ -312,16 +435,19 @@ def paired_differences(
     baselines: Sequence[str] = (),
     resamples: int = 2000,
     seed: int = 0,
+    methods: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
-    """Each method of ``summary`` against each of ``baselines`` (``()``: every other method),
-    each at its chosen learning rate, on the seeds both have: the paired difference of exact
-    match (``"accuracy"``, a share) and of answer NLL (``"nll"``, nats per token) over all
-    test problems (:func:`paired_bootstrap`), and the same over the seen and the unseen test
-    sets alone (``"groups"``: ``{"seen": {"accuracy", "nll"}, "unseen": …}``, the groups
-    the runs were scored on). A pair whose runs did not keep per-problem values, or were
-    scored on different problems, is left out."""
+    """Each of ``methods`` (``()``: every method of ``summary``) against each of ``baselines``
+    (``()``: every other method), each at its chosen learning rate, on the seeds both have:
+    the paired difference of exact match (``"accuracy"``, a share) and of answer NLL
+    (``"nll"``, nats per token) over all test problems (:func:`paired_bootstrap`), and the
+    same over the seen and the unseen test sets alone (``"groups"``: ``{"seen": {"accuracy",
+    "nll"}, "unseen": …}``, the groups the runs were scored on). A pair whose runs did not
+    keep per-problem values, or were scored on different problems, is left out."""
     out: list[dict[str, Any]] = []
-    for method in summary:
+    for method in methods or tuple(summary):
+        if method not in summary:
+            continue
         for base in baselines or tuple(summary):
             if base == method or base not in summary:
                 continue
@@ -375,16 +501,22 @@ def _paired_cells(runs, summary, method: str, base: str, key: str):
 
 
 def markdown_table(
-    summary: dict[str, Any], cfg: CompareConfig, paired: Sequence[dict[str, Any]] = ()
+    summary: dict[str, Any],
+    cfg: CompareConfig,
+    paired: Sequence[dict[str, Any]] = (),
+    missing: Sequence[dict[str, Any]] = (),
 ) -> str:
-    """The comparison as Markdown: accuracy table, the paired differences (``paired``, from
+    """The comparison as Markdown: the runs of the grid not finished (``missing``, from
+    :func:`missing_runs`), accuracy table, the paired differences (``paired``, from
     :func:`paired_differences`), answer NLL, curvature dynamics, then cost table, then LR
     sweep."""
+    head = _missing_lines(missing, cfg)
     if not summary:
-        return "No finished runs yet.\n"
+        return "\n".join([*head, "No finished runs yet."]) + "\n"
     methods = list(summary)
     cols = list(next(iter(summary.values()))["accuracy"])
     lines = [
+        *head,
         f"Exact match (%) on the test sets, mean ± sd over seeds {list(cfg.seeds)}, each method "
         f"at its best learning rate on the validation set (swept: {list(cfg.lrs)}).",
         "",
@@ -423,6 +555,21 @@ def markdown_table(
         cells = [f"{100 * v[lr]:.1f}" if lr in v else "–" for lr in cfg.lrs]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _missing_lines(missing: Sequence[dict[str, Any]], cfg: CompareConfig) -> list[str]:
+    """A partial grid's note (``[]`` for a complete one): how many runs finished, and each
+    run missing from every number below it."""
+    if not missing:
+        return []
+    total = len(cfg.methods) * len(cfg.lrs) * len(cfg.seeds)
+    lines = [
+        f"**Partial grid: {total - len(missing)} of {total} runs finished.** Left out of "
+        "every number below:",
+        "",
+    ]
+    lines += [f"- {m['method']}, lr {m['lr']:g}, seed {m['seed']}: {m['state']}" for m in missing]
+    return [*lines, ""]
 
 
 def _ci(res: dict[str, Any] | None, scale: float, digits: int) -> str:

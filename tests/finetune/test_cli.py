@@ -27,14 +27,15 @@ SHARED = {
 #: score command, and the recipe flags of finetune and compare: --epochs, --warmup-ratio,
 #: --bf16, --optimizer-groups, --truncate, --recipe; compare's --baselines and --bootstrap,
 #: the paired differences of issue 15; --input-scale on finetune and compare, the learnable
-#: input scale of issue 15 item 4)
+#: input scale of issue 15 item 4; compare's --report-only and --runs-dir, the report of
+#: finished runs of issue 15's grid)
 FLAGS = {
     "finetune": SHARED | {"--method", "--lr", "--seed", "--resume", "--eval-before"},
     "eval": {"--base", "--model", "--eval-sets", "--eval-limit", "--batch-size", "--output",
              "--threads", "-h", "--help", "--task", "--max-new-tokens", "--no-progress"},
     "score": {"--task", "--predictions", "--references", "--limit", "-h", "--help"},
     "compare": SHARED | {"--methods", "--lrs", "--seeds", "--validation-per-module",
-                         "--baselines", "--bootstrap"},
+                         "--baselines", "--bootstrap", "--report-only", "--runs-dir"},
 }  # fmt: skip
 
 

@@ -1,0 +1,498 @@
+"""Issue 15's results, *does the mixture of spaces help?*, from the finished runs of its grid.
+
+Reads the runs of the two grid folders (``mosgeo-lora compare``'s layout,
+``<dir>/<method>/lr<lr>/seed<seed>/``: ``metrics.json`` and ``train_log.jsonl``), trains
+nothing, and writes
+
+* ``benchmarks/results/issue15.json``: every number ``docs/results.md`` quotes: the paired
+  differences of MoSELoRA against each baseline (exact match and answer NLL, over all test
+  problems, the seen and the unseen sets, each with its 95 % bootstrap interval over problems
+  and seeds), the curvature dynamics of every MoSELoRA run (κ sign changes, |Δκ|, boundary
+  share at the start and the end, per layer too) and its κ trajectory over the steps, the
+  step counts, the seeds, the runs still missing and the commands;
+* ``benchmarks/results/issue15.md`` (the tables) and ``issue15_verdict.md`` (one line per
+  contrast), both written from the JSON alone, so a test can hold the page to the JSON;
+* ``docs/_static/figures/issue15_curvature_dynamics.png`` (the paper's Figure 2 for this
+  grid: mean κ of the hyperbolic and the spherical experts and the share of experts that
+  changed space, against the step, one line per seed) and
+  ``docs/_static/figures/issue15_boundary_share.png`` (the boundary share at the start and
+  the end per seed, and per layer), and ``issue15_kappa_per_expert.png`` (κ of every expert of
+  four layers over the steps, the first MoSELoRA run, from its ``curvatures.json``).
+
+usage: python benchmarks/issue15_results.py --runs runs/issue15 runs/issue15b
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from mosgeo_lora.finetune.compare import (
+    check_one_experiment,
+    finished_runs,
+    missing_runs,
+    paired_differences,
+    summarize,
+)
+from mosgeo_lora.finetune.config import CompareConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+FIGURES = ROOT / "docs" / "_static" / "figures"
+
+#: The question of issue 15, and the method it asks about.
+QUESTION = "Does the mixture of spaces help?"
+METHOD = "moselora"
+#: The contrasts, in the page's order: geometry removed (same experts, every κ fixed at 0),
+#: Euclidean mixture of LoRA heads, LoRA with MoSELoRA's activated parameters per token.
+BASELINES = ("moselora-e", "hydralora", "lora-rmatch:moselora")
+LRS = (1e-3,)
+SEEDS = (0, 1, 2)
+#: The two halves of the grid, run side by side (same settings, so paired by seed).
+GRID_COMMANDS = (
+    "mosgeo-lora compare --methods moselora,moselora-e --baselines moselora-e --lrs 1e-3 "
+    "--seeds 0,1,2 --steps 400 --batch-size 8 --curvature-lr 5e-2 --validation-per-module 20 "
+    "--save-steps 50 --threads 1 --no-progress --output-dir runs/issue15",
+    "mosgeo-lora compare --methods hydralora,lora-rmatch:moselora --lrs 1e-3 --seeds 0,1,2 "
+    "--steps 400 --batch-size 8 --curvature-lr 5e-2 --validation-per-module 20 "
+    "--save-steps 50 --threads 1 --no-progress --output-dir runs/issue15b",
+)
+#: The same grid's report from its finished runs, training nothing.
+REPORT_COMMAND = (
+    "mosgeo-lora compare --report-only --runs-dir runs/issue15 --runs-dir runs/issue15b "
+    "--seeds 0,1,2 --baselines moselora-e,hydralora,lora-rmatch:moselora "
+    "--output-dir runs/issue15-report"
+)
+#: The level of the intervals (``paired_bootstrap``'s default).
+LEVEL = 0.95
+#: The scores each contrast is reported on: all test problems, the seen sets, the unseen.
+SCOPES = ("all", "seen", "unseen")
+#: The figures (in ``docs/_static/figures``): κ against the step, the boundary share, and
+#: κ of every expert of 4 layers.
+FIGURE_NAMES = (
+    "issue15_curvature_dynamics.png",
+    "issue15_boundary_share.png",
+    "issue15_kappa_per_expert.png",
+)
+#: The scalars of ``train_log.jsonl`` the κ figure draws.
+TRAJECTORY_KEYS = ("kappa_hyperbolic", "kappa_spherical", "kappa_flipped")
+
+
+# ----------------------------------------------------------------------------- the numbers
+def run_folder(runs_dirs: Sequence[Path], method: str, lr: float, seed: int) -> Path:
+    """The folder of the finished run (``method``, ``lr``, ``seed``) among ``runs_dirs``."""
+    for root in runs_dirs:
+        folder = root / method / f"lr{lr:g}" / f"seed{seed}"
+        if (folder / "metrics.json").is_file():
+            return folder
+    raise FileNotFoundError(f"no finished {method} lr {lr:g} seed {seed} under {runs_dirs}")
+
+
+def read_trajectory(log: Path) -> dict[str, list[float]]:
+    """The logged κ scalars of a run against the step, from its ``train_log.jsonl``: one
+    value per logged step (a step logged twice, by a resumed run, keeps its last entry),
+    ``{"step": […], "kappa_hyperbolic": […], …}``; empty lists without κ."""
+    by_step: dict[int, dict[str, Any]] = {}
+    if log.is_file():
+        for line in log.read_text().splitlines():
+            row = json.loads(line) if line.strip() else {}
+            if all(k in row for k in TRAJECTORY_KEYS):
+                by_step[int(row["step"])] = row
+    steps = sorted(by_step)
+    out: dict[str, list[float]] = {"step": [float(s) for s in steps]}
+    out.update({k: [float(by_step[s][k]) for s in steps] for k in TRAJECTORY_KEYS})
+    return out
+
+
+def _lr_seed(run: dict[str, Any]) -> tuple[float, int]:
+    return float(run["config"]["lr"]), int(run["config"]["seed"])
+
+
+def run_dynamics(run: dict[str, Any], folder: Path) -> dict[str, Any] | None:
+    """The curvature dynamics of a MoSELoRA run with curved experts (``None`` otherwise):
+    its ``metrics.json`` measures (boundary shares as shares, per layer too) and its κ
+    trajectory."""
+    d = run.get("curvature_dynamics") or {}
+    if not d.get("curved_experts"):
+        return None
+    keep = ("curved_experts", "sign_changed", "sign_changed_share", "mean_abs_delta")
+    out: dict[str, Any] = {
+        "method": run["method"],
+        "seed": run["config"]["seed"],
+        "lr": run["config"]["lr"],
+        "steps": run["steps"],
+        **{k: d[k] for k in (*keep, "max_abs_delta")},
+    }
+    for when in ("start", "end"):
+        share = d.get(f"boundary_share_{when}") or {}
+        out[f"boundary_share_{when}"] = share.get("share")
+        out[f"boundary_by_layer_{when}"] = share.get("by_layer", {})
+    out["trajectory"] = read_trajectory(folder / "train_log.jsonl")
+    return out
+
+
+def contrast(pair: dict[str, Any]) -> dict[str, Any]:
+    """A paired difference of :func:`~mosgeo_lora.finetune.compare.paired_differences` by
+    scope: ``{"method", "baseline", "all": {"accuracy", "nll"}, "seen": …, "unseen": …}``."""
+    out: dict[str, Any] = {"method": pair["method"], "baseline": pair["baseline"]}
+    out["all"] = {k: pair[k] for k in ("accuracy", "nll") if k in pair}
+    for scope in SCOPES[1:]:
+        if scope in pair.get("groups", {}):
+            out[scope] = pair["groups"][scope]
+    return out
+
+
+def collect(runs_dirs: Sequence[Path], bootstrap: int, command: str) -> dict[str, Any]:
+    """Everything the page quotes, from the finished runs under ``runs_dirs``."""
+    cfg = CompareConfig(methods=(METHOD, *BASELINES), lrs=LRS, seeds=SEEDS, baselines=BASELINES)
+    wanted = {(m, lr, s) for m in cfg.methods for lr in LRS for s in SEEDS}
+    runs = [r for r in finished_runs(runs_dirs) if (r["method"], *_lr_seed(r)) in wanted]
+    check_one_experiment(runs)
+    summary = summarize(runs, cfg.methods)
+    paired = paired_differences(runs, summary, BASELINES, bootstrap, methods=(METHOD,))
+    dynamics = [
+        d for r in runs if (d := run_dynamics(r, run_folder(runs_dirs, r["method"], *_lr_seed(r))))
+    ]
+    settings = runs[0]["config"] if runs else {}
+    return {
+        "question": QUESTION,
+        "commands": {"grid": list(GRID_COMMANDS), "report": REPORT_COMMAND, "results": command},
+        "grid": {
+            "methods": list(cfg.methods),
+            "lrs": list(LRS),
+            "seeds": list(SEEDS),
+            "runs": len(cfg.methods) * len(LRS) * len(SEEDS),
+            "finished": len(runs),
+            "bootstrap": bootstrap,
+            "level": LEVEL,
+            **{
+                k: settings.get(k)
+                for k in (
+                    "model",
+                    "steps",
+                    "batch_size",
+                    "curvature_lr",
+                    "rank",
+                    "boundary_prompts",
+                )
+            },
+        },
+        "missing": missing_runs(cfg, runs, runs_dirs),
+        "runs": [
+            {"method": r["method"], "seed": r["config"]["seed"], "steps": r["steps"]} for r in runs
+        ],
+        "contrasts": [contrast(p) for p in paired],
+        "means": {m: _means(s) for m, s in summary.items()},
+        "dynamics": dynamics,
+        "dynamics_mean": _dynamics_mean(dynamics),
+    }
+
+
+def _means(s: dict[str, Any]) -> dict[str, Any]:
+    """A method's scores over seeds, ``[mean, sd]`` each: exact match and answer NLL over
+    all test sets, the seen and the unseen ones, and its seeds."""
+    labels = {"all": "all (mean)", "seen": "seen (mean)", "unseen": "unseen (mean)"}
+    out: dict[str, Any] = {"seeds": s["seeds"]}
+    for scope, label in labels.items():
+        out[f"accuracy_{scope}"] = list(s["accuracy"][label])
+        if "nll" in s:
+            out[f"nll_{scope}"] = list(s["nll"][label])
+    return out
+
+
+def _dynamics_mean(dynamics: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Mean over the MoSELoRA runs (seeds) of each curvature measure (``{}`` without runs)."""
+    keys = ("sign_changed_share", "mean_abs_delta", "max_abs_delta")
+    keys += ("boundary_share_start", "boundary_share_end")
+    out: dict[str, Any] = {}
+    for k in keys:
+        values = [d[k] for d in dynamics if d.get(k) is not None]
+        if values:
+            out[k] = statistics.fmean(values)
+    return out
+
+
+# ---------------------------------------------------------------------------- the tables
+def _ci(res: dict[str, Any] | None, scale: float, digits: int) -> str:
+    """``+d [low, high]`` at ``digits`` decimals of ``scale`` × the values (``–`` if none)."""
+    if not res:
+        return "–"
+    text = f"{scale * res['diff']:+.{digits}f}"
+    if res.get("low") is not None:
+        text += f" [{scale * res['low']:+.{digits}f}, {scale * res['high']:+.{digits}f}]"
+    return text
+
+
+def _pct(x: float | None, digits: int = 1) -> str:
+    return "–" if x is None else f"{100 * x:.{digits}f} %"
+
+
+def missing_note(result: dict[str, Any]) -> list[str]:
+    """The partial grid's note (``[]`` once every run finished)."""
+    g, missing = result["grid"], result["missing"]
+    if not missing:
+        return []
+    lines = [
+        f"**Partial grid: {g['finished']} of {g['runs']} runs finished.** Not in any number here:",
+        "",
+    ]
+    lines += [f"- {m['method']}, seed {m['seed']}: {m['state']}" for m in missing]
+    return [*lines, ""]
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """``issue15.md``: the paired differences, then the curvature dynamics per run."""
+    lines = missing_note(result)
+    level = result["grid"]["level"]
+    lines += [
+        f"Paired differences, {METHOD} − baseline, on the seeds both ran; in brackets the "
+        f"{100 * level:g} % bootstrap interval (problems and seeds resampled). Exact match in "
+        "points (higher is better), answer NLL in nats per token (lower is better).",
+        "",
+        "| baseline | test sets | seeds | problems | Δ exact match (points) | Δ answer NLL |",
+        "|---|---|---|---|---|---|",
+    ]
+    for c in result["contrasts"]:
+        for scope in SCOPES:
+            cell = c.get(scope)
+            if not cell:
+                continue
+            some = cell.get("nll") or cell.get("accuracy")
+            lines.append(
+                f"| {c['baseline']} | {scope} | {some['seeds']} | {some['problems']} | "
+                f"{_ci(cell.get('accuracy'), 100, 1)} | {_ci(cell.get('nll'), 1, 3)} |"
+            )
+    if not result["contrasts"]:
+        lines.append("| – | – | – | – | no paired runs yet | – |")
+    lines += _dynamics_table(result["dynamics"])
+    return "\n".join(lines) + "\n"
+
+
+def _dynamics_table(dynamics: Sequence[dict[str, Any]]) -> list[str]:
+    if not dynamics:
+        return []
+    lines = [
+        "",
+        "Curvature dynamics of each MoSELoRA run: the curved experts whose κ changed sign "
+        "(changed space) between the start and the end, the mean and the largest |Δκ|, and "
+        "the boundary share (the (token, hyperbolic expert) pairs whose code the input map "
+        "clips onto the ball) at the start and the end.",
+        "",
+        "| method | seed | steps | κ changed sign | mean \\|Δκ\\| | max \\|Δκ\\| | "
+        "boundary share, start → end |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for d in dynamics:
+        lines.append(
+            f"| {d['method']} | {d['seed']} | {d['steps']} | {d['sign_changed']} of "
+            f"{d['curved_experts']} ({_pct(d['sign_changed_share'])}) | "
+            f"{d['mean_abs_delta']:.3f} | {d['max_abs_delta']:.3f} | "
+            f"{_pct(d['boundary_share_start'])} → {_pct(d['boundary_share_end'])} |"
+        )
+    return lines
+
+
+def _word(res: dict[str, Any] | None, lower_is_better: bool) -> str:
+    """What an interval says: better, worse, or no difference detected."""
+    if not res or res.get("low") is None:
+        return "no interval"
+    if res["low"] <= 0 <= res["high"]:
+        return "no difference detected"
+    better = (res["high"] < 0) == lower_is_better
+    return "better" if better else "worse"
+
+
+def verdict_markdown(result: dict[str, Any]) -> str:
+    """``issue15_verdict.md``: per contrast, what the intervals say, in words."""
+    lines = []
+    for c in result["contrasts"]:
+        every, unseen = c["all"], c.get("unseen", {})
+        some = every.get("nll") or every.get("accuracy")
+        lines.append(
+            f"- **{METHOD} vs {c['baseline']}** ({some['problems']} problems, "
+            f"{_seeds(some['seeds'])}): answer NLL {_ci(every.get('nll'), 1, 3)} nats per token, "
+            f"{_word(every.get('nll'), True)}; exact match {_ci(every.get('accuracy'), 100, 1)} "
+            f"points, {_word(every.get('accuracy'), False)}; on the unseen sets alone, answer "
+            f"NLL {_ci(unseen.get('nll'), 1, 3)}, {_word(unseen.get('nll'), True)}."
+        )
+    if not lines:
+        lines.append("- No contrast has a finished pair of runs yet.")
+    lines += _dynamics_verdict(result)
+    return "\n".join(lines) + "\n"
+
+
+def _seeds(n: int) -> str:
+    """``n`` seeds, saying that one seed's interval covers the problems only."""
+    if n == 1:
+        return "1 seed: the interval covers the problems, not the seeds"
+    return f"{n} seeds"
+
+
+def _dynamics_verdict(result: dict[str, Any]) -> list[str]:
+    """The verdict's line on the curvatures: do experts change space, and how many inputs
+    sit on the ball's boundary (mean over the finished MoSELoRA runs)."""
+    m, n = result["dynamics_mean"], len(result["dynamics"])
+    if not n:
+        return []
+    share = "–"
+    if "boundary_share_end" in m:
+        share = f"{_pct(m.get('boundary_share_start'))} → {_pct(m['boundary_share_end'])}"
+    return [
+        f"- **Curvatures** ({n} {METHOD} run{'s' if n > 1 else ''}, mean): "
+        f"{_pct(m['sign_changed_share'])} of the curved experts changed space, mean "
+        f"|Δκ| {m['mean_abs_delta']:.3f}; boundary share {share}."
+    ]
+
+
+# --------------------------------------------------------------------------- the figures
+def _canvas(ncols: int, width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=110, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(1, ncols)
+
+
+def plot_kappa(result: dict[str, Any], path: Path) -> Path:
+    """The curvature dynamics of the MoSELoRA runs: mean κ of the experts that started
+    hyperbolic, of those that started spherical, and the share of curved experts that
+    changed space, against the step, one line per seed."""
+    fig, axes = _canvas(3, 11.0, 3.4)
+    titles = (
+        "mean κ, hyperbolic experts (κ₀ = −1)",
+        "mean κ, spherical experts (κ₀ = +1)",
+        "experts that changed space (%)",
+    )
+    for d in result["dynamics"]:
+        t = d["trajectory"]
+        flipped = [100 * f / d["curved_experts"] for f in t["kappa_flipped"]]
+        series = (t["kappa_hyperbolic"], t["kappa_spherical"], flipped)
+        for ax, ys in zip(axes, series, strict=True):
+            ax.plot(t["step"], ys, label=f"seed {d['seed']}")
+    for ax in axes[:2]:
+        ax.axhline(0.0, color="black", linewidth=0.6)  # crossing it: changing space
+    for ax, title in zip(axes, titles, strict=True):
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    if result["dynamics"]:
+        axes[0].legend(fontsize=8)
+    g = result["grid"]
+    if g["finished"]:
+        fig.suptitle(
+            f"{METHOD} on {g['model']}: lr {LRS[0]:g}, κ lr {g['curvature_lr']:g}, "
+            f"{g['steps']} steps × batch {g['batch_size']}",
+            fontsize=11,
+        )
+    return _save(fig, path)
+
+
+_LAYER = re.compile(r"layers\.(\d+)\..*?(\w+)$")
+
+
+def _by_layer(dynamics: Sequence[dict[str, Any]], when: str) -> dict[str, dict[int, float]]:
+    """``{projection: {layer index: share}}``, the mean over runs of the per-layer shares."""
+    acc: dict[tuple[str, int], list[float]] = {}
+    for d in dynamics:
+        for name, share in d[f"boundary_by_layer_{when}"].items():
+            m = _LAYER.search(name)
+            if m:
+                acc.setdefault((m.group(2), int(m.group(1))), []).append(share)
+    out: dict[str, dict[int, float]] = {}
+    for (proj, layer), values in sorted(acc.items(), key=lambda kv: kv[0][1]):
+        out.setdefault(proj, {})[layer] = statistics.fmean(values)
+    return out
+
+
+def plot_boundary(result: dict[str, Any], path: Path) -> Path:
+    """The boundary share of each MoSELoRA run at the start and the end (left), and per
+    layer and projection, mean over seeds (right: dashed at the start, solid at the end)."""
+    fig, (left, right) = _canvas(2, 11.0, 3.6)
+    runs = [d for d in result["dynamics"] if d["boundary_share_end"] is not None]
+    for d in runs:
+        ys = [100 * (d["boundary_share_start"] or 0), 100 * d["boundary_share_end"]]
+        left.plot([0, 1], ys, marker="o", label=f"{d['method']}, seed {d['seed']}")
+    left.set_xticks([0, 1], ["start", f"end (step {result['grid']['steps']})"])
+    left.set_xlim(-0.3, 1.3)
+    left.set_ylabel("pairs clipped onto the boundary (%)")
+    left.set_title("boundary share, all layers", fontsize=10)
+    colors = {}
+    for when, style in (("start", "--"), ("end", "-")):
+        for proj, shares in _by_layer(runs, when).items():
+            kw = {"color": colors[proj]} if proj in colors else {}
+            (line,) = right.plot(
+                list(shares),
+                [100 * v for v in shares.values()],
+                style,
+                marker=".",
+                label=f"{proj}, {when}",
+                **kw,
+            )
+            colors.setdefault(proj, line.get_color())
+    right.set_xlabel("layer")
+    right.set_title("per layer, mean over seeds", fontsize=10)
+    for ax in (left, right):
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def plot_per_expert(runs_dirs: Sequence[Path], result: dict[str, Any], path: Path) -> Path | None:
+    """κ of every expert of 4 evenly spaced layers over the steps, for the first MoSELoRA run
+    of the JSON (:func:`mosgeo_lora.plot.plot_curvature_dynamics` on its ``curvatures.json``,
+    the paper's Figure 2 itself); ``None`` when no such run or file exists."""
+    from mosgeo_lora.plot import plot_curvature_dynamics
+
+    for d in result["dynamics"]:
+        folder = run_folder(runs_dirs, d["method"], d["lr"], d["seed"])
+        history = folder / "curvatures.json"
+        if history.is_file():
+            title = f"{d['method']}, seed {d['seed']}: κ of every expert (4 of the layers)"
+            return plot_curvature_dynamics(
+                history, path, max_layers=4, group_by="block", dpi=90, title=title
+            )
+    return None
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, metadata={"Software": None})
+    return path
+
+
+# ------------------------------------------------------------------------------- the command
+def main(argv: Sequence[str] | None = None) -> int:
+    """Write the JSON, the two Markdown files and the two figures; print the tables."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--runs", nargs="+", type=Path, required=True, help="the grid folders")
+    ap.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples")
+    ap.add_argument("--out", type=Path, default=RESULTS, help="where the JSON and tables go")
+    ap.add_argument("--figures", type=Path, default=FIGURES, help="where the figures go")
+    args = ap.parse_args(argv)
+    command = "python benchmarks/issue15_results.py --runs " + " ".join(map(str, args.runs))
+    if args.bootstrap != 2000:
+        command += f" --bootstrap {args.bootstrap}"
+    result = collect(args.runs, args.bootstrap, command)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "issue15.json").write_text(json.dumps(result, indent=1) + "\n")
+    (args.out / "issue15.md").write_text(markdown(result))
+    (args.out / "issue15_verdict.md").write_text(verdict_markdown(result))
+    kappa, boundary, per_expert = (args.figures / name for name in FIGURE_NAMES)
+    plot_kappa(result, kappa)
+    plot_boundary(result, boundary)
+    plot_per_expert(args.runs, result, per_expert)
+    print(markdown(result) + "\n" + verdict_markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
