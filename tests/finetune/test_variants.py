@@ -308,3 +308,34 @@ def test_the_scale_pilot_table_is_the_one_its_json_gives():
         digits = 2 if start < 1 else 1
         assert f"{start:.{digits}f} % → {end:.{digits}f} %" == quoted
         assert quoted in page
+
+
+def test_the_kappa_lr_table_is_the_one_its_json_gives():
+    """``benchmarks/results/klr15_compare.md`` (included in docs/paired-experiment.md) is what
+    ``markdown_table`` writes from ``klr15_compare.json``, and the shares, distances and
+    differences the page quotes are the JSON's."""
+    from mosgeo_lora.finetune.compare import markdown_table
+
+    root = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+    result = json.loads((root / "klr15_compare.json").read_text())
+    c = result["config"]
+    cfg = CompareConfig(methods=tuple(c["methods"]), lrs=tuple(c["lrs"]), seeds=tuple(c["seeds"]))
+    assert markdown_table(result["summary"], cfg, result["paired"], result["missing"]) == (
+        (root / "klr15_compare.md").read_text()
+    )
+    page = (root.parents[1] / "docs" / "paired-experiment.md").read_text()
+    page = " ".join(page.split())
+    for method, share, delta in (
+        ("moselora@klr=1e-2", "0.0", "0.091"),
+        ("moselora", "3.8", "0.411"),
+    ):
+        d = result["summary"][method]["curvature_dynamics"]
+        assert f"{100 * d['sign_changed_share'][0]:.1f}" == share
+        assert f"{d['mean_abs_delta'][0]:.3f}" == delta
+        assert f"{share} %" in page and f"|Δκ| {delta}" in page
+    (pair,) = result["paired"]
+    nll, em = pair["nll"], pair["accuracy"]
+    quoted = f"{nll['diff']:+.3f} [{nll['low']:+.3f}, {nll['high']:+.3f}]".replace("-", "−")
+    assert quoted in page, quoted
+    quoted = f"{100 * em['diff']:+.1f} [{100 * em['low']:+.1f}, {100 * em['high']:+.1f}]"
+    assert quoted.replace("-", "−") in page, quoted
