@@ -418,3 +418,17 @@ def test_inference_mode_then_no_grad_then_training():
     model.train()
     model(input_ids=ids, labels=ids).loss.backward()
     assert all(p.grad is not None for n, p in model.named_parameters() if ".moselora_B." in n)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_no_grad_call_equals_a_training_call_in_half_precision(dtype):
+    """Half-precision weights: the inference path (the delta rounded to the storage dtype,
+    then added to the base layer's output, as the training path does) gives the logits of
+    a call that builds the backward."""
+    model = wrapped(init_weights=False).eval().to(dtype)
+    ids = tokens(length=4)
+    with_grad = model(input_ids=ids).logits
+    assert with_grad.requires_grad and with_grad.dtype == dtype
+    with torch.no_grad():
+        no_grad = model(input_ids=ids).logits
+    torch.testing.assert_close(no_grad.float(), with_grad.detach().float(), rtol=2e-2, atol=2e-2)
