@@ -34,6 +34,7 @@ from .base_models import DEFAULT_MODEL, TINY_MODEL, ModelError
 from .config import (
     OPTIMIZER_GROUPS,
     RECIPES,
+    SELECT_ON,
     CompareConfig,
     ConfigError,
     FinetuneConfig,
@@ -329,6 +330,14 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: %(default)s)",
     )
     cp.add_argument(
+        "--select-on",
+        choices=SELECT_ON,
+        default=_GRID["select_on"],
+        help="the validation score each method's learning rate is chosen on: the answer NLL "
+        "(lowest) or exact match (highest), compared on the seeds every swept learning rate "
+        "ran (default: %(default)s)",
+    )
+    cp.add_argument(
         "--validation-per-module",
         type=int,
         default=_GRID["validation_per_module"],
@@ -477,6 +486,7 @@ def _compare(ns: argparse.Namespace) -> int:
         seeds=ns.seeds,
         baselines=ns.baselines,
         bootstrap=ns.bootstrap,
+        select_on=ns.select_on,
         validation_per_module=ns.validation_per_module,
         output_dir=ns.output_dir,
         base=base,
@@ -525,6 +535,7 @@ def _compare_report(ns: argparse.Namespace) -> int:
         **axes,
         baselines=ns.baselines,
         bootstrap=ns.bootstrap,
+        select_on=ns.select_on,
         validation_per_module=ns.validation_per_module,
         output_dir=ns.output_dir,
         base=base,

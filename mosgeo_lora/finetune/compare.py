@@ -38,7 +38,7 @@ import numpy as np
 
 from . import data as mdata
 from .base_models import load
-from .config import CompareConfig, ConfigError, FinetuneConfig
+from .config import SELECT_ON, CompareConfig, ConfigError, FinetuneConfig
 from .methods import parse_method
 from .train import finetune, last_checkpoint
 
@@ -49,6 +49,7 @@ __all__ = [
     "missing_runs",
     "check_one_experiment",
     "summarize",
+    "choose_lr",
     "paired_bootstrap",
     "paired_differences",
     "per_problem",
@@ -259,7 +260,7 @@ def _write(
     runs: list[dict[str, Any]],
     runs_dirs: Sequence[str | Path],
 ) -> dict[str, Any]:
-    summary = summarize(runs, cfg.methods)
+    summary = summarize(runs, cfg.methods, cfg.select_on)
     paired = paired_differences(runs, summary, cfg.baselines, cfg.bootstrap)
     missing = missing_runs(cfg, runs, runs_dirs)
     result = {
@@ -298,9 +299,60 @@ def _mean_sd(xs: Sequence[float]) -> tuple[float, float]:
     return statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0
 
 
-def summarize(runs: list[dict[str, Any]], methods: Sequence[str]) -> dict[str, Any]:
-    """Per method: the learning rate with the best mean validation accuracy, and the test
-    accuracies (mean, sd over seeds) at that learning rate."""
+def choose_lr(by_lr: dict[float, list[dict[str, Any]]], select_on: str = "nll") -> dict[str, Any]:
+    """The learning rate of one method chosen on the validation set.
+
+    The choice compares the learning rates on the **tuning seeds**, the seeds every swept
+    learning rate ran, so that a learning rate tried with one seed competes with another's
+    run of that same seed, not with a mean over more seeds (with no seed in common, each
+    learning rate's mean over its own seeds). ``select_on="nll"`` picks the lowest mean
+    validation answer NLL, ``"accuracy"`` the highest mean validation exact match; a tie goes
+    to the smaller learning rate. If a run did not score the validation NLL, the choice is
+    on exact match.
+
+    Returns:
+        ``{"best_lr", "selected_on", "tuning_seeds", "validation_by_lr" (exact match),
+        "validation_nll_by_lr"}`` (the means on the tuning seeds; the NLL ``{}`` without it).
+
+    Raises:
+        ValueError: ``select_on`` is not one of :data:`SELECT_ON`, or ``by_lr`` is empty.
+    """
+    if select_on not in SELECT_ON:
+        raise ValueError(f"select_on must be one of {SELECT_ON}, got {select_on!r}")
+    if not by_lr:
+        raise ValueError("no runs to choose a learning rate from")
+    seed_sets = [{r["config"]["seed"] for r in rs} for rs in by_lr.values()]
+    common = set.intersection(*seed_sets)
+    tuning = {
+        lr: [r for r in rs if not common or r["config"]["seed"] in common]
+        for lr, rs in by_lr.items()
+    }
+    acc = {lr: statistics.fmean(r["accuracy"][VALIDATION] for r in rs) for lr, rs in tuning.items()}
+    has_nll = all(VALIDATION in (r.get("nll") or {}) for rs in tuning.values() for r in rs)
+    nll = (
+        {lr: statistics.fmean(r["nll"][VALIDATION] for r in rs) for lr, rs in tuning.items()}
+        if has_nll
+        else {}
+    )
+    used = select_on if nll else "accuracy"
+    if used == "nll":
+        best = min(nll, key=lambda lr: (nll[lr], lr))
+    else:
+        best = max(acc, key=lambda lr: (acc[lr], -lr))
+    return {
+        "best_lr": best,
+        "selected_on": used,
+        "tuning_seeds": sorted(common) if common else None,
+        "validation_by_lr": acc,
+        "validation_nll_by_lr": nll,
+    }
+
+
+def summarize(
+    runs: list[dict[str, Any]], methods: Sequence[str], select_on: str = "nll"
+) -> dict[str, Any]:
+    """Per method: the learning rate chosen on the validation set (:func:`choose_lr`), and
+    the test scores (mean, sd over seeds) at that learning rate, with every seed it ran."""
     out: dict[str, Any] = {}
     for method in methods:
         mine = [r for r in runs if r["method"] == method and r.get("accuracy")]
@@ -309,10 +361,8 @@ def summarize(runs: list[dict[str, Any]], methods: Sequence[str]) -> dict[str, A
         by_lr: dict[float, list[dict]] = {}
         for r in mine:
             by_lr.setdefault(r["config"]["lr"], []).append(r)
-        val = {
-            lr: statistics.fmean(r["accuracy"][VALIDATION] for r in rs) for lr, rs in by_lr.items()
-        }
-        best = max(val, key=lambda lr: (val[lr], -lr))
+        choice = choose_lr(by_lr, select_on)
+        best = choice["best_lr"]
         rs = by_lr[best]
         sets = [s for s in rs[0]["accuracy"] if s != VALIDATION]
         acc = {s: _mean_sd([r["accuracy"][s] for r in rs]) for s in sets}
@@ -325,8 +375,7 @@ def summarize(runs: list[dict[str, Any]], methods: Sequence[str]) -> dict[str, A
                     [statistics.fmean(r["accuracy"][s] for s in group) for r in rs]
                 )
         out[method] = {
-            "best_lr": best,
-            "validation_by_lr": val,
+            **choice,
             "seeds": [r["config"]["seed"] for r in rs],
             "accuracy": acc,
             "step_time_s": statistics.median(r["step_time_s"] for r in mine if r["step_time_s"]),
@@ -543,18 +592,39 @@ def markdown_table(
             f"| {m} | {s['trainable_parameters']:,} | {s['activated_parameters']:,} | "
             f"{mu:.3f} ± {sd:.3f} | {s['step_time_s']:.2f} | {s['peak_rss_mb']:.0f} |"
         )
-    lines += [
-        "",
-        "Validation accuracy (%) by learning rate (mean over seeds):",
-        "",
-        "| method | " + " | ".join(f"{lr:g}" for lr in cfg.lrs) + " |",
-        "|---|" + "---|" * len(cfg.lrs),
-    ]
-    for m in methods:
-        v = {float(lr): acc for lr, acc in summary[m]["validation_by_lr"].items()}  # JSON: str
-        cells = [f"{100 * v[lr]:.1f}" if lr in v else "–" for lr in cfg.lrs]
-        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    lines += _lr_lines(summary, cfg)
     return "\n".join(lines) + "\n"
+
+
+def _lr_lines(summary: dict[str, Any], cfg: CompareConfig) -> list[str]:
+    """The learning-rate choice: validation exact match and answer NLL by learning rate, the
+    score each method was chosen on and the seeds the choice compared."""
+    lrs = "| " + " | ".join(f"{lr:g}" for lr in cfg.lrs) + " |"
+    lines = [
+        "",
+        "The learning-rate choice on the validation set (means over the tuning seeds, the "
+        "seeds every swept learning rate ran; the chosen one in bold):",
+        "",
+        "| method | chosen on | tuning seeds | score " + lrs,
+        "|---|---|---|---|" + "---|" * len(cfg.lrs),
+    ]
+    for m, s in summary.items():
+        used = s.get("selected_on", "accuracy")
+        seeds = s.get("tuning_seeds")
+        for name, key, scale, digits in (
+            ("exact match (%)", "validation_by_lr", 100, 1),
+            ("answer NLL", "validation_nll_by_lr", 1, 3),
+        ):
+            v = {float(lr): x for lr, x in (s.get(key) or {}).items()}  # JSON keys: str
+            if not v:
+                continue
+            cells = []
+            for lr in cfg.lrs:
+                text = f"{scale * v[lr]:.{digits}f}" if lr in v else "–"
+                cells.append(f"**{text}**" if lr == float(s["best_lr"]) and lr in v else text)
+            tuned = ", ".join(map(str, seeds)) if seeds else "none in common: each lr's own"
+            lines.append(f"| {m} | {used} | {tuned} | {name} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _missing_lines(missing: Sequence[dict[str, Any]], cfg: CompareConfig) -> list[str]:

@@ -345,6 +345,10 @@ def apply_recipe(cfg: FinetuneConfig, name: str, keep: Iterable[str] = ()) -> Fi
     return replace(cfg, **values, recipe=name)
 
 
+#: The validation scores a grid's learning rate can be chosen on (``CompareConfig.select_on``).
+SELECT_ON = ("nll", "accuracy")
+
+
 @dataclass
 class CompareConfig:
     """A grid of runs: methods × learning rates × seeds, each a :class:`FinetuneConfig`
@@ -364,6 +368,11 @@ class CompareConfig:
     baselines: tuple[str, ...] = ()
     #: ``--bootstrap``: resamples of the paired bootstrap (0: no confidence intervals).
     bootstrap: int = 2000
+    #: ``--select-on``: the validation score a method's learning rate is chosen on:
+    #: ``"nll"`` (the answer NLL, lowest wins: a continuous score of every problem, far less
+    #: noisy than exact match) or ``"accuracy"`` (exact match, highest wins). Runs that did
+    #: not score the validation NLL are chosen on exact match.
+    select_on: str = "nll"
     #: ``--validation-per-module``: validation problems per training module.
     validation_per_module: int = 20
     #: ``--output-dir``: one folder per run below it, and ``compare.{md,json}``.

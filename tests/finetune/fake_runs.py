@@ -26,12 +26,14 @@ def write_run(
     nll: dict[str, list[float]],
     lr: float = 1e-3,
     log: list[dict] | None = None,
+    validation: tuple[float, float] = (0.5, 0.1),
     **settings,
 ) -> Path:
     """A finished run of ``compare``'s grid under ``root``: its folder with a ``metrics.json``
     of the schema ``finetune`` writes (per-problem exact match and answer NLL per test set,
     a validation set, and curvature dynamics for ``moselora``), and the rows of ``log`` as
-    its ``train_log.jsonl``."""
+    its ``train_log.jsonl``. ``validation``: the validation set's exact match and answer
+    NLL."""
     run_dir = root / method / f"lr{lr:g}" / f"seed{seed}"
     run_dir.mkdir(parents=True)
     cfg = FinetuneConfig(
@@ -52,11 +54,12 @@ def write_run(
         }
         for name in correct
     }
+    acc, vnll = validation
     ev[VALIDATION] = {
         "n": 1,
-        "accuracy": 0.5,
-        "nll": 0.1,
-        "per_problem": {"correct": [1], "nll": [0.1]},
+        "accuracy": acc,
+        "nll": vnll,
+        "per_problem": {"correct": [int(acc >= 0.5)], "nll": [vnll]},
     }
     curved = method == "moselora"
     metrics = {

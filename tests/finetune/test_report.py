@@ -162,3 +162,21 @@ def test_cli_report_only_refuses_a_command_that_is_not_the_runs(tmp_path, capsys
     assert main(["compare", "--runs-dir", str(a)]) == 2  # --runs-dir trains nothing
     assert "--runs-dir is for --report-only" in capsys.readouterr().err
     assert main(["compare", "--report-only", "--runs-dir", str(tmp_path / "empty")]) == 2
+
+
+def test_cli_select_on_chooses_the_learning_rate_on_that_validation_score(tmp_path, capsys):
+    # lr 2e-3 has the lower validation NLL, lr 1e-3 the higher validation exact match
+    for lr, validation in ((1e-3, (0.9, 0.5)), (2e-3, (0.1, 0.2))):
+        write_run(tmp_path / "g", "lora", 0, *scores(good=lr == 1e-3), lr=lr, validation=validation)
+    argv = ["compare", "--report-only", "--runs-dir", str(tmp_path / "g"), "--bootstrap", "0"]
+    chosen = {}
+    for flag in ((), ("--select-on", "accuracy")):
+        out = tmp_path / f"out{len(flag)}"
+        assert main([*argv, "--output-dir", str(out), *flag]) == 0
+        saved = json.loads((out / "compare.json").read_text())
+        s = saved["summary"]["lora"]
+        chosen[saved["config"]["select_on"]] = (s["best_lr"], s["selected_on"])
+    assert chosen == {"nll": (2e-3, "nll"), "accuracy": (1e-3, "accuracy")}
+    with pytest.raises(SystemExit):
+        main([*argv, "--select-on", "loss"])
+    assert "invalid choice: 'loss'" in capsys.readouterr().err
