@@ -17,6 +17,10 @@ private API                              used for
 ``Tensor._version``                      the in-place version counter: a layer's
                                          inference cache is valid while its
                                          weights' versions are unchanged
+``Module._modules`` / ``._parameters`` /  an adapter's weights read per decoding call
+``._buffers``; ``ParameterDict`` and      without ``nn.Module.__getattr__`` (each
+``BufferDict`` keeping a ``str`` key as   lookup through it costs about a microsecond,
+the attribute name                        a dozen per call)
 =======================================  ==========================================
 """
 
@@ -28,7 +32,14 @@ import torch
 from peft.tuners._buffer_dict import BufferDict
 from peft.tuners.tuners_utils import _get_in_out_features
 
-__all__ = ["BufferDict", "extend_str_enum", "in_out_features", "tensor_versions"]
+__all__ = [
+    "BufferDict",
+    "adapter_dropout",
+    "adapter_tensors",
+    "extend_str_enum",
+    "in_out_features",
+    "tensor_versions",
+]
 
 
 def in_out_features(layer: torch.nn.Module) -> tuple[int | None, int | None]:
@@ -64,3 +75,27 @@ def tensor_versions(*tensors: torch.Tensor | None) -> tuple:
     ``copy_``, ``load_state_dict``); a new tensor (``.to()``, ``param.data = …``) has a new
     address. Plain tensors with data only."""
     return tuple(None if t is None else (t.data_ptr(), t._version) for t in tensors)
+
+
+def adapter_tensors(layer: torch.nn.Module, name: str) -> tuple:
+    """``(A, W_g, B_cat, κ learnable or None, κ fixed, ρ or None)`` of a MoSELoRA layer's
+    adapter ``name``: the tensors ``layer.moselora_A[name].weight``,
+    ``layer.moselora_router[name].weight``, ``layer.moselora_B[name].weight``,
+    ``layer.moselora_k[name]``, ``layer.moselora_k_fixed[name]`` and
+    ``layer.moselora_log_scale[name]`` name, read from the modules' own dictionaries."""
+    mods = layer._modules
+    k = mods["moselora_k"]._parameters.get(name)
+    rho = mods["moselora_log_scale"]._parameters.get(name)
+    return (
+        mods["moselora_A"]._modules[name]._parameters["weight"],
+        mods["moselora_router"]._modules[name]._parameters["weight"],
+        mods["moselora_B"]._modules[name]._parameters["weight"],
+        k,
+        mods["moselora_k_fixed"]._buffers[name],
+        rho,
+    )
+
+
+def adapter_dropout(layer: torch.nn.Module, name: str) -> torch.nn.Module:
+    """``layer.moselora_dropout[name]``, read from the modules' own dictionaries."""
+    return layer._modules["moselora_dropout"]._modules[name]

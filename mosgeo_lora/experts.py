@@ -54,6 +54,7 @@ __all__ = [
     "MixState",
     "gram_matrices",
     "mix_forward",
+    "mix_infer",
     "mix_backward",
 ]
 
@@ -166,6 +167,13 @@ def mix_forward(
     ``alpha ≠ 1`` the call saves no state). Returns ``(out, state)``."""
     if alpha != 1.0 and save:
         raise ValueError("mix_forward: alpha ≠ 1 is for calls without a backward (save=False)")
+    if gram is not None and not save:  # the inference cache's terms
+        if terms is None:
+            terms = radial.curvature_terms(
+                k.to(compute_dtype(z.dtype)), default_eps(z.dtype), input_map
+            )
+        out = mix_infer(z, b_cat, gates, gram, terms, input_map=input_map, base=base, alpha=alpha)
+        return out, None
     dtype = z.dtype
     cdt = compute_dtype(dtype)
     eps = default_eps(dtype)  # the literal path's margins: those of the storage dtype
@@ -179,9 +187,7 @@ def mix_forward(
     bc = b_cat if b_cat.dtype == cdt else b_cat.to(cdt)
     bv = bc.view(d_out, n, r)
     zg = bz = None
-    if gram is not None:  # the inference cache's: plain ops, cheapest to dispatch on few tokens
-        q = ((zt @ gram).view(t, n, r) * zt.unsqueeze(1)).sum(-1)
-    elif save or t >= r:  # one top-level op each (one launch per contraction)
+    if save or t >= r:  # one top-level op each (one launch per contraction)
         gram = torch.einsum("dnr,dns->nrs", bv, bv)  # B_iᵀB_i, once per call
         zg = torch.einsum("tr,nrs->tns", zt, gram)
         q = torch.einsum("tns,ts->tn", zg, zt)
@@ -215,6 +221,44 @@ def mix_forward(
     if not save:
         return out, None
     return out, MixState(zt, mu, b_cat, bv, zg, gamma, h, scale)
+
+
+def mix_infer(
+    z: Tensor,
+    b_cat: Tensor,
+    gates: Tensor,
+    gram: Tensor,
+    terms: radial.CurvatureTerms,
+    *,
+    input_map: str,
+    base: Tensor | None = None,
+    alpha: float = 1.0,
+) -> Tensor:
+    r""":func:`mix_forward` of a call without a backward, ``base + alpha·Σ_i γ_i B_i z``, with
+    the terms that depend on the weights alone computed before (a layer's inference cache):
+    ``gram`` (:func:`gram_matrices` in the compute dtype) and ``terms``
+    (:func:`mosgeo.radial.curvature_terms` of κ). Each form is that of :func:`mix_forward`:
+    ``q_i = z̃ᵀG_iz̃`` from one ``z̃ [G_1 … G_N]`` matmul, ``γ`` by
+    :func:`mosgeo.radial.gamma_forward`, the mixture as one ``addmm`` over ``B_cat``."""
+    dtype = z.dtype
+    cdt = compute_dtype(dtype)
+    zc = z if dtype == cdt else z.to(cdt)
+    mu = torch.linalg.vector_norm(zc, float("inf"), dim=-1, keepdim=True)
+    zt = zc / mu.clamp_min_(torch.finfo(cdt).tiny)
+    t, r = zt.shape
+    n = gram.shape[1] // r
+    q = ((zt @ gram).view(t, n, r) * zt.unsqueeze(1)).sum(-1)
+    nz = None if input_map == "lift" else torch.linalg.vector_norm(zt, dim=-1, keepdim=True)
+    gamma, _ = radial.gamma_forward(
+        nz, q, terms.k, gates, mu, eps=default_eps(dtype), input_map=input_map,
+        inside=cdt != dtype, save=False, terms=terms,
+    )  # fmt: skip
+    if alpha != 1.0 and base is None:
+        gamma = gamma * alpha
+    h = (gamma.unsqueeze(-1) * zt.unsqueeze(1)).view(t, n * r)
+    if cdt != dtype:
+        h = h.to(dtype)
+    return F.linear(h, b_cat) if base is None else torch.addmm(base, h, b_cat.t(), alpha=alpha)
 
 
 def mix_backward(

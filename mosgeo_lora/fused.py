@@ -39,7 +39,7 @@ from mosgeo import radial
 from mosgeo.numerics import compute_dtype, default_eps
 
 from .balance import balance_terms
-from .experts import MixState, gram_matrices, mix_backward, mix_forward
+from .experts import MixState, gram_matrices, mix_backward, mix_forward, mix_infer
 from .router import route_backward, route_forward, route_gates
 
 Tensor = torch.Tensor
@@ -222,61 +222,66 @@ def adapter(
 
 
 class Constants(NamedTuple):
-    """What a call without a backward reads of the weights alone (:func:`constants`): valid
-    while ``B``, κ and ρ are unchanged, so a layer computes it once for a whole generation."""
+    """Everything a call without a backward reads of the weights and settings alone
+    (:func:`constants`): valid while ``A``, ``W_g``, ``B``, κ, ρ and the settings are
+    unchanged, so a layer builds it once for a whole generation and a call does tensor ops
+    only."""
 
+    #: ``(A, W_g, B_cat)``.
+    weights: tuple[Tensor, Tensor, Tensor]
     #: :func:`mosgeo.radial.curvature_terms` of κ (``κ e^{-2ρ}`` with an input scale), in the
     #: compute dtype.
     terms: radial.CurvatureTerms
     #: :func:`mosgeo_lora.experts.gram_matrices` of ``B_cat``, ``(r, N·r)``, compute dtype.
     gram: Tensor
+    #: The call's static settings.
+    spec: Spec
+    #: The gates' constant factor: :func:`mosgeo.radial.gate_scale` of the storage dtype's
+    #: margin and the output scale ``α/r`` (the up-projection's ``addmm`` ``alpha``).
+    value: float
 
 
 def constants(
     weights: tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor],
-    input_map: str,
+    spec: Spec,
     log_scale: Tensor | None = None,
 ) -> Constants:
-    """The :class:`Constants` of ``weights`` (:func:`adapter`'s, in the adapter's dtype)."""
-    a_w, _, b_w, k_learn, k_fixed = weights
+    """The :class:`Constants` of ``weights`` (:func:`adapter`'s, in the adapter's dtype) and
+    ``spec`` (its ``balance``, ``counts`` and ``aux`` are not read)."""
+    a_w, g_w, b_w, k_learn, k_fixed = weights
     dtype = a_w.dtype
     cdt = compute_dtype(dtype)
     with torch.no_grad():
         k, _ = _curvatures(k_learn, k_fixed, log_scale, cdt)
-        terms = radial.curvature_terms(k, default_eps(dtype), input_map)
-        return Constants(terms, gram_matrices(b_w, k.shape[0], cdt))
+        terms = radial.curvature_terms(k, default_eps(dtype), spec.input_map)
+        gram = gram_matrices(b_w, k.shape[0], cdt)
+    value = radial.gate_scale(default_eps(dtype), spec.scaling)
+    return Constants((a_w, g_w, b_w), terms, gram, spec, value)
 
 
-def infer(
-    x: Tensor,
-    base: Tensor | None,
-    weights: tuple[Tensor, Tensor, Tensor],
-    consts: Constants,
-    spec: Spec,
-) -> tuple[Tensor, Tensor | None]:
+def infer(x: Tensor, base: Tensor | None, consts: Constants) -> tuple[Tensor, Tensor | None]:
     r""":func:`adapter`'s output for a call that needs no gradient and no balance term
-    (evaluation, decoding), with the weight-only terms of :func:`constants` computed before:
-    the fewest ops per call (one adapted layer decoding one token: 48 top-level aten ops with
-    the base layer's matmul, against 59 for :func:`adapter` without a gradient;
-    ``tests/tuner/test_ops.py``).
+    (evaluation, decoding), with everything that depends on the weights alone in ``consts``
+    (:func:`constants`): the fewest ops per call, and no Python work but the ops (one adapted
+    layer decoding one token: 44 top-level aten ops with the base layer's matmul, against 59
+    for :func:`adapter` without a gradient; ``tests/tuner/test_ops.py``).
 
-    ``weights`` is ``(A, W_g, B_cat)``. Returns ``(out, chosen)``: ``chosen`` the indices
-    of each token's experts (``(T, top_k)``; ``None`` when dense), from which a layer counts
-    its routing (:func:`mosgeo_lora.router.route_gates`)."""
-    a_w, g_w, b_w = weights
+    Returns ``(out, chosen)``: ``chosen`` the indices of each token's experts (``(T,
+    top_k)``; ``None`` when dense), from which a layer counts its routing
+    (:func:`mosgeo_lora.router.route_gates`)."""
+    a_w, g_w, b_w = consts.weights
+    spec = consts.spec
     shape = x.shape
     x2 = x if x.dim() == 2 else x.reshape(-1, shape[-1])
     z = F.linear(x2, a_w)
     logits = F.linear(x2 if spec.router_on_input else z, g_w)
-    value = radial.gate_scale(default_eps(z.dtype), spec.scaling)
-    gates, chosen = route_gates(logits, spec.top_k)  # value: the addmm's alpha
+    gates, chosen = route_gates(logits, spec.top_k)
     d_out = b_w.shape[0]
     if base is not None and base.dim() != 2:
         base = base.reshape(-1, d_out)
-    terms = consts.terms
-    out, _ = mix_forward(
-        z, b_w, terms.k, gates, input_map=spec.input_map, base=base, save=False,
-        gram=consts.gram, terms=terms, alpha=value,
+    out = mix_infer(
+        z, b_w, gates, consts.gram, consts.terms, input_map=spec.input_map, base=base,
+        alpha=consts.value,
     )  # fmt: skip
     if x.dim() != 2:
         out = out.view(*shape[:-1], d_out)

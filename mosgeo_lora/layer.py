@@ -41,7 +41,13 @@ from torch import nn
 
 from mosgeo.numerics import HALF_DTYPES
 
-from ._compat import BufferDict, in_out_features, tensor_versions
+from ._compat import (
+    BufferDict,
+    adapter_dropout,
+    adapter_tensors,
+    in_out_features,
+    tensor_versions,
+)
 from .balance import CALL_KWARG, BalanceGradient, CallState, balance_loss_and_grad
 from .config import MoSELoraConfig
 from .experts import experts_reference
@@ -105,8 +111,11 @@ class MoSELoraLayer(BaseTunerLayer):
         self._disable_adapters = False
         self.merged_adapters: list[str] = []
         self.kwargs = kwargs
-        #: Routing slots each expert received since the last reset (:mod:`mosgeo_lora.stats`).
-        self.route_counts: dict[str, torch.Tensor] = {}
+        # the routing slots each expert received since the last reset (``route_counts``)
+        self._route_counts: dict[str, torch.Tensor] = {}
+        # per adapter, the chosen experts of calls without a backward not counted yet
+        # (decoding: counted once per _PENDING_ROUTES calls, or when read)
+        self._pending_routes: dict[str, list[torch.Tensor]] = {}
         #: Real (non-padding) tokens routed since the last reset (a tensor on the layer's
         #: device: counting never waits for the device; :func:`~mosgeo_lora.stats.routing_stats`
         #: reads it).
@@ -121,10 +130,19 @@ class MoSELoraLayer(BaseTunerLayer):
             raise TypeError(f"MoSELoRA cannot adapt {type(self.get_base_layer()).__name__}")
         self.in_features, self.out_features = in_features, out_features
 
+    @property
+    def route_counts(self) -> dict[str, torch.Tensor]:
+        """Routing slots each expert received since the last reset, per adapter
+        (:mod:`mosgeo_lora.stats`); the calls not counted yet are counted first."""
+        for name in list(self._pending_routes):
+            self._flush_routes(name)
+        return self._route_counts
+
     # ------------------------------------------------------------------ parameters
     def update_layer(self, adapter_name: str, config: MoSELoraConfig, **kwargs: Any) -> None:
         """Create (or re-create) the adapter ``adapter_name`` from ``config``."""
         r, n = config.r, config.num_experts
+        self._inference_constants.pop(adapter_name, None)
         self.r[adapter_name] = r
         self.scaling[adapter_name] = config.scaling
         self.settings[adapter_name] = {
@@ -216,6 +234,10 @@ class MoSELoraLayer(BaseTunerLayer):
         ``call`` is the state of the wrapped model's forward pass (its token mask and weight);
         without one (a layer called on its own) every token counts and the balance term
         weighs ``aux_loss_coef``."""
+        if base is not None and not self.training and not torch.is_grad_enabled():
+            out = self._evaluation_call(x, base, adapter_name, call)
+            if out is not None:
+                return out
         cfg = self.settings[adapter_name]
         a_lin = self.moselora_A[adapter_name]
         dtype = a_lin.weight.dtype
@@ -244,6 +266,40 @@ class MoSELoraLayer(BaseTunerLayer):
         if base is None or inner:
             return out
         return base + out.to(base.dtype)
+
+    def _evaluation_call(
+        self,
+        x: torch.Tensor,
+        base: torch.Tensor,
+        adapter_name: str,
+        call: CallState | None,
+    ) -> torch.Tensor | None:
+        """The whole of :meth:`adapter_delta` for a call in evaluation mode without a
+        gradient (evaluation, decoding) in the common case — the fused path, dropout off, no
+        autocast, the input, the base layer's output and the adapter in one float32 or
+        float64 dtype — with the fewest Python steps: :func:`mosgeo_lora.fused.infer` with
+        the cached constants, then the routing counted. ``None`` in any other case (the
+        general path then runs: the same result)."""
+        if not self.settings[adapter_name]["fused"] or not _cacheable(x):
+            return None
+        consts = self._constants(adapter_name)
+        dtype = consts.weights[0].dtype
+        if (
+            x.dtype != dtype
+            or base.dtype != dtype
+            or dtype in HALF_DTYPES
+            or adapter_dropout(self, adapter_name).training
+            or torch.is_autocast_enabled(x.device.type)
+        ):
+            return None
+        out, chosen = fused_infer(x, base, consts)
+        if call is None or not call.closed:  # not a recomputation: count the routing
+            w = None
+            mask = None if call is None else call.token_mask
+            if mask is not None and tuple(mask.shape) == tuple(x.shape[:-1]):
+                w = mask.reshape(-1, 1).to(_wide(dtype))
+            self._count_chosen(adapter_name, chosen, w, x)
+        return out
 
     def _fused_delta(
         self,
@@ -296,22 +352,7 @@ class MoSELoraLayer(BaseTunerLayer):
     ) -> torch.Tensor:
         """:meth:`_fused_delta` of a call under ``no_grad``, outside training (no balance
         term to record): :func:`mosgeo_lora.fused.infer` with the cached constants."""
-        cfg = self.settings[adapter_name]
-        weights = (
-            self.moselora_A[adapter_name].weight,
-            self.moselora_router[adapter_name].weight,
-            self.moselora_B[adapter_name].weight,
-        )
-        spec = Spec(
-            top_k=cfg["top_k"],
-            input_map=cfg["input_map"],
-            scaling=self.scaling[adapter_name],
-            balance=False,
-            counts=counting,
-            aux=False,
-            router_on_input=cfg["router_input"] == "input",
-        )
-        out, chosen = fused_infer(x, base, weights, self._constants(adapter_name), spec)
+        out, chosen = fused_infer(x, base, self._constants(adapter_name))
         if counting:
             w = None if token_mask is None else token_mask.reshape(-1, 1).to(_wide(x.dtype))
             self._count_chosen(adapter_name, chosen, w, x)
@@ -333,22 +374,29 @@ class MoSELoraLayer(BaseTunerLayer):
 
     def _constants(self, adapter_name: str) -> FusedConstants:
         """The adapter's :func:`mosgeo_lora.fused.constants`, from the cache while ``A``,
-        ``B``, κ and ρ have the versions it was computed from."""
-        k = self.moselora_k[adapter_name] if adapter_name in self.moselora_k else None
-        rho = self.moselora_log_scale.get(adapter_name)
-        a_w = self.moselora_A[adapter_name].weight
-        b_w = self.moselora_B[adapter_name].weight
-        fixed = self.moselora_k_fixed[adapter_name]
-        key = tensor_versions(a_w, b_w, k, fixed, rho)
+        ``W_g``, ``B``, κ, ρ and the output scale are those it was built from (the weights'
+        storage and in-place versions: :func:`mosgeo_lora._compat.tensor_versions`).
+        Decoding calls this once per token and layer: the weights are read from the
+        modules' own dictionaries (:func:`mosgeo_lora._compat.adapter_tensors`)."""
+        tensors = adapter_tensors(self, adapter_name)
+        key = (tensor_versions(*tensors), self.scaling[adapter_name])
         hit = self._inference_constants.get(adapter_name)
         if hit is not None and hit[0] == key:
             return hit[1]
-        bounds = self.settings[adapter_name]["curvature_bounds"]
-        if k is not None and bounds is not None:
-            k = k.clamp(*bounds)
-        consts = fused_constants(
-            (a_w, None, b_w, k, fixed), self.settings[adapter_name]["input_map"], rho
+        a_w, g_w, b_w, k, fixed, rho = tensors
+        cfg = self.settings[adapter_name]
+        if k is not None and cfg["curvature_bounds"] is not None:
+            k = k.clamp(*cfg["curvature_bounds"])
+        spec = Spec(
+            top_k=cfg["top_k"],
+            input_map=cfg["input_map"],
+            scaling=self.scaling[adapter_name],
+            balance=False,
+            counts=True,
+            aux=False,
+            router_on_input=cfg["router_input"] == "input",
         )
+        consts = fused_constants((a_w, g_w, b_w, k, fixed), spec, rho)
         self._inference_constants[adapter_name] = (key, consts)
         return consts
 
@@ -360,20 +408,41 @@ class MoSELoraLayer(BaseTunerLayer):
         if chosen is None:  # dense
             self._count_fused(adapter_name, None, 1.0, w, x)
             return
+        if w is None:  # every token counts: kept, counted in one op per _PENDING_ROUTES
+            if adapter_name not in self._route_counts:
+                self._route_counts[adapter_name] = self._counts_of(
+                    adapter_name, _wide(x.dtype), x.device
+                )
+            pending = self._pending_routes.setdefault(adapter_name, [])
+            pending.append(chosen)
+            self.route_tokens[adapter_name] = self.route_tokens.get(adapter_name, 0) + len(chosen)
+            if len(pending) >= _PENDING_ROUTES:
+                self._flush_routes(adapter_name)
+            return
         with torch.no_grad():
             flat = chosen.reshape(-1)
-            prev = self.route_counts.get(adapter_name)
-            if prev is None:
-                n = self.settings[adapter_name]["num_experts"]
-                prev = torch.zeros(n, dtype=_wide(x.dtype), device=x.device)
-            if w is None:
-                tokens = chosen.shape[0]
-                counts = prev.index_add(0, flat, _one(prev).expand(flat.shape))
-            else:
-                tokens = w.sum()
-                counts = prev.index_add(0, flat, w.expand(chosen.shape).reshape(-1))
-            self.route_counts[adapter_name] = counts
-            self.route_tokens[adapter_name] = self.route_tokens.get(adapter_name, 0) + tokens
+            prev = self._counts_of(adapter_name, w.dtype, x.device)
+            counts = prev.index_add(0, flat, w.expand(chosen.shape).reshape(-1))
+            self._route_counts[adapter_name] = counts
+            self.route_tokens[adapter_name] = self.route_tokens.get(adapter_name, 0) + w.sum()
+
+    def _counts_of(self, adapter_name: str, dtype: torch.dtype, device) -> torch.Tensor:
+        """The adapter's routing counts so far (zeros if none)."""
+        prev = self._route_counts.get(adapter_name)
+        if prev is None:
+            n = self.settings[adapter_name]["num_experts"]
+            prev = torch.zeros(n, dtype=dtype, device=device)
+        return prev
+
+    def _flush_routes(self, adapter_name: str) -> None:
+        """Count the pending chosen experts of ``adapter_name`` in one ``index_add``."""
+        pending = self._pending_routes.pop(adapter_name)
+        with torch.no_grad():
+            flat = torch.cat([c.reshape(-1) for c in pending])
+            prev = self._route_counts[adapter_name]  # made by the first pending call
+            self._route_counts[adapter_name] = prev.index_add(
+                0, flat, _one(prev).expand(flat.shape)
+            )
 
     def _count_fused(
         self,
@@ -463,6 +532,11 @@ class MoSELoraLayer(BaseTunerLayer):
             self.route_counts[adapter_name] = counts if prev is None else prev + counts
             tokens = m.shape[0] if token_mask is None else token_mask.sum()  # no host sync
             self.route_tokens[adapter_name] = self.route_tokens.get(adapter_name, 0) + tokens
+
+
+#: Calls without a backward whose chosen experts a layer keeps before counting them (one
+#: ``index_add`` per this many decoding calls instead of one per call; a read counts them).
+_PENDING_ROUTES = 64
 
 
 def _wide(dtype: torch.dtype) -> torch.dtype:

@@ -61,3 +61,27 @@ def test_tensor_versions_change_with_every_in_place_update_and_only_then():
     key = tensor_versions(p)
     p.data = p.data.double()  # a new tensor
     assert tensor_versions(p) != key
+
+
+@pytest.mark.parametrize("scaled", [False, True])
+def test_adapter_tensors_are_the_modules_own(scaled):
+    from tiny_models import tiny_llama
+
+    import mosgeo_lora
+
+    cfg = mosgeo_lora.MoSELoraConfig(input_scale="sqrt_d_in" if scaled else None)
+    model = mosgeo_lora.wrap(tiny_llama(), cfg)
+    layer = model.get_base_model().model.layers[0].mlp.gate_proj
+    name = "default"
+    want = (
+        layer.moselora_A[name].weight,
+        layer.moselora_router[name].weight,
+        layer.moselora_B[name].weight,
+        layer.moselora_k[name],
+        layer.moselora_k_fixed[name],
+        layer.moselora_log_scale[name] if scaled else None,
+    )
+    assert _compat.adapter_dropout(layer, name) is layer.moselora_dropout[name]
+    got = _compat.adapter_tensors(layer, name)
+    assert len(got) == len(want)
+    assert all(g is w for g, w in zip(got, want, strict=True))

@@ -365,6 +365,34 @@ def test_a_no_grad_call_counts_the_routing_of_a_training_call(length):
     assert first["tokens"] == int(mask.sum()) + ids.shape[0]
 
 
+def test_decoding_counts_every_call_though_it_counts_them_in_batches():
+    """Single-token calls without a gradient keep their chosen experts and count them once
+    per ``_PENDING_ROUTES`` calls; a read of the counts (``routing_stats``) counts the rest
+    first, and a reset forgets them: the counts equal those of one call per token."""
+    from mosgeo_lora.layer import _PENDING_ROUTES
+
+    model = wrapped(init_weights=False).eval()
+    ids = tokens(batch=1, length=_PENDING_ROUTES + 5)
+    with torch.no_grad():
+        mosgeo_lora.reset_routing_stats(model)
+        model(input_ids=ids[:, :3])  # a pending call, then forgotten
+        mosgeo_lora.reset_routing_stats(model)
+        model(input_ids=ids)  # the reference: every token in one call
+        whole = mosgeo_lora.routing_stats(model)
+        mosgeo_lora.reset_routing_stats(model)
+        for i in range(ids.shape[1]):  # one token per call, as decoding; no cache: the
+            model(input_ids=ids[:, i : i + 1])  # same tokens, other contexts, so compare
+        layer = next(iter(adapted_layers(model).values()))  # the totals, not the loads
+        assert 0 < len(layer._pending_routes["default"]) < _PENDING_ROUTES
+        one_by_one = mosgeo_lora.routing_stats(model)
+    assert not layer._pending_routes
+    for name, s in one_by_one.items():
+        assert s["tokens"] == whole[name]["tokens"] == ids.shape[1]
+        assert sum(s["load"]) == pytest.approx(1.0)
+    counts = layer.route_counts["default"]
+    assert float(counts.sum()) == ids.shape[1] * layer.settings["default"]["top_k"]
+
+
 def test_the_inference_cache_follows_the_weights(tmp_path):
     """A call without a gradient reuses the layer's weight-only terms (κ's terms, the Gram
     matrices) while the weights are unchanged, and recomputes them after an optimizer step,
@@ -400,6 +428,15 @@ def test_the_inference_cache_follows_the_weights(tmp_path):
 
     model.load_state_dict(saved, strict=False)
     torch.testing.assert_close(check(), start, rtol=1e-5, atol=1e-6)
+
+    with torch.no_grad():  # the router alone: the cached call reads its weight too
+        for name, p in model.named_parameters():
+            if ".moselora_router." in name:
+                p.mul_(-1.0)
+    router_flipped = check()
+    for layer in adapted_layers(model).values():  # the output scale (PEFT's scale_layer)
+        layer.scaling["default"] *= 3.0
+    assert not torch.allclose(check(), router_flipped)
 
     model.double()  # new tensors: the float32 terms must not be served to float64 weights
     assert check().dtype == torch.float64

@@ -136,10 +136,10 @@ def test_the_compiled_kernel_gives_the_eager_model(compiled_kernel):
 
 
 #: one adapted layer called under ``no_grad`` on one token (decoding): the inference path
-#: (``mosgeo_lora.fused.infer`` with the layer's cached constants) measured 48 top-level ops
-#: (53 kernel-level) with the base layer's ``linear``; the no-gradient path before it, 59 (65);
-#: PEFT LoRA, 6 (14)
-MAX_DECODING_TOPLEVEL = 50
+#: (``mosgeo_lora.fused.infer`` with the layer's cached constants) measured 44 top-level ops
+#: (49 kernel-level) with the base layer's ``linear``, its routing counted once per 64 calls;
+#: 48 (53) counting every call; the no-gradient path before it, 59 (65); PEFT LoRA, 6 (14)
+MAX_DECODING_TOPLEVEL = 46
 
 
 def test_a_decoding_call_runs_a_bounded_number_of_ops():
@@ -149,6 +149,7 @@ def test_a_decoding_call_runs_a_bounded_number_of_ops():
     counts = {}
     for variant in ("lora", "moselora"):
         layer, d_in = _gate_proj(variant)
+        layer.eval()  # as generate's model: MoSELoRA's evaluation call
         x = torch.randn(1, 1, d_in)
         with torch.no_grad():
             top, kernels = aten_ops(lambda layer=layer, x=x: layer(x))
@@ -160,3 +161,4 @@ def test_a_decoding_call_runs_a_bounded_number_of_ops():
     top, _, by_name = counts["moselora"]
     assert top <= MAX_DECODING_TOPLEVEL, sorted(by_name.items(), key=lambda kv: -kv[1])
     assert "aten::einsum" not in by_name  # the Gram matrices are not recomputed per call
+    assert "aten::index_add" not in by_name  # the routing is counted once per 64 calls
