@@ -316,6 +316,13 @@ def build_parser() -> argparse.ArgumentParser:
             flag, type=_csv(kind), default=_GRID[name], help=f"(default: {_joined(_GRID[name])})"
         )
     cp.add_argument(
+        "--tune-seeds",
+        type=_csv(int),
+        default=_GRID["tune_seeds"],
+        help="sweep --lrs on these seeds only; every other seed runs at the learning rate "
+        "each method chose on them (default: every seed at every learning rate)",
+    )
+    cp.add_argument(
         "--baselines",
         type=_csv(str),
         default=_GRID["baselines"],
@@ -470,7 +477,7 @@ def _score(ns: argparse.Namespace) -> int:
 
 
 def _compare(ns: argparse.Namespace) -> int:
-    from .compare import compare
+    from .compare import check_tune_seeds, compare
 
     if ns.runs_dir and not ns.report_only:
         raise ConfigError("--runs-dir is for --report-only (a grid trains into --output-dir)")
@@ -487,6 +494,7 @@ def _compare(ns: argparse.Namespace) -> int:
         baselines=ns.baselines,
         bootstrap=ns.bootstrap,
         select_on=ns.select_on,
+        tune_seeds=ns.tune_seeds,
         validation_per_module=ns.validation_per_module,
         output_dir=ns.output_dir,
         base=base,
@@ -498,6 +506,7 @@ def _compare(ns: argparse.Namespace) -> int:
         raise ConfigError(f"--baselines {', '.join(unknown)}: not among --methods")
     if cfg.bootstrap < 0:
         raise ConfigError(f"--bootstrap must be >= 0, got {cfg.bootstrap}")
+    check_tune_seeds(cfg)
     if base.classification_task() is not None:
         raise ConfigError(
             "compare does not take a classification task (cola, mrpc) yet: it picks learning "
@@ -510,7 +519,7 @@ def _compare(ns: argparse.Namespace) -> int:
 
 def _compare_report(ns: argparse.Namespace) -> int:
     """``compare --report-only``: the report of the finished runs under ``--runs-dir``."""
-    from .compare import check_one_experiment, finished_runs, report
+    from .compare import check_one_experiment, check_tune_seeds, finished_runs, report
 
     dirs = ns.runs_dir or [ns.output_dir]
     runs = finished_runs(dirs)
@@ -536,10 +545,12 @@ def _compare_report(ns: argparse.Namespace) -> int:
         baselines=ns.baselines,
         bootstrap=ns.bootstrap,
         select_on=ns.select_on,
+        tune_seeds=ns.tune_seeds,
         validation_per_module=ns.validation_per_module,
         output_dir=ns.output_dir,
         base=base,
     )
+    check_tune_seeds(cfg)
     report(cfg, dirs)
     print((Path(cfg.output_dir) / "compare.md").read_text())
     return 0

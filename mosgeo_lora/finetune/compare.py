@@ -48,6 +48,8 @@ __all__ = [
     "finished_runs",
     "missing_runs",
     "check_one_experiment",
+    "check_tune_seeds",
+    "chosen_lr",
     "summarize",
     "choose_lr",
     "paired_bootstrap",
@@ -78,42 +80,85 @@ def compare(cfg: CompareConfig, output_dir: str | None = None) -> dict[str, Any]
             f"compare picks learning rates on generated math problems, which a {classified.name} "
             "classifier does not answer; run finetune --task once per method and seed instead"
         )
+    check_tune_seeds(cfg)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     validation = {VALIDATION: mdata.validation_examples(cfg.validation_per_module)}
     base_model = None
     runs: list[dict[str, Any]] = []
-    for seed in cfg.seeds:  # seed-major: a partial grid already has every method
-        for method in cfg.methods:
-            for lr in cfg.lrs:
-                run_dir = _run_dir(out, method, lr, seed)
-                done = run_dir / "metrics.json"
-                resume = last_checkpoint(run_dir) is not None  # interrupted: continue it
-                run = replace(
-                    cfg.base,
-                    method=method,
-                    lr=lr,
-                    seed=seed,
-                    output_dir=str(run_dir),
-                    resume=resume,
-                )
-                if done.is_file():
-                    finished = json.loads(done.read_text())
-                    _check_same_settings(run_dir, finished.get("config", {}), run)
-                    runs.append(finished)
-                    continue
-                if resume and (run_dir / "run_config.json").is_file():
-                    saved = json.loads((run_dir / "run_config.json").read_text())
-                    _check_same_settings(run_dir, saved, run)
-                if base_model is None:
-                    base_model = load(cfg.base.model)
-                fresh = copy.copy(base_model)
-                fresh.model = copy.deepcopy(base_model.model)
-                how = f"resuming {last_checkpoint(run_dir).name}" if resume else "->"
-                print(f"[compare] {method} lr={lr:g} seed={seed} {how} {run_dir}", flush=True)
-                runs.append(finetune(run, loaded=fresh, extra_eval=validation))
-                _write(out, cfg, runs, [out])
+    for seed, method, lrs in _cells(cfg, runs):
+        for lr in lrs:
+            run_dir = _run_dir(out, method, lr, seed)
+            done = run_dir / "metrics.json"
+            resume = last_checkpoint(run_dir) is not None  # interrupted: continue it
+            run = replace(
+                cfg.base,
+                method=method,
+                lr=lr,
+                seed=seed,
+                output_dir=str(run_dir),
+                resume=resume,
+            )
+            if done.is_file():
+                finished = json.loads(done.read_text())
+                _check_same_settings(run_dir, finished.get("config", {}), run)
+                runs.append(finished)
+                continue
+            if resume and (run_dir / "run_config.json").is_file():
+                saved = json.loads((run_dir / "run_config.json").read_text())
+                _check_same_settings(run_dir, saved, run)
+            if base_model is None:
+                base_model = load(cfg.base.model)
+            fresh = copy.copy(base_model)
+            fresh.model = copy.deepcopy(base_model.model)
+            how = f"resuming {last_checkpoint(run_dir).name}" if resume else "->"
+            print(f"[compare] {method} lr={lr:g} seed={seed} {how} {run_dir}", flush=True)
+            runs.append(finetune(run, loaded=fresh, extra_eval=validation))
+            _write(out, cfg, runs, [out])
     return _write(out, cfg, runs, [out])
+
+
+def check_tune_seeds(cfg: CompareConfig) -> None:
+    """Raise :class:`ConfigError` unless ``cfg.tune_seeds`` is a subset of ``cfg.seeds``."""
+    stray = [s for s in cfg.tune_seeds if s not in cfg.seeds]
+    if stray:
+        raise ConfigError(
+            f"--tune-seeds {', '.join(map(str, stray))}: not among --seeds "
+            f"{', '.join(map(str, cfg.seeds))}"
+        )
+
+
+def _cells(cfg: CompareConfig, runs: list[dict[str, Any]]):
+    """The grid's runs in order, ``(seed, method, learning rates)``, seed-major (a partial
+    grid already has every method): every learning rate for the tuning seeds
+    (``cfg.tune_seeds``; every seed without them), then each other seed at the learning
+    rate its method chose on the tuning seeds' runs, read from ``runs`` as they finish
+    (a generator: the choice is made once the sweep has run)."""
+    tune = cfg.tune_seeds or cfg.seeds
+    for seed in tune:
+        for method in cfg.methods:
+            yield seed, method, cfg.lrs
+    for seed in (s for s in cfg.seeds if s not in tune):
+        for method in cfg.methods:
+            best = chosen_lr(cfg, runs, method)
+            if best is None:  # a sweep run failed or was skipped: nothing to choose from
+                raise ConfigError(f"{method}: no finished run of the sweep to choose an lr from")
+            yield seed, method, (best,)
+
+
+def chosen_lr(cfg: CompareConfig, runs: Sequence[dict[str, Any]], method: str) -> float | None:
+    """The learning rate ``method`` chose (:func:`choose_lr`) on the runs of its learning-rate
+    sweep in ``runs`` (every learning rate of ``cfg`` on the tuning seeds), or ``None``
+    while one of them has not finished."""
+    tune = set(cfg.tune_seeds or cfg.seeds)
+    by_lr: dict[float, list[dict[str, Any]]] = {float(lr): [] for lr in cfg.lrs}
+    for r in runs:
+        lr, seed = float(r["config"]["lr"]), int(r["config"]["seed"])
+        if r["method"] == method and lr in by_lr and seed in tune and r.get("accuracy"):
+            by_lr[lr].append(r)
+    if any(len(rs) < len(tune) for rs in by_lr.values()):
+        return None
+    return float(choose_lr(by_lr, cfg.select_on)["best_lr"])
 
 
 def finished_runs(runs_dirs: Sequence[str | Path]) -> list[dict[str, Any]]:
@@ -150,11 +195,18 @@ def missing_runs(
     checkpoint of it, ``"started"`` when one holds only its ``run_config.json``, else
     ``"not started"``."""
     done = {(r["method"], float(r["config"]["lr"]), int(r["config"]["seed"])) for r in runs}
+    tune = cfg.tune_seeds or cfg.seeds
     out = []
     for seed in cfg.seeds:
         for method in cfg.methods:
-            for lr in cfg.lrs:
-                if (method, float(lr), int(seed)) not in done:
+            lrs: Sequence[float | None] = cfg.lrs
+            if seed not in tune:  # runs at the chosen learning rate only
+                lrs = (chosen_lr(cfg, runs, method),)
+            for lr in lrs:
+                if lr is None:
+                    state = "waits for the learning-rate sweep on the tuning seeds"
+                    out.append({"method": method, "lr": None, "seed": seed, "state": state})
+                elif (method, float(lr), int(seed)) not in done:
                     state = _state(runs_dirs, method, lr, seed)
                     out.append({"method": method, "lr": lr, "seed": seed, "state": state})
     return out
@@ -632,13 +684,19 @@ def _missing_lines(missing: Sequence[dict[str, Any]], cfg: CompareConfig) -> lis
     run missing from every number below it."""
     if not missing:
         return []
-    total = len(cfg.methods) * len(cfg.lrs) * len(cfg.seeds)
+    tune = cfg.tune_seeds or cfg.seeds
+    per_method = len(cfg.lrs) * len(tune) + len(cfg.seeds) - len(tune)
+    total = len(cfg.methods) * per_method
     lines = [
         f"**Partial grid: {total - len(missing)} of {total} runs finished.** Left out of "
         "every number below:",
         "",
     ]
-    lines += [f"- {m['method']}, lr {m['lr']:g}, seed {m['seed']}: {m['state']}" for m in missing]
+    lines += [
+        f"- {m['method']}, lr {'(chosen)' if m['lr'] is None else format(m['lr'], 'g')}, "
+        f"seed {m['seed']}: {m['state']}"
+        for m in missing
+    ]
     return [*lines, ""]
 
 

@@ -362,6 +362,10 @@ class CompareConfig:
     #: seed see the same training problems in the same order, whatever the method, so seeds
     #: pair across methods.
     seeds: tuple[int, ...] = (0, 1, 2)
+    #: ``--tune-seeds``: the seeds every learning rate runs with; each other seed runs only at
+    #: the learning rate each method chose on the validation set of these (``()``: every seed
+    #: at every learning rate). A subset of ``seeds``.
+    tune_seeds: tuple[int, ...] = ()
     #: ``--baselines``: each method is compared, problem by problem and seed by seed, with
     #: each of these (a paired difference with a bootstrap confidence interval); ``()``:
     #: every other method.

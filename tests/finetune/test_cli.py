@@ -35,7 +35,8 @@ FLAGS = {
              "--threads", "-h", "--help", "--task", "--max-new-tokens", "--no-progress"},
     "score": {"--task", "--predictions", "--references", "--limit", "-h", "--help"},
     "compare": SHARED | {"--methods", "--lrs", "--seeds", "--validation-per-module",
-                         "--baselines", "--bootstrap", "--report-only", "--runs-dir"},
+                         "--baselines", "--bootstrap", "--report-only", "--runs-dir",
+                         "--select-on", "--tune-seeds"},
 }  # fmt: skip
 
 

@@ -180,3 +180,31 @@ def test_cli_select_on_chooses_the_learning_rate_on_that_validation_score(tmp_pa
     with pytest.raises(SystemExit):
         main([*argv, "--select-on", "loss"])
     assert "invalid choice: 'loss'" in capsys.readouterr().err
+
+
+def test_with_tune_seeds_the_other_seeds_are_missing_only_at_the_chosen_rate(tmp_path):
+    g = tmp_path / "g"
+    # lora swept on seed 0 (2e-3 has the lower validation NLL), seed 1 at 2e-3 done
+    write_run(g, "lora", 0, *scores(good=True), lr=1e-3, validation=(0.5, 0.4))
+    write_run(g, "lora", 0, *scores(good=True), lr=2e-3, validation=(0.5, 0.2))
+    write_run(g, "lora", 1, *scores(good=True), lr=2e-3)
+    # hydralora's sweep is not finished: its other seeds wait for it
+    write_run(g, "hydralora", 0, *scores(good=False), lr=1e-3)
+    cfg = CompareConfig(
+        methods=("lora", "hydralora"), lrs=(1e-3, 2e-3), seeds=(0, 1, 2), tune_seeds=(0,)
+    )
+    runs = finished_runs([g])
+    missing = {(m["method"], m["lr"], m["seed"]): m["state"] for m in missing_runs(cfg, runs, [g])}
+    assert set(missing) == {
+        ("lora", 2e-3, 2),
+        ("hydralora", 2e-3, 0),
+        ("hydralora", None, 1),
+        ("hydralora", None, 2),
+    }
+    assert missing[("hydralora", None, 1)].startswith("waits for the learning-rate sweep")
+    result = report(cfg, [g], output_dir=str(tmp_path / "out"))
+    assert result["summary"]["lora"]["best_lr"] == 2e-3
+    assert result["summary"]["lora"]["tuning_seeds"] == [0]
+    table = (tmp_path / "out" / "compare.md").read_text()
+    assert "Partial grid: 4 of 8 runs finished" in table
+    assert "- hydralora, lr (chosen), seed 1: waits for the learning-rate sweep" in table

@@ -333,12 +333,33 @@ def test_cli_compare_writes_table_and_reuses_finished_runs(tmp_path, capsys, qa_
     assert len(result["runs"]) == 2 * 2 * 2
     for s in result["summary"].values():
         assert s["best_lr"] in (1e-3, 1e-2) and sorted(s["seeds"]) == [0, 1]
-        val = {float(lr): acc for lr, acc in s["validation_by_lr"].items()}
-        assert val[s["best_lr"]] == max(val.values())
+        assert s["selected_on"] == "nll"  # the default
+        val = {float(lr): nll for lr, nll in s["validation_nll_by_lr"].items()}
+        assert val[s["best_lr"]] == min(val.values())
     mtime = (out_dir / "moselora" / "lr0.001" / "seed0" / "metrics.json").stat().st_mtime
     code, _, _ = run_cli(args, capsys)  # everything is reused, nothing retrained
     assert code == 0
     assert (out_dir / "moselora" / "lr0.001" / "seed0" / "metrics.json").stat().st_mtime == mtime
+
+    # a new seed with --tune-seeds: it runs only at the learning rate each method chose on
+    # seed 0 (seed 1 ran both, but is not a tuning seed: the choice reads seed 0 alone)
+    tuned = list(args)
+    tuned[tuned.index("--seeds") + 1] = "0,1,2"
+    code, _, _ = run_cli([*tuned, "--tune-seeds", "0"], capsys)
+    assert code == 0
+    result = json.loads((out_dir / "compare.json").read_text())
+    assert result["config"]["tune_seeds"] == [0] and not result["missing"]
+    for method in ("moselora", "lora"):
+        ran = [p.parent.name for p in (out_dir / method).glob("lr*/seed2")]
+        seed0 = {
+            float(lr): json.loads(
+                (out_dir / method / f"lr{lr}" / "seed0" / "metrics.json").read_text()
+            )["nll"]["validation"]
+            for lr in ("0.001", "0.01")
+        }
+        assert ran == [f"lr{min(seed0, key=seed0.get):g}"], (method, ran, seed0)
+    code, _, err = run_cli([*tuned, "--tune-seeds", "5"], capsys)
+    assert code == 2 and "--tune-seeds 5: not among --seeds" in err
 
     bad = list(args)
     bad[bad.index("--methods") + 1] = "lora,nope"
