@@ -674,7 +674,10 @@ def _lr_lines(summary: dict[str, Any], cfg: CompareConfig) -> list[str]:
             for lr in cfg.lrs:
                 text = f"{scale * v[lr]:.{digits}f}" if lr in v else "–"
                 cells.append(f"**{text}**" if lr == float(s["best_lr"]) and lr in v else text)
-            tuned = ", ".join(map(str, seeds)) if seeds else "none in common: each lr's own"
+            if "tuning_seeds" not in s:  # a summary written before the choice said
+                tuned = "–"
+            else:
+                tuned = ", ".join(map(str, seeds)) if seeds else "none in common: each lr's own"
             lines.append(f"| {m} | {used} | {tuned} | {name} | " + " | ".join(cells) + " |")
     return lines
 
