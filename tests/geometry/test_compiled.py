@@ -116,8 +116,9 @@ def test_compiled_half_precision_points_stay_inside_the_ball(dtype):
 @pytest.mark.parametrize("op", ["expmap0", "logmap0", "mobius_matvec"])
 def test_the_radial_ops_compiled_give_the_eager_values_and_gradients(op):
     """The ops whose per-row factor is computed once per row under compile
-    (``mosgeo._compat.realize``) and whose norm is one float64-accumulated pass there: rows
-    of norm 1e-30 … 1e30 (a float32 square overflows from 1.8e19), mixed κ."""
+    (``mosgeo._compat.realize``) and whose norm is one pass with two sums there
+    (``mosgeo.numerics.sqnorm_norm``): rows of norm 1e-30 … 1e30 (a float32 square overflows
+    from 1.8e19), mixed κ."""
     g = torch.Generator().manual_seed(4)
     x = torch.randn(40, 16, generator=g, dtype=torch.float64)
     x = x / x.norm(dim=-1, keepdim=True)
@@ -144,3 +145,37 @@ def test_the_radial_ops_compiled_give_the_eager_values_and_gradients(op):
     assert torch.isfinite(out_c).all() and torch.isfinite(grad_c).all()
     torch.testing.assert_close(out_c, out_e, rtol=1e-5, atol=1e-30)
     torch.testing.assert_close(grad_c, grad_e, rtol=1e-4, atol=1e-30)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_compiled_norm_of_rows_whose_square_overflows(dtype):
+    """Under compile ``sqnorm_norm`` takes ``‖x‖`` of a row whose square overflowed from the
+    squares of ``x·big_scale`` over its large entries only, in the same pass: rows of norm
+    1e-30 … 1e30 (float32, whose square overflows from 1.8e19) or 1e-300 … 1e300 (float64),
+    a zero row, a row with one huge entry, rows mixing huge and small entries. The square is
+    the eager one, the norm within a few ulp of a max-scaled float64 reference."""
+    from mosgeo.numerics import guards, sqnorm_norm
+
+    e = 30 if dtype == torch.float32 else 300
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(44, 16, generator=g, dtype=torch.float64)
+    x = x / x.norm(dim=-1, keepdim=True) * torch.logspace(-e, e, 44, dtype=torch.float64)[:, None]
+    x[0] = 0.0
+    x[1] = 0.0
+    x[1, 3] = -(10.0**e)
+    x[2, :8] = 10.0 ** (e - 2)  # half huge, half small: the small ones are dropped
+    x[2, 8:] = 1.0
+    x[3, ::2] = 10.0 ** (e // 2 + 4)  # each square finite, their sum not
+    x = x.to(dtype)
+    compiled = torch.compile(lambda t: sqnorm_norm(t), fullgraph=True, dynamic=False)
+    (q2_c, n_c), (q2_e, n_e) = compiled(x), sqnorm_norm(x)
+    torch.testing.assert_close(n_c, n_e, rtol=4 * torch.finfo(dtype).eps, atol=0)
+    torch.testing.assert_close(q2_c, q2_e, rtol=4 * torch.finfo(dtype).eps, atol=0)
+    assert torch.isfinite(n_c).all()
+    amax = x.double().abs().amax(dim=-1, keepdim=True).clamp_min(1e-300)
+    ref = amax * (x.double() / amax).norm(dim=-1, keepdim=True)
+    # tiny rows: their squares underflow, eager and compiled alike (a guard for large ones)
+    big = ref > 1e3 * guards(dtype).min_norm
+    assert big[1:].sum() > 30
+    torch.testing.assert_close(n_c.double()[big], ref[big], rtol=4 * torch.finfo(dtype).eps, atol=0)
+    assert torch.isinf(q2_c[3]).all()
