@@ -17,10 +17,10 @@ private API                              used for
 ``Tensor._version``                      the in-place version counter: a layer's
                                          inference cache is valid while its
                                          weights' versions are unchanged
-``Module._modules`` / ``._parameters`` /  an adapter's weights read per decoding call
-``._buffers``; ``ParameterDict`` and      without ``nn.Module.__getattr__`` (each
-``BufferDict`` keeping a ``str`` key as   lookup through it costs about a microsecond,
-the attribute name                        a dozen per call)
+``Module._modules``, ``._parameters``,   an adapter's weights read per decoding call
+``._buffers`` (``ParameterDict`` and     without ``nn.Module.__getattr__`` (about a
+``BufferDict`` keep a ``str`` key as     microsecond per lookup, a dozen per call)
+the attribute name)
 =======================================  ==========================================
 """
 

@@ -251,7 +251,9 @@ def constants(
     a_w, g_w, b_w, k_learn, k_fixed = weights
     dtype = a_w.dtype
     cdt = compute_dtype(dtype)
-    with torch.no_grad():
+    # autocast off: the Gram matrices' einsum would run in its low dtype, and the cache
+    # serves calls in and out of autocast
+    with torch.no_grad(), torch.autocast(a_w.device.type, enabled=False):
         k, _ = _curvatures(k_learn, k_fixed, log_scale, cdt)
         terms = radial.curvature_terms(k, default_eps(dtype), spec.input_map)
         gram = gram_matrices(b_w, k.shape[0], cdt)

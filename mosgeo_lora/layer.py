@@ -280,17 +280,16 @@ class MoSELoraLayer(BaseTunerLayer):
         float64 dtype — with the fewest Python steps: :func:`mosgeo_lora.fused.infer` with
         the cached constants, then the routing counted. ``None`` in any other case (the
         general path then runs: the same result)."""
-        if not self.settings[adapter_name]["fused"] or not _cacheable(x):
+        if (
+            not self.settings[adapter_name]["fused"]
+            or not _cacheable(x)
+            or torch.is_autocast_enabled(x.device.type)
+            or adapter_dropout(self, adapter_name).training
+        ):
             return None
         consts = self._constants(adapter_name)
         dtype = consts.weights[0].dtype
-        if (
-            x.dtype != dtype
-            or base.dtype != dtype
-            or dtype in HALF_DTYPES
-            or adapter_dropout(self, adapter_name).training
-            or torch.is_autocast_enabled(x.device.type)
-        ):
+        if x.dtype != dtype or base.dtype != dtype or dtype in HALF_DTYPES:
             return None
         out, chosen = fused_infer(x, base, consts)
         if call is None or not call.closed:  # not a recomputation: count the routing

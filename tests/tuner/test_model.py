@@ -469,3 +469,22 @@ def test_a_no_grad_call_equals_a_training_call_in_half_precision(dtype):
     with torch.no_grad():
         no_grad = model(input_ids=ids).logits
     torch.testing.assert_close(no_grad.float(), with_grad.detach().float(), rtol=2e-2, atol=2e-2)
+
+
+def test_the_inference_cache_is_built_outside_autocast():
+    """A cache filled inside a bfloat16 autocast region (an evaluation in a bf16 recipe)
+    holds float32 terms, and serves a float32 call after it: autocast would run the Gram
+    matrices' einsum in bfloat16."""
+    model = wrapped(init_weights=False).eval()
+    ids = tokens(length=5)
+    layer = next(iter(adapted_layers(model).values()))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        consts = layer._constants("default")
+        model(input_ids=ids)
+    assert consts.gram.dtype == torch.float32
+    assert all(
+        t.dtype == torch.float32 for t in consts.terms if t is not None and t.is_floating_point()
+    )
+    with torch.no_grad():
+        cached = model(input_ids=ids).logits
+    torch.testing.assert_close(cached, model(input_ids=ids).logits.detach(), rtol=1e-5, atol=1e-6)
