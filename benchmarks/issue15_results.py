@@ -52,21 +52,28 @@ METHOD = "moselora"
 #: The contrasts, in the page's order: geometry removed (same experts, every κ fixed at 0),
 #: Euclidean mixture of LoRA heads, LoRA with MoSELoRA's activated parameters per token.
 BASELINES = ("moselora-e", "hydralora", "lora-rmatch:moselora")
-LRS = (1e-3,)
+#: The learning rates swept per method (with the tuning seeds), each method's chosen on its
+#: validation answer NLL; the first grid ran every method at :data:`FIXED_LR` alone.
+LRS = (5e-4, 1e-3, 2e-3, 4e-3)
+FIXED_LR = 1e-3
 SEEDS = (0, 1, 2)
+#: The seeds every learning rate ran with; the others ran at each method's chosen rate.
+TUNE_SEEDS = (0,)
+_SETTINGS = (
+    "--lrs 5e-4,1e-3,2e-3,4e-3 --seeds 0,1,2 --tune-seeds 0 --steps 400 --batch-size 8 "
+    "--curvature-lr 5e-2 --validation-per-module 20 --save-steps 50 --threads 1 --no-progress"
+)
 #: The two halves of the grid, run side by side (same settings, so paired by seed).
 GRID_COMMANDS = (
-    "mosgeo-lora compare --methods moselora,moselora-e --baselines moselora-e --lrs 1e-3 "
-    "--seeds 0,1,2 --steps 400 --batch-size 8 --curvature-lr 5e-2 --validation-per-module 20 "
-    "--save-steps 50 --threads 1 --no-progress --output-dir runs/issue15",
-    "mosgeo-lora compare --methods hydralora,lora-rmatch:moselora --lrs 1e-3 --seeds 0,1,2 "
-    "--steps 400 --batch-size 8 --curvature-lr 5e-2 --validation-per-module 20 "
-    "--save-steps 50 --threads 1 --no-progress --output-dir runs/issue15b",
+    f"mosgeo-lora compare --methods moselora,moselora-e {_SETTINGS} --output-dir runs/issue15",
+    f"mosgeo-lora compare --methods hydralora,lora-rmatch:moselora {_SETTINGS} "
+    "--output-dir runs/issue15b",
 )
 #: The same grid's report from its finished runs, training nothing.
 REPORT_COMMAND = (
     "mosgeo-lora compare --report-only --runs-dir runs/issue15 --runs-dir runs/issue15b "
-    "--seeds 0,1,2 --baselines moselora-e,hydralora,lora-rmatch:moselora "
+    "--methods moselora,moselora-e,hydralora,lora-rmatch:moselora --lrs 5e-4,1e-3,2e-3,4e-3 "
+    "--seeds 0,1,2 --tune-seeds 0 --baselines moselora-e,hydralora,lora-rmatch:moselora "
     "--output-dir runs/issue15-report"
 )
 #: The level of the intervals (``paired_bootstrap``'s default).
@@ -150,16 +157,40 @@ def contrast(pair: dict[str, Any]) -> dict[str, Any]:
 
 def collect(runs_dirs: Sequence[Path], bootstrap: int, command: str) -> dict[str, Any]:
     """Everything the page quotes, from the finished runs under ``runs_dirs``."""
-    cfg = CompareConfig(methods=(METHOD, *BASELINES), lrs=LRS, seeds=SEEDS, baselines=BASELINES)
+    cfg = CompareConfig(
+        methods=(METHOD, *BASELINES),
+        lrs=LRS,
+        seeds=SEEDS,
+        tune_seeds=TUNE_SEEDS,
+        baselines=BASELINES,
+    )
     wanted = {(m, lr, s) for m in cfg.methods for lr in LRS for s in SEEDS}
     runs = [r for r in finished_runs(runs_dirs) if (r["method"], *_lr_seed(r)) in wanted]
     check_one_experiment(runs)
     summary = summarize(runs, cfg.methods)
     paired = paired_differences(runs, summary, BASELINES, bootstrap, methods=(METHOD,))
-    dynamics = [
-        d for r in runs if (d := run_dynamics(r, run_folder(runs_dirs, r["method"], *_lr_seed(r))))
+    fixed = [r for r in runs if _lr_seed(r)[0] == FIXED_LR]
+    fixed_paired = paired_differences(
+        fixed, summarize(fixed, cfg.methods), BASELINES, bootstrap, methods=(METHOD,)
+    )
+    same_lr = []  # the tuning seeds at each rate: the contrasts with the rate held equal
+    for lr in LRS:
+        sel = [r for r in runs if _lr_seed(r)[0] == lr and _lr_seed(r)[1] in TUNE_SEEDS]
+        pairs = paired_differences(
+            sel, summarize(sel, cfg.methods), BASELINES, bootstrap, methods=(METHOD,)
+        )
+        same_lr.append({"lr": lr, "contrasts": [contrast(p) for p in pairs]})
+    chosen = summary.get(METHOD, {}).get("best_lr")
+    folders = {id(r): run_folder(runs_dirs, r["method"], *_lr_seed(r)) for r in runs}
+    dynamics = [  # the runs of the contrasts: the method at its chosen learning rate
+        d for r in runs if _lr_seed(r)[0] == chosen and (d := run_dynamics(r, folders[id(r)]))
+    ]
+    sweep = [  # the tuning seeds' runs at every learning rate
+        d for r in runs if _lr_seed(r)[1] in TUNE_SEEDS and (d := run_dynamics(r, folders[id(r)]))
     ]
     settings = runs[0]["config"] if runs else {}
+    total = len(cfg.methods) * (len(LRS) * len(TUNE_SEEDS) + len(SEEDS) - len(TUNE_SEEDS))
+    missing = missing_runs(cfg, runs, runs_dirs)
     return {
         "question": QUESTION,
         "commands": {"grid": list(GRID_COMMANDS), "report": REPORT_COMMAND, "results": command},
@@ -167,8 +198,9 @@ def collect(runs_dirs: Sequence[Path], bootstrap: int, command: str) -> dict[str
             "methods": list(cfg.methods),
             "lrs": list(LRS),
             "seeds": list(SEEDS),
-            "runs": len(cfg.methods) * len(LRS) * len(SEEDS),
-            "finished": len(runs),
+            "tune_seeds": list(TUNE_SEEDS),
+            "runs": total,
+            "finished": total - len(missing),
             "bootstrap": bootstrap,
             "level": LEVEL,
             **{
@@ -183,14 +215,36 @@ def collect(runs_dirs: Sequence[Path], bootstrap: int, command: str) -> dict[str
                 )
             },
         },
-        "missing": missing_runs(cfg, runs, runs_dirs),
+        "missing": missing,
         "runs": [
             {"method": r["method"], "seed": r["config"]["seed"], "steps": r["steps"]} for r in runs
         ],
         "contrasts": [contrast(p) for p in paired],
+        "contrasts_fixed_lr": [contrast(p) for p in fixed_paired],
+        "contrasts_same_lr": same_lr,
+        "lr_choice": {m: _choice(s) for m, s in summary.items()},
         "means": {m: _means(s) for m, s in summary.items()},
         "dynamics": dynamics,
         "dynamics_mean": _dynamics_mean(dynamics),
+        "dynamics_by_lr": [{k: d[k] for k in _SWEEP_KEYS} for d in sweep],
+    }
+
+
+#: What the learning-rate sweep's table shows of each tuning run's curvature dynamics.
+_SWEEP_KEYS = ("seed", "lr", "sign_changed_share", "mean_abs_delta", "boundary_share_end")
+
+
+def _choice(s: dict[str, Any]) -> dict[str, Any]:
+    """A method's learning-rate choice: the chosen rate, the score it was chosen on, the
+    tuning seeds and the validation answer NLL and exact match by learning rate."""
+    return {
+        "best_lr": s["best_lr"],
+        "selected_on": s.get("selected_on", "accuracy"),
+        "tuning_seeds": s.get("tuning_seeds"),
+        "validation_nll": {
+            f"{float(lr):g}": v for lr, v in s.get("validation_nll_by_lr", {}).items()
+        },
+        "validation_accuracy": {f"{float(lr):g}": v for lr, v in s["validation_by_lr"].items()},
     }
 
 
@@ -242,23 +296,75 @@ def missing_note(result: dict[str, Any]) -> list[str]:
         f"**Partial grid: {g['finished']} of {g['runs']} runs finished.** Not in any number here:",
         "",
     ]
-    lines += [f"- {m['method']}, seed {m['seed']}: {m['state']}" for m in missing]
+    lines += [
+        f"- {m['method']}, lr {'(its chosen)' if m['lr'] is None else format(m['lr'], 'g')}, "
+        f"seed {m['seed']}: {m['state']}"
+        for m in missing
+    ]
     return [*lines, ""]
 
 
 def markdown(result: dict[str, Any]) -> str:
-    """``issue15.md``: the paired differences, then the curvature dynamics per run."""
+    """``issue15.md``: the paired differences at the chosen learning rates, the learning-rate
+    choice, the paired differences of the first grid (every method at :data:`FIXED_LR`), then
+    the curvature dynamics per run and by learning rate."""
     lines = missing_note(result)
     level = result["grid"]["level"]
     lines += [
-        f"Paired differences, {METHOD} − baseline, on the seeds both ran; in brackets the "
-        f"{100 * level:g} % bootstrap interval (problems and seeds resampled). Exact match in "
-        "points (higher is better), answer NLL in nats per token (lower is better).",
+        f"Paired differences, {METHOD} − baseline, each method at the learning rate it chose "
+        f"on the validation set, on the seeds both ran; in brackets the {100 * level:g} % "
+        "bootstrap interval (problems and seeds resampled). Exact match in points (higher is "
+        "better), answer NLL in nats per token (lower is better).",
         "",
+        *_contrast_table(result["contrasts"]),
+        *_choice_table(result),
+        "",
+        f"The first grid: every method at learning rate {FIXED_LR:g}, the same seeds and "
+        "intervals.",
+        "",
+        *_contrast_table(result.get("contrasts_fixed_lr", [])),
+    ]
+    lines += _same_lr_table(result)
+    lines += _dynamics_table(result["dynamics"])
+    lines += _sweep_table(result.get("dynamics_by_lr", []))
+    return "\n".join(lines) + "\n"
+
+
+def _choice_table(result: dict[str, Any]) -> list[str]:
+    """Validation answer NLL (exact match in brackets) by learning rate, per method, on the
+    tuning seeds; the chosen rate in bold."""
+    choice = result.get("lr_choice", {})
+    if not choice:
+        return []
+    lrs = result["grid"]["lrs"]
+    seeds = ", ".join(map(str, result["grid"]["tune_seeds"]))
+    lines = [
+        "",
+        f"The learning-rate choice: validation answer NLL (exact match in %) by learning rate, "
+        f"seed {seeds}; each method's lowest NLL (bold) is its chosen rate.",
+        "",
+        "| method | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " |",
+        "|---|" + "---|" * len(lrs),
+    ]
+    for method, c in choice.items():
+        cells = []
+        for lr in lrs:
+            key = f"{lr:g}"
+            if key not in c["validation_nll"]:
+                cells.append("–")
+                continue
+            text = f"{c['validation_nll'][key]:.4f} ({100 * c['validation_accuracy'][key]:.0f})"
+            cells.append(f"**{text}**" if float(c["best_lr"]) == lr else text)
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _contrast_table(contrasts: Sequence[dict[str, Any]]) -> list[str]:
+    lines = [
         "| baseline | test sets | seeds | problems | Δ exact match (points) | Δ answer NLL |",
         "|---|---|---|---|---|---|",
     ]
-    for c in result["contrasts"]:
+    for c in contrasts:
         for scope in SCOPES:
             cell = c.get(scope)
             if not cell:
@@ -268,10 +374,53 @@ def markdown(result: dict[str, Any]) -> str:
                 f"| {c['baseline']} | {scope} | {some['seeds']} | {some['problems']} | "
                 f"{_ci(cell.get('accuracy'), 100, 1)} | {_ci(cell.get('nll'), 1, 3)} |"
             )
-    if not result["contrasts"]:
+    if not contrasts:
         lines.append("| – | – | – | – | no paired runs yet | – |")
-    lines += _dynamics_table(result["dynamics"])
-    return "\n".join(lines) + "\n"
+    return lines
+
+
+def _same_lr_table(result: dict[str, Any]) -> list[str]:
+    """The paired answer-NLL differences at each swept rate, every method at that same rate
+    (the tuning seeds): whether a contrast holds with the learning rate held equal."""
+    rows = [e for e in result.get("contrasts_same_lr", []) if e["contrasts"]]
+    if not rows:
+        return []
+    seeds = ", ".join(map(str, result["grid"]["tune_seeds"]))
+    lines = [
+        "",
+        f"The same contrasts with the learning rate held equal: Δ answer NLL, {METHOD} − "
+        f"baseline, both at the rate of the row (seed {seeds}: the intervals cover the "
+        "problems, not the seeds); all test sets / the unseen sets.",
+        "",
+        "| lr | baseline | Δ answer NLL, all | Δ answer NLL, unseen |",
+        "|---|---|---|---|",
+    ]
+    for e in rows:
+        for c in e["contrasts"]:
+            lines.append(
+                f"| {e['lr']:g} | {c['baseline']} | {_ci(c['all'].get('nll'), 1, 3)} | "
+                f"{_ci(c.get('unseen', {}).get('nll'), 1, 3)} |"
+            )
+    return lines
+
+
+def _sweep_table(sweep: Sequence[dict[str, Any]]) -> list[str]:
+    if not sweep:
+        return []
+    lines = [
+        "",
+        f"The curvature dynamics of the {METHOD} runs of the learning-rate sweep (the tuning "
+        "seeds).",
+        "",
+        "| lr | seed | κ changed sign | mean \\|Δκ\\| | boundary share at the end |",
+        "|---|---|---|---|---|",
+    ]
+    for d in sorted(sweep, key=lambda d: (d["lr"], d["seed"])):
+        lines.append(
+            f"| {d['lr']:g} | {d['seed']} | {_pct(d['sign_changed_share'])} | "
+            f"{d['mean_abs_delta']:.3f} | {_pct(d['boundary_share_end'])} |"
+        )
+    return lines
 
 
 def _dynamics_table(dynamics: Sequence[dict[str, Any]]) -> list[str]:
@@ -323,6 +472,14 @@ def verdict_markdown(result: dict[str, Any]) -> str:
         )
     if not lines:
         lines.append("- No contrast has a finished pair of runs yet.")
+    choice = result.get("lr_choice", {})
+    if choice:
+        seeds = ", ".join(map(str, result["grid"]["tune_seeds"]))
+        chosen = "; ".join(f"{m} {float(c['best_lr']):g}" for m, c in choice.items())
+        lines.append(
+            f"- **Learning rates**, each method's lowest validation answer NLL (seed {seeds}): "
+            f"{chosen}."
+        )
     lines += _dynamics_verdict(result)
     return "\n".join(lines) + "\n"
 
@@ -387,11 +544,16 @@ def plot_kappa(result: dict[str, Any], path: Path) -> Path:
     g = result["grid"]
     if g["finished"]:
         fig.suptitle(
-            f"{METHOD} on {g['model']}: lr {LRS[0]:g}, κ lr {g['curvature_lr']:g}, "
+            f"{METHOD} on {g['model']}: lr {_chosen(result):g}, κ lr {g['curvature_lr']:g}, "
             f"{g['steps']} steps × batch {g['batch_size']}",
             fontsize=11,
         )
     return _save(fig, path)
+
+
+def _chosen(result: dict[str, Any]) -> float:
+    """The learning rate the method chose (:data:`FIXED_LR` before it has)."""
+    return float(result.get("lr_choice", {}).get(METHOD, {}).get("best_lr", FIXED_LR))
 
 
 _LAYER = re.compile(r"layers\.(\d+)\..*?(\w+)$")

@@ -39,12 +39,17 @@ def log(flips: list[int]) -> list[dict]:
 
 @pytest.fixture
 def grid(tmp_path: Path) -> list[Path]:
-    """Two grid folders: moselora and moselora-e with seeds 0 and 1 (moselora better on the
-    unseen set), hydralora with seed 0 only (as bad as moselora-e), no lora-rmatch run."""
+    """Two grid folders: moselora and moselora-e swept on seed 0 (1e-3 has the lowest
+    validation NLL for both: the chosen rate) and run with seed 1 at 1e-3 (moselora better
+    on the unseen set); hydralora with seed 0 at 1e-3 only (as bad as moselora-e, its sweep
+    not finished); no lora-rmatch run."""
     a, b = tmp_path / "runs" / "a", tmp_path / "runs" / "b"
     for seed in (0, 1):
         write_run(a, "moselora", seed, *scores(good=True), log=log([0, 1, 2]))
         write_run(a, "moselora-e", seed, *scores(good=False), log=[{"step": 5, "loss": 1.0}])
+    for lr in (5e-4, 2e-3, 4e-3):  # worse on validation: not chosen
+        write_run(a, "moselora", 0, *scores(good=False), lr=lr, validation=(0.5, 0.3))
+        write_run(a, "moselora-e", 0, *scores(good=True), lr=lr, validation=(0.5, 0.3))
     write_run(b, "hydralora", 0, *scores(good=False))
     return [a, b]
 
@@ -60,19 +65,23 @@ def test_collect_pairs_moselora_with_each_baseline_and_lists_the_rest(grid):
     assert e["seen"]["nll"]["diff"] == pytest.approx(0.0)
     assert pairs["hydralora"]["all"]["nll"]["seeds"] == 1
     g = result["grid"]
-    assert (g["runs"], g["finished"], g["steps"], g["model"]) == (12, 5, 4, "tiny-llama")
-    missing = {(m["method"], m["seed"]) for m in result["missing"]}
-    assert missing == {
-        ("hydralora", 1),
-        ("hydralora", 2),
-        ("lora-rmatch:moselora", 0),
-        ("lora-rmatch:moselora", 1),
-        ("lora-rmatch:moselora", 2),
-        ("moselora", 2),
-        ("moselora-e", 2),
-    }
+    assert (g["runs"], g["finished"], g["steps"], g["model"]) == (24, 11, 4, "tiny-llama")
+    missing = {(m["method"], m["lr"], m["seed"]) for m in result["missing"]}
+    sweep = {(m, lr, 0) for m in ("hydralora", "lora-rmatch:moselora") for lr in r15.LRS}
+    waits = {(m, None, s) for m in ("hydralora", "lora-rmatch:moselora") for s in (1, 2)}
+    assert missing == {("moselora", 1e-3, 2), ("moselora-e", 1e-3, 2)} | waits | (
+        sweep - {("hydralora", 1e-3, 0)}
+    )
     assert result["commands"]["results"] == "cmd"
     assert result["means"]["moselora"]["accuracy_unseen"] == [pytest.approx(2 / 3), 0.0]
+    choice = result["lr_choice"]["moselora"]
+    assert (choice["best_lr"], choice["selected_on"], choice["tuning_seeds"]) == (1e-3, "nll", [0])
+    assert choice["validation_nll"] == {"0.0005": 0.3, "0.001": 0.1, "0.002": 0.3, "0.004": 0.3}
+    # the first grid: every method at 1e-3, the same pairs here
+    assert [c["baseline"] for c in result["contrasts_fixed_lr"]] == ["moselora-e", "hydralora"]
+    assert [(d["lr"], d["seed"]) for d in result["dynamics_by_lr"]] == [
+        (5e-4, 0), (1e-3, 0), (2e-3, 0), (4e-3, 0)
+    ]  # fmt: skip
 
 
 def test_dynamics_of_each_moselora_run_with_its_kappa_trajectory(grid):
@@ -93,14 +102,20 @@ def test_dynamics_of_each_moselora_run_with_its_kappa_trajectory(grid):
 def test_markdown_and_verdict_say_what_the_intervals_say(grid):
     result = r15.collect(grid, bootstrap=200, command="cmd")
     md = r15.markdown(result)
-    assert md.startswith("**Partial grid: 5 of 12 runs finished.**")
-    assert "- lora-rmatch:moselora, seed 0: not started" in md
+    assert md.startswith("**Partial grid: 11 of 24 runs finished.**")
+    assert "- lora-rmatch:moselora, lr 0.0005, seed 0: not started" in md
+    assert "- hydralora, lr (its chosen), seed 1: waits for the learning-rate sweep" in md
+    assert "| moselora | 0.3000 (50) | **0.1000 (50)** | 0.3000 (50) | 0.3000 (50) |" in md
+    assert "| hydralora | – | **0.1000 (50)** | – | – |" in md
+    assert "| 0.004 | 0 | 25.0 % | 0.100 | 15.0 % |" in md
     assert "| moselora-e | all | 2 | 6 | +33.3 [" in md
     assert "| moselora-e | unseen | 2 | 3 | +66.7 [" in md
     assert "| -0.200 [-0.200, -0.200] |" in md  # the unseen NLL: -0.2 on every problem
     assert "| moselora | 0 | 4 | 1 of 4 (25.0 %) | 0.100 | 0.300 | 5.0 % → 15.0 % |" in md
     verdict = r15.verdict_markdown(result)
-    assert verdict.count("\n") == 3  # one line per contrast, one on the curvatures
+    assert verdict.count("\n") == 4  # one line per contrast, the rates, the curvatures
+    assert "- **Learning rates**, each method's lowest validation answer NLL (seed 0): " in verdict
+    assert "moselora 0.001; moselora-e 0.001; hydralora 0.001." in verdict
     assert "- **moselora vs moselora-e** (6 problems, 2 seeds): answer NLL -0.100 [" in verdict
     assert "unseen sets alone, answer NLL -0.200 [-0.200, -0.200], better." in verdict
     assert "- **moselora vs hydralora** (6 problems, 1 seed: the interval covers the " in verdict
@@ -167,7 +182,7 @@ def test_the_per_expert_figure_is_drawn_from_the_first_run_with_a_history(grid, 
 def test_no_finished_run_is_a_report_too(tmp_path):
     (tmp_path / "a").mkdir()
     result = r15.collect([tmp_path / "a"], bootstrap=10, command="cmd")
-    assert result["grid"]["finished"] == 0 and len(result["missing"]) == 12
+    assert result["grid"]["finished"] == 0 and len(result["missing"]) == 24
     assert "| – | – | – | – | no paired runs yet | – |" in r15.markdown(result)
     assert r15.verdict_markdown(result) == "- No contrast has a finished pair of runs yet.\n"
     r15.plot_kappa(result, tmp_path / "k.png")  # empty figures, no error
