@@ -172,7 +172,9 @@ def mix_forward(
             terms = radial.curvature_terms(
                 k.to(compute_dtype(z.dtype)), default_eps(z.dtype), input_map
             )
-        out = mix_infer(z, b_cat, gates, gram, terms, input_map=input_map, base=base, alpha=alpha)
+        out = mix_infer(
+            z, b_cat.t(), gates, gram, terms, input_map=input_map, base=base, alpha=alpha
+        )
         return out, None
     dtype = z.dtype
     cdt = compute_dtype(dtype)
@@ -225,7 +227,7 @@ def mix_forward(
 
 def mix_infer(
     z: Tensor,
-    b_cat: Tensor,
+    up: Tensor,
     gates: Tensor,
     gram: Tensor,
     terms: radial.CurvatureTerms,
@@ -236,7 +238,7 @@ def mix_infer(
 ) -> Tensor:
     r""":func:`mix_forward` of a call without a backward, ``base + alpha·Σ_i γ_i B_i z``, with
     the terms that depend on the weights alone computed before (a layer's inference cache):
-    ``gram`` (:func:`gram_matrices` in the compute dtype) and ``terms``
+    ``up`` (``B_catᵀ``), ``gram`` (:func:`gram_matrices` in the compute dtype) and ``terms``
     (:func:`mosgeo.radial.curvature_terms` of κ). Each form is that of :func:`mix_forward`:
     ``q_i = z̃ᵀG_iz̃`` from one ``z̃ [G_1 … G_N]`` matmul, ``γ`` by
     :func:`mosgeo.radial.gamma_forward`, the mixture as one ``addmm`` over ``B_cat``."""
@@ -247,7 +249,8 @@ def mix_infer(
     zt = zc / mu.clamp_min_(torch.finfo(cdt).tiny)
     t, r = zt.shape
     n = gram.shape[1] // r
-    q = ((zt @ gram).view(t, n, r) * zt.unsqueeze(1)).sum(-1)
+    zu = zt.unsqueeze(1)
+    q = ((zt @ gram).view(t, n, r) * zu).sum(-1)
     nz = None if input_map == "lift" else torch.linalg.vector_norm(zt, dim=-1, keepdim=True)
     gamma, _ = radial.gamma_forward(
         nz, q, terms.k, gates, mu, eps=default_eps(dtype), input_map=input_map,
@@ -255,10 +258,10 @@ def mix_infer(
     )  # fmt: skip
     if alpha != 1.0 and base is None:
         gamma = gamma * alpha
-    h = (gamma.unsqueeze(-1) * zt.unsqueeze(1)).view(t, n * r)
+    h = (gamma.unsqueeze(-1) * zu).view(t, n * r)
     if cdt != dtype:
         h = h.to(dtype)
-    return F.linear(h, b_cat) if base is None else torch.addmm(base, h, b_cat.t(), alpha=alpha)
+    return h @ up if base is None else torch.addmm(base, h, up, alpha=alpha)
 
 
 def mix_backward(

@@ -229,6 +229,8 @@ class Constants(NamedTuple):
 
     #: ``(A, W_g, B_cat)``.
     weights: tuple[Tensor, Tensor, Tensor]
+    #: ``B_catᵀ`` (a view): the up-projection's ``addmm`` operand, not transposed per call.
+    up: Tensor
     #: :func:`mosgeo.radial.curvature_terms` of κ (``κ e^{-2ρ}`` with an input scale), in the
     #: compute dtype.
     terms: radial.CurvatureTerms
@@ -258,14 +260,14 @@ def constants(
         terms = radial.curvature_terms(k, default_eps(dtype), spec.input_map)
         gram = gram_matrices(b_w, k.shape[0], cdt)
     value = radial.gate_scale(default_eps(dtype), spec.scaling)
-    return Constants((a_w, g_w, b_w), terms, gram, spec, value)
+    return Constants((a_w, g_w, b_w), b_w.t(), terms, gram, spec, value)
 
 
 def infer(x: Tensor, base: Tensor | None, consts: Constants) -> tuple[Tensor, Tensor | None]:
     r""":func:`adapter`'s output for a call that needs no gradient and no balance term
     (evaluation, decoding), with everything that depends on the weights alone in ``consts``
     (:func:`constants`): the fewest ops per call, and no Python work but the ops (one adapted
-    layer decoding one token: 44 top-level aten ops with the base layer's matmul, against 59
+    layer decoding one token: 42 top-level aten ops with the base layer's matmul, against 59
     for :func:`adapter` without a gradient; ``tests/tuner/test_ops.py``).
 
     Returns ``(out, chosen)``: ``chosen`` the indices of each token's experts (``(T,
@@ -282,7 +284,7 @@ def infer(x: Tensor, base: Tensor | None, consts: Constants) -> tuple[Tensor, Te
     if base is not None and base.dim() != 2:
         base = base.reshape(-1, d_out)
     out = mix_infer(
-        z, b_w, gates, consts.gram, consts.terms, input_map=spec.input_map, base=base,
+        z, consts.up, gates, consts.gram, consts.terms, input_map=spec.input_map, base=base,
         alpha=consts.value,
     )  # fmt: skip
     if x.dim() != 2:

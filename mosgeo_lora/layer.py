@@ -414,7 +414,9 @@ class MoSELoraLayer(BaseTunerLayer):
                 )
             pending = self._pending_routes.setdefault(adapter_name, [])
             pending.append(chosen)
-            self.route_tokens[adapter_name] = self.route_tokens.get(adapter_name, 0) + len(chosen)
+            self.route_tokens[adapter_name] = (
+                self.route_tokens.get(adapter_name, 0) + chosen.shape[0]
+            )
             if len(pending) >= _PENDING_ROUTES:
                 self._flush_routes(adapter_name)
             return
