@@ -35,6 +35,7 @@ from typing import Any
 
 from mosgeo_lora.finetune.compare import (
     check_one_experiment,
+    chosen_lr,
     finished_runs,
     missing_runs,
     paired_differences,
@@ -54,13 +55,13 @@ METHOD = "moselora"
 BASELINES = ("moselora-e", "hydralora", "lora-rmatch:moselora")
 #: The learning rates swept per method (with the tuning seeds), each method's chosen on its
 #: validation answer NLL; the first grid ran every method at :data:`FIXED_LR` alone.
-LRS = (5e-4, 1e-3, 2e-3, 4e-3)
+LRS = (5e-4, 1e-3, 2e-3, 4e-3, 8e-3)
 FIXED_LR = 1e-3
 SEEDS = (0, 1, 2)
 #: The seeds every learning rate ran with; the others ran at each method's chosen rate.
 TUNE_SEEDS = (0,)
 _SETTINGS = (
-    "--lrs 5e-4,1e-3,2e-3,4e-3 --seeds 0,1,2 --tune-seeds 0 --steps 400 --batch-size 8 "
+    "--lrs 5e-4,1e-3,2e-3,4e-3,8e-3 --seeds 0,1,2 --tune-seeds 0 --steps 400 --batch-size 8 "
     "--curvature-lr 5e-2 --validation-per-module 20 --save-steps 50 --threads 1 --no-progress"
 )
 #: The two halves of the grid, run side by side (same settings, so paired by seed).
@@ -72,9 +73,25 @@ GRID_COMMANDS = (
 #: The same grid's report from its finished runs, training nothing.
 REPORT_COMMAND = (
     "mosgeo-lora compare --report-only --runs-dir runs/issue15 --runs-dir runs/issue15b "
-    "--methods moselora,moselora-e,hydralora,lora-rmatch:moselora --lrs 5e-4,1e-3,2e-3,4e-3 "
+    "--methods moselora,moselora-e,hydralora,lora-rmatch:moselora --lrs 5e-4,1e-3,2e-3,4e-3,8e-3 "
     "--seeds 0,1,2 --tune-seeds 0 --baselines moselora-e,hydralora,lora-rmatch:moselora "
     "--output-dir runs/issue15-report"
+)
+#: Item 4's design options and item 3's Tables 2 and 3, each a MoSELoRA variant paired with
+#: MoSELoRA itself: the learnable input scale from √d_in (``@scale``, against the clipping),
+#: one optimizer group (``@uni``: Table 2's UNI, κ at the adapter's rate; MoSELoRA's default
+#: is SEP, κ at ``--curvature-lr``), hyperbolic experts only (``moselora-h``) and spherical
+#: only (``moselora-s``, Table 3).
+VARIANTS = ("moselora@scale", "moselora@uni", "moselora-h", "moselora-s")
+#: The variants' sweep: the rates around MoSELoRA's chosen one (4e-3, inside its sweep), with
+#: the tuning seeds; the other seeds at each variant's chosen rate.
+VARIANT_LRS = (2e-3, 4e-3, 8e-3)
+_VARIANT_SETTINGS = _SETTINGS.replace("5e-4,1e-3,2e-3,4e-3,8e-3", "2e-3,4e-3,8e-3")
+VARIANT_COMMANDS = (
+    f"mosgeo-lora compare --methods moselora@scale,moselora@uni {_VARIANT_SETTINGS} "
+    "--output-dir runs/issue15c",
+    f"mosgeo-lora compare --methods moselora-h,moselora-s {_VARIANT_SETTINGS} "
+    "--output-dir runs/issue15d",
 )
 #: The level of the intervals (``paired_bootstrap``'s default).
 LEVEL = 0.95
@@ -165,7 +182,8 @@ def collect(runs_dirs: Sequence[Path], bootstrap: int, command: str) -> dict[str
         baselines=BASELINES,
     )
     wanted = {(m, lr, s) for m in cfg.methods for lr in LRS for s in SEEDS}
-    runs = [r for r in finished_runs(runs_dirs) if (r["method"], *_lr_seed(r)) in wanted]
+    every = finished_runs(runs_dirs)
+    runs = [r for r in every if (r["method"], *_lr_seed(r)) in wanted]
     check_one_experiment(runs)
     summary = summarize(runs, cfg.methods)
     paired = paired_differences(runs, summary, BASELINES, bootstrap, methods=(METHOD,))
@@ -193,7 +211,12 @@ def collect(runs_dirs: Sequence[Path], bootstrap: int, command: str) -> dict[str
     missing = missing_runs(cfg, runs, runs_dirs)
     return {
         "question": QUESTION,
-        "commands": {"grid": list(GRID_COMMANDS), "report": REPORT_COMMAND, "results": command},
+        "commands": {
+            "grid": list(GRID_COMMANDS),
+            "variants": list(VARIANT_COMMANDS),
+            "report": REPORT_COMMAND,
+            "results": command,
+        },
         "grid": {
             "methods": list(cfg.methods),
             "lrs": list(LRS),
@@ -227,6 +250,53 @@ def collect(runs_dirs: Sequence[Path], bootstrap: int, command: str) -> dict[str
         "dynamics": dynamics,
         "dynamics_mean": _dynamics_mean(dynamics),
         "dynamics_by_lr": [{k: d[k] for k in _SWEEP_KEYS} for d in sweep],
+        "variants": collect_variants(every, runs_dirs, bootstrap),
+    }
+
+
+def collect_variants(
+    every: Sequence[dict[str, Any]], runs_dirs: Sequence[Path], bootstrap: int
+) -> dict[str, Any]:
+    """The variants' grid (:data:`VARIANTS`, with :data:`METHOD` on :data:`VARIANT_LRS`): the
+    learning-rate choice of each, the paired differences ``METHOD − variant`` at the chosen
+    rates, the curvature dynamics of every run at its method's chosen rate (each once its
+    sweep has finished), the runs missing."""
+    cfg = CompareConfig(
+        methods=(METHOD, *VARIANTS),
+        lrs=VARIANT_LRS,
+        seeds=SEEDS,
+        tune_seeds=TUNE_SEEDS,
+        baselines=VARIANTS,
+    )
+    wanted = {(m, lr, s) for m in cfg.methods for lr in VARIANT_LRS for s in SEEDS}
+    runs = [r for r in every if (r["method"], *_lr_seed(r)) in wanted]
+    check_one_experiment(runs)
+    summary = summarize(runs, cfg.methods)
+    # a variant pairs once its sweep has finished: a rate chosen among some of them may change
+    chosen = {m: chosen_lr(cfg, runs, m) for m in cfg.methods}
+    ready = [v for v in VARIANTS if chosen[v] is not None]
+    paired = paired_differences(runs, summary, ready, bootstrap, methods=(METHOD,))
+    dynamics = [
+        d
+        for r in runs
+        if _lr_seed(r)[0] == chosen.get(r["method"])
+        and (d := run_dynamics(r, run_folder(runs_dirs, r["method"], *_lr_seed(r))))
+    ]
+    total = len(cfg.methods) * (len(VARIANT_LRS) * len(TUNE_SEEDS) + len(SEEDS) - len(TUNE_SEEDS))
+    missing = missing_runs(cfg, runs, runs_dirs)
+    return {
+        "grid": {
+            "methods": list(cfg.methods),
+            "lrs": list(VARIANT_LRS),
+            "seeds": list(SEEDS),
+            "tune_seeds": list(TUNE_SEEDS),
+            "runs": total,
+            "finished": total - len(missing),
+        },
+        "missing": missing,
+        "contrasts": [contrast(p) for p in paired],
+        "lr_choice": {m: _choice(s) for m, s in summary.items()},
+        "dynamics": [{k: v for k, v in d.items() if k != "trajectory"} for d in dynamics],
     }
 
 
@@ -327,7 +397,28 @@ def markdown(result: dict[str, Any]) -> str:
     lines += _same_lr_table(result)
     lines += _dynamics_table(result["dynamics"])
     lines += _sweep_table(result.get("dynamics_by_lr", []))
+    lines += _variant_lines(result.get("variants"))
     return "\n".join(lines) + "\n"
+
+
+def _variant_lines(variants: dict[str, Any] | None) -> list[str]:
+    """The variants' section of ``issue15.md``: its runs missing, the paired differences
+    ``METHOD − variant``, the learning-rate choice and the curvature dynamics."""
+    if not variants:
+        return []
+    level = variants["grid"].get("level", LEVEL)
+    lines = ["", "### The design options and Tables 2 and 3", "", *missing_note(variants)]
+    lines += [
+        f"Paired differences, {METHOD} − variant, each at the learning rate it chose on the "
+        f"validation set among {', '.join(f'{lr:g}' for lr in variants['grid']['lrs'])}; "
+        f"{100 * level:g} % intervals as above (a negative answer NLL: {METHOD} better than "
+        "the variant).",
+        "",
+        *_contrast_table(variants["contrasts"], label="variant"),
+        *_choice_table(variants),
+        *_dynamics_table(variants["dynamics"]),
+    ]
+    return lines
 
 
 def _choice_table(result: dict[str, Any]) -> list[str]:
@@ -359,9 +450,9 @@ def _choice_table(result: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _contrast_table(contrasts: Sequence[dict[str, Any]]) -> list[str]:
+def _contrast_table(contrasts: Sequence[dict[str, Any]], label: str = "baseline") -> list[str]:
     lines = [
-        "| baseline | test sets | seeds | problems | Δ exact match (points) | Δ answer NLL |",
+        f"| {label} | test sets | seeds | problems | Δ exact match (points) | Δ answer NLL |",
         "|---|---|---|---|---|---|",
     ]
     for c in contrasts:
@@ -459,19 +550,10 @@ def _word(res: dict[str, Any] | None, lower_is_better: bool) -> str:
 
 def verdict_markdown(result: dict[str, Any]) -> str:
     """``issue15_verdict.md``: per contrast, what the intervals say, in words."""
-    lines = []
-    for c in result["contrasts"]:
-        every, unseen = c["all"], c.get("unseen", {})
-        some = every.get("nll") or every.get("accuracy")
-        lines.append(
-            f"- **{METHOD} vs {c['baseline']}** ({some['problems']} problems, "
-            f"{_seeds(some['seeds'])}): answer NLL {_ci(every.get('nll'), 1, 3)} nats per token, "
-            f"{_word(every.get('nll'), True)}; exact match {_ci(every.get('accuracy'), 100, 1)} "
-            f"points, {_word(every.get('accuracy'), False)}; on the unseen sets alone, answer "
-            f"NLL {_ci(unseen.get('nll'), 1, 3)}, {_word(unseen.get('nll'), True)}."
-        )
+    lines = _contrast_words(result["contrasts"])
     if not lines:
         lines.append("- No contrast has a finished pair of runs yet.")
+    lines += _contrast_words(result.get("variants", {}).get("contrasts", []))
     choice = result.get("lr_choice", {})
     if choice:
         seeds = ", ".join(map(str, result["grid"]["tune_seeds"]))
@@ -482,6 +564,22 @@ def verdict_markdown(result: dict[str, Any]) -> str:
         )
     lines += _dynamics_verdict(result)
     return "\n".join(lines) + "\n"
+
+
+def _contrast_words(contrasts: Sequence[dict[str, Any]]) -> list[str]:
+    """One verdict line per contrast: each score's interval, and what it says."""
+    lines = []
+    for c in contrasts:
+        every, unseen = c["all"], c.get("unseen", {})
+        some = every.get("nll") or every.get("accuracy")
+        lines.append(
+            f"- **{METHOD} vs {c['baseline']}** ({some['problems']} problems, "
+            f"{_seeds(some['seeds'])}): answer NLL {_ci(every.get('nll'), 1, 3)} nats per token, "
+            f"{_word(every.get('nll'), True)}; exact match {_ci(every.get('accuracy'), 100, 1)} "
+            f"points, {_word(every.get('accuracy'), False)}; on the unseen sets alone, answer "
+            f"NLL {_ci(unseen.get('nll'), 1, 3)}, {_word(unseen.get('nll'), True)}."
+        )
+    return lines
 
 
 def _seeds(n: int) -> str:

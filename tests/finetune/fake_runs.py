@@ -31,9 +31,9 @@ def write_run(
 ) -> Path:
     """A finished run of ``compare``'s grid under ``root``: its folder with a ``metrics.json``
     of the schema ``finetune`` writes (per-problem exact match and answer NLL per test set,
-    a validation set, and curvature dynamics for ``moselora``), and the rows of ``log`` as
-    its ``train_log.jsonl``. ``validation``: the validation set's exact match and answer
-    NLL."""
+    a validation set, and curvature dynamics for ``moselora`` and its curved variants), and
+    the rows of ``log`` as its ``train_log.jsonl``. ``validation``: the validation set's
+    exact match and answer NLL."""
     run_dir = root / method / f"lr{lr:g}" / f"seed{seed}"
     run_dir.mkdir(parents=True)
     cfg = FinetuneConfig(
@@ -61,7 +61,7 @@ def write_run(
         "nll": vnll,
         "per_problem": {"correct": [int(acc >= 0.5)], "nll": [vnll]},
     }
-    curved = method == "moselora"
+    curved = method.partition("@")[0] in ("moselora", "moselora-h", "moselora-s")
     metrics = {
         "method": method,
         "model": "tiny-llama",

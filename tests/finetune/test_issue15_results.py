@@ -47,7 +47,7 @@ def grid(tmp_path: Path) -> list[Path]:
     for seed in (0, 1):
         write_run(a, "moselora", seed, *scores(good=True), log=log([0, 1, 2]))
         write_run(a, "moselora-e", seed, *scores(good=False), log=[{"step": 5, "loss": 1.0}])
-    for lr in (5e-4, 2e-3, 4e-3):  # worse on validation: not chosen
+    for lr in (5e-4, 2e-3, 4e-3, 8e-3):  # worse on validation: not chosen
         write_run(a, "moselora", 0, *scores(good=False), lr=lr, validation=(0.5, 0.3))
         write_run(a, "moselora-e", 0, *scores(good=True), lr=lr, validation=(0.5, 0.3))
     write_run(b, "hydralora", 0, *scores(good=False))
@@ -65,7 +65,7 @@ def test_collect_pairs_moselora_with_each_baseline_and_lists_the_rest(grid):
     assert e["seen"]["nll"]["diff"] == pytest.approx(0.0)
     assert pairs["hydralora"]["all"]["nll"]["seeds"] == 1
     g = result["grid"]
-    assert (g["runs"], g["finished"], g["steps"], g["model"]) == (24, 11, 4, "tiny-llama")
+    assert (g["runs"], g["finished"], g["steps"], g["model"]) == (28, 13, 4, "tiny-llama")
     missing = {(m["method"], m["lr"], m["seed"]) for m in result["missing"]}
     sweep = {(m, lr, 0) for m in ("hydralora", "lora-rmatch:moselora") for lr in r15.LRS}
     waits = {(m, None, s) for m in ("hydralora", "lora-rmatch:moselora") for s in (1, 2)}
@@ -76,11 +76,17 @@ def test_collect_pairs_moselora_with_each_baseline_and_lists_the_rest(grid):
     assert result["means"]["moselora"]["accuracy_unseen"] == [pytest.approx(2 / 3), 0.0]
     choice = result["lr_choice"]["moselora"]
     assert (choice["best_lr"], choice["selected_on"], choice["tuning_seeds"]) == (1e-3, "nll", [0])
-    assert choice["validation_nll"] == {"0.0005": 0.3, "0.001": 0.1, "0.002": 0.3, "0.004": 0.3}
+    assert choice["validation_nll"] == {
+        "0.0005": 0.3,
+        "0.001": 0.1,
+        "0.002": 0.3,
+        "0.004": 0.3,
+        "0.008": 0.3,
+    }
     # the first grid: every method at 1e-3, the same pairs here
     assert [c["baseline"] for c in result["contrasts_fixed_lr"]] == ["moselora-e", "hydralora"]
     assert [(d["lr"], d["seed"]) for d in result["dynamics_by_lr"]] == [
-        (5e-4, 0), (1e-3, 0), (2e-3, 0), (4e-3, 0)
+        (5e-4, 0), (1e-3, 0), (2e-3, 0), (4e-3, 0), (8e-3, 0)
     ]  # fmt: skip
 
 
@@ -102,7 +108,7 @@ def test_dynamics_of_each_moselora_run_with_its_kappa_trajectory(grid):
 def test_markdown_and_verdict_say_what_the_intervals_say(grid):
     result = r15.collect(grid, bootstrap=200, command="cmd")
     md = r15.markdown(result)
-    assert md.startswith("**Partial grid: 11 of 24 runs finished.**")
+    assert md.startswith("**Partial grid: 13 of 28 runs finished.**")
     assert "- lora-rmatch:moselora, lr 0.0005, seed 0: not started" in md
     assert "- hydralora, lr (its chosen), seed 1: waits for the learning-rate sweep" in md
     assert "| moselora | 0.3000 (50) | **0.1000 (50)** | 0.3000 (50) | 0.3000 (50) |" in md
@@ -182,7 +188,7 @@ def test_the_per_expert_figure_is_drawn_from_the_first_run_with_a_history(grid, 
 def test_no_finished_run_is_a_report_too(tmp_path):
     (tmp_path / "a").mkdir()
     result = r15.collect([tmp_path / "a"], bootstrap=10, command="cmd")
-    assert result["grid"]["finished"] == 0 and len(result["missing"]) == 24
+    assert result["grid"]["finished"] == 0 and len(result["missing"]) == 28
     assert "| – | – | – | – | no paired runs yet | – |" in r15.markdown(result)
     assert r15.verdict_markdown(result) == "- No contrast has a finished pair of runs yet.\n"
     r15.plot_kappa(result, tmp_path / "k.png")  # empty figures, no error
@@ -229,7 +235,8 @@ def test_the_results_page_is_the_one_its_json_gives():
     for name in r15.FIGURE_NAMES:
         assert f"```{{figure}} _static/figures/{name}\n" in page
     flat = " ".join(page.replace("\\\n", " ").split())
-    for command in [*result["commands"]["grid"], result["commands"]["report"]]:
+    commands = result["commands"]
+    for command in [*commands["grid"], *commands.get("variants", []), commands["report"]]:
         assert command in flat, command
     assert result["commands"]["results"] in flat
     verdict = _section(page, "Verdict")
@@ -249,3 +256,40 @@ def test_the_number_check_catches_a_stray_number():
 
 def test_layer_fixture_is_a_real_layer_name():
     assert r15._LAYER.search(LAYER).groups() == ("3", "down_proj")
+
+
+def test_the_variants_pair_with_moselora_each_at_its_own_rate(tmp_path):
+    """The design options and Tables 2-3: each variant chooses its rate among
+    ``VARIANT_LRS`` on seed 0 and pairs with MoSELoRA at MoSELoRA's rate; a variant whose
+    sweep has not finished pairs with nothing and is listed."""
+    a, c = tmp_path / "runs" / "a", tmp_path / "runs" / "c"
+    for lr in r15.VARIANT_LRS:  # moselora: 4e-3 has the lowest validation NLL
+        best = lr == 4e-3
+        write_run(
+            a, "moselora", 0, *scores(good=False), lr=lr, validation=(0.5, 0.1 if best else 0.3)
+        )
+        low = lr == 2e-3  # moselora@scale: 2e-3
+        write_run(
+            c, "moselora@scale", 0, *scores(good=low), lr=lr, validation=(0.5, 0.1 if low else 0.3)
+        )
+    write_run(c, "moselora-h", 0, *scores(good=True), lr=4e-3)
+    result = r15.collect([a, c], bootstrap=50, command="cmd")
+    v = result["variants"]
+    assert [x["baseline"] for x in v["contrasts"]] == ["moselora@scale"]
+    scale = v["contrasts"][0]
+    assert scale["method"] == "moselora" and scale["unseen"]["nll"]["diff"] == pytest.approx(0.2)
+    assert v["lr_choice"]["moselora@scale"]["best_lr"] == 2e-3
+    assert v["lr_choice"]["moselora"]["best_lr"] == 4e-3
+    assert {(d["method"], d["lr"]) for d in v["dynamics"]} == {
+        ("moselora", 4e-3), ("moselora@scale", 2e-3)
+    }  # fmt: skip
+    assert v["grid"]["runs"] == 5 * (3 + 2) and v["grid"]["finished"] == 7
+    missing = {(m["method"], m["lr"], m["seed"]) for m in v["missing"]}
+    assert ("moselora-h", 2e-3, 0) in missing and ("moselora@scale", 2e-3, 1) in missing
+    page = r15.markdown(result)
+    assert "### The design options and Tables 2 and 3" in page and "| variant |" in page
+    # moselora − variant: two fewer answers right of 3, 0.2 nats more on the unseen set
+    assert "| moselora@scale | unseen | 1 | 3 | -66.7 [-100.0, -33.3] | +0.200" in page
+    verdict = r15.verdict_markdown(result)
+    assert "- **moselora vs moselora@scale** (6 problems, 1 seed" in verdict
+    assert all(c in result["commands"]["variants"][0] for c in ("runs/issue15c", "2e-3,4e-3,8e-3"))
