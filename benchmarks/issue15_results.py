@@ -1,6 +1,6 @@
 """Issue 15's results, *does the mixture of spaces help?*, from the finished runs of its grid.
 
-Reads the runs of the two grid folders (``mosgeo-lora compare``'s layout,
+Reads the runs of the grid folders (``mosgeo-lora compare``'s layout,
 ``<dir>/<method>/lr<lr>/seed<seed>/``: ``metrics.json`` and ``train_log.jsonl``), trains
 nothing, and writes
 
@@ -19,7 +19,8 @@ nothing, and writes
   the end per seed, and per layer), and ``issue15_kappa_per_expert.png`` (κ of every expert of
   four layers over the steps, the first MoSELoRA run, from its ``curvatures.json``).
 
-usage: python benchmarks/issue15_results.py --runs runs/issue15 runs/issue15b
+usage (the four grid folders of ``docs/results.md``):
+    python benchmarks/issue15_results.py --runs runs/issue15 runs/issue15[bcd]
 """
 
 from __future__ import annotations
@@ -207,8 +208,7 @@ def collect(runs_dirs: Sequence[Path], bootstrap: int, command: str) -> dict[str
         d for r in runs if _lr_seed(r)[1] in TUNE_SEEDS and (d := run_dynamics(r, folders[id(r)]))
     ]
     settings = runs[0]["config"] if runs else {}
-    total = len(cfg.methods) * (len(LRS) * len(TUNE_SEEDS) + len(SEEDS) - len(TUNE_SEEDS))
-    missing = missing_runs(cfg, runs, runs_dirs)
+    grid, missing = _grid(cfg, runs, runs_dirs)
     return {
         "question": QUESTION,
         "commands": {
@@ -218,12 +218,7 @@ def collect(runs_dirs: Sequence[Path], bootstrap: int, command: str) -> dict[str
             "results": command,
         },
         "grid": {
-            "methods": list(cfg.methods),
-            "lrs": list(LRS),
-            "seeds": list(SEEDS),
-            "tune_seeds": list(TUNE_SEEDS),
-            "runs": total,
-            "finished": total - len(missing),
+            **grid,
             "bootstrap": bootstrap,
             "level": LEVEL,
             **{
@@ -282,22 +277,34 @@ def collect_variants(
         if _lr_seed(r)[0] == chosen.get(r["method"])
         and (d := run_dynamics(r, run_folder(runs_dirs, r["method"], *_lr_seed(r))))
     ]
-    total = len(cfg.methods) * (len(VARIANT_LRS) * len(TUNE_SEEDS) + len(SEEDS) - len(TUNE_SEEDS))
-    missing = missing_runs(cfg, runs, runs_dirs)
+    grid, missing = _grid(cfg, runs, runs_dirs)
     return {
-        "grid": {
-            "methods": list(cfg.methods),
-            "lrs": list(VARIANT_LRS),
-            "seeds": list(SEEDS),
-            "tune_seeds": list(TUNE_SEEDS),
-            "runs": total,
-            "finished": total - len(missing),
-        },
+        "grid": grid,
         "missing": missing,
         "contrasts": [contrast(p) for p in paired],
         "lr_choice": {m: _choice(s) for m, s in summary.items()},
         "dynamics": [{k: v for k, v in d.items() if k != "trajectory"} for d in dynamics],
     }
+
+
+def _grid(
+    cfg: CompareConfig, runs: Sequence[dict[str, Any]], runs_dirs: Sequence[Path]
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """``(grid, missing)``: the grid's methods, rates, seeds, its number of runs (every rate
+    on the tuning seeds, the chosen rate on the others) and how many finished; the runs it
+    lacks (:func:`~mosgeo_lora.finetune.compare.missing_runs`)."""
+    tune, seeds = cfg.tune_seeds, cfg.seeds
+    total = len(cfg.methods) * (len(cfg.lrs) * len(tune) + len(seeds) - len(tune))
+    missing = missing_runs(cfg, runs, runs_dirs)
+    grid = {
+        "methods": list(cfg.methods),
+        "lrs": list(cfg.lrs),
+        "seeds": list(seeds),
+        "tune_seeds": list(tune),
+        "runs": total,
+        "finished": total - len(missing),
+    }
+    return grid, missing
 
 
 #: What the learning-rate sweep's table shows of each tuning run's curvature dynamics.
