@@ -158,6 +158,9 @@ def run_dynamics(run: dict[str, Any], folder: Path) -> dict[str, Any] | None:
         share = d.get(f"boundary_share_{when}") or {}
         out[f"boundary_share_{when}"] = share.get("share")
         out[f"boundary_by_layer_{when}"] = share.get("by_layer", {})
+    scales = [d.get(f"input_scale_{when}") for when in ("start", "end")]
+    if all(scales):  # a learnable input scale: its mean over the layers
+        out["input_scale"] = [sc["mean"] for sc in scales]
     out["trajectory"] = read_trajectory(folder / "train_log.jsonl")
     return out
 
@@ -524,24 +527,30 @@ def _sweep_table(sweep: Sequence[dict[str, Any]]) -> list[str]:
 def _dynamics_table(dynamics: Sequence[dict[str, Any]]) -> list[str]:
     if not dynamics:
         return []
+    scaled = any("input_scale" in d for d in dynamics)
     lines = [
         "",
         "Curvature dynamics of each MoSELoRA run: the curved experts whose κ changed sign "
         "(changed space) between the start and the end, the mean and the largest |Δκ|, and "
         "the boundary share (the (token, hyperbolic expert) pairs whose code the input map "
-        "clips onto the ball) at the start and the end.",
+        "clips onto the ball) at the start and the end"
+        + (", and the learnable input scale (mean over the layers)." if scaled else "."),
         "",
         "| method | seed | steps | κ changed sign | mean \\|Δκ\\| | max \\|Δκ\\| | "
-        "boundary share, start → end |",
-        "|---|---|---|---|---|---|---|",
+        "boundary share, start → end |" + (" input scale, start → end |" if scaled else ""),
+        "|---|---|---|---|---|---|---|" + ("---|" if scaled else ""),
     ]
     for d in dynamics:
-        lines.append(
+        row = (
             f"| {d['method']} | {d['seed']} | {d['steps']} | {d['sign_changed']} of "
             f"{d['curved_experts']} ({_pct(d['sign_changed_share'])}) | "
             f"{d['mean_abs_delta']:.3f} | {d['max_abs_delta']:.3f} | "
             f"{_pct(d['boundary_share_start'])} → {_pct(d['boundary_share_end'])} |"
         )
+        if scaled:
+            sc = d.get("input_scale")
+            row += f" {sc[0]:.1f} → {sc[1]:.1f} |" if sc else " – |"
+        lines.append(row)
     return lines
 
 

@@ -89,6 +89,10 @@ def write_run(
         "accuracy": {k: v["accuracy"] for k, v in ev.items()},
         "nll": {k: v["nll"] for k, v in ev.items()},
     }
+    if "@scale" in method:  # a learnable input scale, from √d_in = 24 down to 20
+        for when, mean in (("start", 24.0), ("end", 20.0)):
+            scale = {"mean": mean, "min": mean, "max": mean, "layers": 1}
+            metrics["curvature_dynamics"][f"input_scale_{when}"] = scale
     (run_dir / "metrics.json").write_text(json.dumps(metrics))
     if log is not None:
         (run_dir / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))

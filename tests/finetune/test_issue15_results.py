@@ -290,6 +290,8 @@ def test_the_variants_pair_with_moselora_each_at_its_own_rate(tmp_path):
     assert "### The design options and Tables 2 and 3" in page and "| variant |" in page
     # moselora − variant: two fewer answers right of 3, 0.2 nats more on the unseen set
     assert "| moselora@scale | unseen | 1 | 3 | -66.7 [-100.0, -33.3] | +0.200" in page
+    dyn = "| 0 | 4 | 1 of 4 (25.0 %) | 0.100 | 0.300 | 5.0 % → 15.0 % |"
+    assert f"| moselora@scale {dyn} 24.0 → 20.0 |" in page and f"| moselora {dyn} – |" in page
     verdict = r15.verdict_markdown(result)
     assert "- **moselora vs moselora@scale** (6 problems, 1 seed" in verdict
     assert all(c in result["commands"]["variants"][0] for c in ("runs/issue15c", "2e-3,4e-3,8e-3"))
