@@ -178,17 +178,8 @@ def contrast(pair: dict[str, Any]) -> dict[str, Any]:
 
 def collect(runs_dirs: Sequence[Path], bootstrap: int, command: str) -> dict[str, Any]:
     """Everything the page quotes, from the finished runs under ``runs_dirs``."""
-    cfg = CompareConfig(
-        methods=(METHOD, *BASELINES),
-        lrs=LRS,
-        seeds=SEEDS,
-        tune_seeds=TUNE_SEEDS,
-        baselines=BASELINES,
-    )
-    wanted = {(m, lr, s) for m in cfg.methods for lr in LRS for s in SEEDS}
     every = finished_runs(runs_dirs)
-    runs = [r for r in every if (r["method"], *_lr_seed(r)) in wanted]
-    check_one_experiment(runs)
+    cfg, runs = _experiment(BASELINES, LRS, every)
     summary = summarize(runs, cfg.methods)
     paired = paired_differences(runs, summary, BASELINES, bootstrap, methods=(METHOD,))
     fixed = [r for r in runs if _lr_seed(r)[0] == FIXED_LR]
@@ -259,16 +250,7 @@ def collect_variants(
     learning-rate choice of each, the paired differences ``METHOD − variant`` at the chosen
     rates, the curvature dynamics of every run at its method's chosen rate (each once its
     sweep has finished), the runs missing."""
-    cfg = CompareConfig(
-        methods=(METHOD, *VARIANTS),
-        lrs=VARIANT_LRS,
-        seeds=SEEDS,
-        tune_seeds=TUNE_SEEDS,
-        baselines=VARIANTS,
-    )
-    wanted = {(m, lr, s) for m in cfg.methods for lr in VARIANT_LRS for s in SEEDS}
-    runs = [r for r in every if (r["method"], *_lr_seed(r)) in wanted]
-    check_one_experiment(runs)
+    cfg, runs = _experiment(VARIANTS, VARIANT_LRS, every)
     summary = summarize(runs, cfg.methods)
     # a variant pairs once its sweep has finished: a rate chosen among some of them may change
     chosen = {m: chosen_lr(cfg, runs, m) for m in cfg.methods}
@@ -288,6 +270,25 @@ def collect_variants(
         "lr_choice": {m: _choice(s) for m, s in summary.items()},
         "dynamics": [{k: v for k, v in d.items() if k != "trajectory"} for d in dynamics],
     }
+
+
+def _experiment(
+    baselines: Sequence[str], lrs: Sequence[float], every: Sequence[dict[str, Any]]
+) -> tuple[CompareConfig, list[dict[str, Any]]]:
+    """The grid of :data:`METHOD` and ``baselines`` on ``lrs`` (:data:`SEEDS`, tuned on
+    :data:`TUNE_SEEDS`), and its runs among ``every`` finished one, checked to be one
+    experiment (the same model, data and steps)."""
+    cfg = CompareConfig(
+        methods=(METHOD, *baselines),
+        lrs=tuple(lrs),
+        seeds=SEEDS,
+        tune_seeds=TUNE_SEEDS,
+        baselines=tuple(baselines),
+    )
+    wanted = {(m, lr, s) for m in cfg.methods for lr in lrs for s in SEEDS}
+    runs = [r for r in every if (r["method"], *_lr_seed(r)) in wanted]
+    check_one_experiment(runs)
+    return cfg, runs
 
 
 def _grid(
