@@ -434,7 +434,7 @@ def _variant_lines(variants: dict[str, Any] | None) -> list[str]:
 
 def _choice_table(result: dict[str, Any]) -> list[str]:
     """Validation answer NLL (exact match in brackets) by learning rate, per method, on the
-    tuning seeds; the chosen rate in bold."""
+    tuning seeds; the chosen rate in bold once the method's sweep has finished."""
     choice = result.get("lr_choice", {})
     if not choice:
         return []
@@ -443,20 +443,22 @@ def _choice_table(result: dict[str, Any]) -> list[str]:
     lines = [
         "",
         f"The learning-rate choice: validation answer NLL (exact match in %) by learning rate, "
-        f"seed {seeds}; each method's lowest NLL (bold) is its chosen rate.",
+        f"seed {seeds}; each method's lowest NLL (bold) is its chosen rate, once its sweep has "
+        "finished.",
         "",
         "| method | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " |",
         "|---|" + "---|" * len(lrs),
     ]
     for method, c in choice.items():
         cells = []
+        done = all(f"{lr:g}" in c["validation_nll"] for lr in lrs)
         for lr in lrs:
             key = f"{lr:g}"
             if key not in c["validation_nll"]:
                 cells.append("–")
                 continue
             text = f"{c['validation_nll'][key]:.4f} ({100 * c['validation_accuracy'][key]:.0f})"
-            cells.append(f"**{text}**" if float(c["best_lr"]) == lr else text)
+            cells.append(f"**{text}**" if done and float(c["best_lr"]) == lr else text)
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return lines
 

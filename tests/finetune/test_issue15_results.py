@@ -112,7 +112,7 @@ def test_markdown_and_verdict_say_what_the_intervals_say(grid):
     assert "- lora-rmatch:moselora, lr 0.0005, seed 0: not started" in md
     assert "- hydralora, lr (its chosen), seed 1: waits for the learning-rate sweep" in md
     assert "| moselora | 0.3000 (50) | **0.1000 (50)** | 0.3000 (50) | 0.3000 (50) |" in md
-    assert "| hydralora | – | **0.1000 (50)** | – | – |" in md
+    assert "| hydralora | – | 0.1000 (50) | – | – | – |" in md
     assert "| 0.004 | 0 | 25.0 % | 0.100 | 15.0 % |" in md
     assert "| moselora-e | all | 2 | 6 | +33.3 [" in md
     assert "| moselora-e | unseen | 2 | 3 | +66.7 [" in md
@@ -288,6 +288,7 @@ def test_the_variants_pair_with_moselora_each_at_its_own_rate(tmp_path):
     assert ("moselora-h", 2e-3, 0) in missing and ("moselora@scale", 2e-3, 1) in missing
     page = r15.markdown(result)
     assert "### The design options and Tables 2 and 3" in page and "| variant |" in page
+    assert "| moselora-h | – | 0.1000 (50) | – |" in page  # its sweep unfinished: no choice
     # moselora − variant: two fewer answers right of 3, 0.2 nats more on the unseen set
     assert "| moselora@scale | unseen | 1 | 3 | -66.7 [-100.0, -33.3] | +0.200" in page
     dyn = "| 0 | 4 | 1 of 4 (25.0 %) | 0.100 | 0.300 | 5.0 % → 15.0 % |"
