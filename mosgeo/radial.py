@@ -99,25 +99,34 @@ __all__ = [
 INPUT_MAPS = ("stereographic", "lift")
 
 
-def inverse_radius2(k: Tensor, eps: float) -> Tensor:
+def inverse_radius2(k: Tensor, eps: float, ball: Tensor | None = None) -> Tensor:
     r"""``1/R_κ²``, ``R_κ`` the radius of :func:`mosgeo.math.project`.
 
     ``R_κ = (1 − eps)/√|κ|`` for κ < 0 (``|κ|`` at least ``min_norm²``, so tiny κ gives a
     finite radius), ``max_norm/max(1, √κ)`` for κ ≥ 0; ``project(x) = x/max(1, ‖x‖/R_κ)``.
-    In ``k``'s dtype, with that dtype's guards."""
-    return _inverse_radius2(k, eps)[0]
+    In ``k``'s dtype, with that dtype's guards.
+
+    ``ball`` (``≥ 0``, ``k``'s shape; 0: none) adds a second projection, onto the ball of
+    curvature ``−ball``: the radius is then ``min(R_κ, (1 − eps)/√ball)``, which is
+    ``project(project(x, κ), −ball)``. A flat expert (κ = 0) with a ball sees its input
+    clipped as a hyperbolic expert of curvature ``−ball`` does, with no curvature in its
+    maps (issue 15's clipping control, ``MoSELoraConfig.flatten``)."""
+    return _inverse_radius2(k, eps, ball)[0]
 
 
-def _inverse_radius2(k: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+def _inverse_radius2(k: Tensor, eps: float, ball: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """``(1/R_κ², follows)``: ``follows`` where the radius follows κ, i.e. the clamp of
     ``|κ|`` (at ``min_norm²``, κ < 0) or of ``√κ`` (at 1, κ ≥ 0) is not active (at the clamp's
-    edge too: the derivative autograd takes through ``clamp_min``)."""
+    edge too: the derivative autograd takes through ``clamp_min``), nor a ``ball`` smaller
+    than ``R_κ`` (:func:`inverse_radius2`)."""
     g = guards(k.dtype)
     e2 = (1.0 - eps) ** 2
     neg = k < 0
     free = torch.where(neg, k * (-1.0 / e2), k * (1.0 / g.max_norm**2))
     # the clamps, in k's dtype (a where of two Python floats would be the default dtype's)
     floor = torch.full_like(k, 1.0 / g.max_norm**2).masked_fill_(neg, g.min_norm**2 / e2)
+    if ball is not None:
+        floor = torch.maximum(floor, ball * (1.0 / e2))
     # clamp, not maximum: at the edge (κ = 1, a preset's initial value) the whole derivative
     # goes to κ, as ``follows`` says (maximum would split it in two)
     return torch.clamp(free, min=floor), free >= floor
@@ -144,16 +153,26 @@ class CurvatureTerms(NamedTuple):
     kr2: Tensor | None
     #: Where ``R_κ`` follows κ (its clamp is not active).
     follows: Tensor | None
+    #: The second input ball they were computed with (:func:`inverse_radius2`), or ``None``.
+    ball: Tensor | None = None
 
 
-def curvature_terms(k: Tensor, eps: float, input_map: str) -> CurvatureTerms:
+def curvature_terms(
+    k: Tensor, eps: float, input_map: str, ball: Tensor | None = None
+) -> CurvatureTerms:
     """The per-expert constants of :func:`scale_forward`.
 
-    For curvatures ``k`` (compute dtype) and the storage dtype's margin ``eps``."""
+    For curvatures ``k`` (compute dtype), the storage dtype's margin ``eps`` and the
+    optional second input ball ``ball`` (:func:`inverse_radius2`; stereographic input map
+    only: the lift does not project)."""
     if input_map == "lift":
+        if ball is not None:
+            raise ValueError(
+                "an input ball needs the stereographic input map (lift does not project)"
+            )
         return CurvatureTerms(k, None, None, None, None)
-    ir2, follows = _inverse_radius2(k, eps)
-    return CurvatureTerms(k, ir2.sqrt(), ir2, k / ir2, follows)
+    ir2, follows = _inverse_radius2(k, eps, ball)
+    return CurvatureTerms(k, ir2.sqrt(), ir2, k / ir2, follows, ball)
 
 
 def _kp(terms: CurvatureTerms) -> Tensor:
@@ -290,9 +309,9 @@ def _forward_kernel(eps: float, input_map: str, inside: bool, save: bool) -> Cal
     in a bfloat16 call, γ off by 3 %; ``tests/geometry/test_radial.py``)."""
     text = repr(float(eps))
 
-    def forward(nz, q, k, gates, mu):
+    def forward(nz, q, k, gates, mu, ball=None):
         margin = float(text)
-        terms = curvature_terms(k, margin, input_map)
+        terms = curvature_terms(k, margin, input_map, ball)
         return scale_forward(nz, q, terms, gates, mu, eps=margin, inside=inside, save=save)
 
     # not fullgraph: past dynamo's recompilation limit (8 variants of one code object) the
@@ -326,17 +345,21 @@ def gamma_forward(
     inside: bool = False,
     save: bool = True,
     terms: CurvatureTerms | None = None,
+    ball: Tensor | None = None,
 ) -> tuple[Tensor, tuple | None]:
     """:func:`curvature_terms` then :func:`scale_forward`, by the :func:`set_kernel` kernel.
 
-    ``k`` is the experts' curvatures ``(N,)`` in ``q``'s dtype; ``terms``, if given, is
-    :func:`curvature_terms` of ``k`` computed before (a caller that reuses it across calls,
-    while κ is unchanged; the compiled kernel recomputes it inside its one kernel); the
-    other arguments are :func:`scale_forward`'s."""
+    ``k`` is the experts' curvatures ``(N,)`` in ``q``'s dtype and ``ball`` their optional
+    second input ball (:func:`inverse_radius2`); ``terms``, if given, is
+    :func:`curvature_terms` of ``k`` and ``ball`` computed before (a caller that reuses it
+    across calls, while κ is unchanged; the compiled kernel recomputes it inside its one
+    kernel); the other arguments are :func:`scale_forward`'s."""
+    if terms is not None:
+        ball = terms.ball
     if _compiling():
-        return _forward_kernel(eps, input_map, inside, save)(nz, q, k, gates, mu)
+        return _forward_kernel(eps, input_map, inside, save)(nz, q, k, gates, mu, ball)
     if terms is None:
-        terms = curvature_terms(k, eps, input_map)
+        terms = curvature_terms(k, eps, input_map, ball)
     return scale_forward(nz, q, terms, gates, mu, eps=eps, inside=inside, save=save)
 
 

@@ -94,6 +94,17 @@ class MoSELoraConfig(PeftConfig):
         default=None,
         metadata={"help": f"learnable input scale: None (off), {SQRT_D_IN!r} or its start"},
     )
+    #: Issue 15's clipping control: the preset's mix with its geometry removed but the
+    #: hyperbolic experts' input clipping kept. Every κ is fixed at 0 (as in
+    #: ``moselora-e``), and the code of each of the ``num_hyperbolic`` experts is projected
+    #: onto the ball it had at init, of radius ``(1 − ε)/√|hyperbolic_init|``, before the
+    #: flat map (:meth:`input_balls`): such an expert sees only the direction of a long
+    #: ``A x``, as a saturated hyperbolic expert does, with no curvature anywhere. Needs
+    #: the stereographic input map and no input scale. ``False`` (default): off.
+    flatten: bool = field(
+        default=False,
+        metadata={"help": "κ = 0, hyperbolic experts keep their input clip"},
+    )
     #: What the router reads: ``"code"`` (the low-rank code ``z = A x``, ``W_g`` is
     #: ``N × r``: the paper's MoSELoRA) or ``"input"`` (the adapter's input ``x``, after
     #: ``dropout``; ``W_g`` is ``N × d_in``: HydraLoRA's own code, whose router reads ``x``).
@@ -192,6 +203,11 @@ class MoSELoraConfig(PeftConfig):
                 )
             self.curvature_bounds = (float(lo), float(hi))
         self.input_scale = check_input_scale(self.input_scale)
+        if self.flatten and (self.input_map != "stereographic" or self.input_scale is not None):
+            raise ValueError(
+                "flatten keeps the hyperbolic experts' input projection: it needs "
+                "input_map='stereographic' and no input_scale"
+            )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if isinstance(self.target_modules, str) and self.layers_to_transform is not None:
@@ -224,7 +240,10 @@ class MoSELoraConfig(PeftConfig):
         return float(self.input_scale)
 
     def initial_curvatures(self) -> list[float]:
-        """κ of the experts at init: hyperbolic first, then spherical, then Euclidean (0)."""
+        """κ of the experts at init: hyperbolic first, then spherical, then Euclidean (0);
+        all 0 with :attr:`flatten`."""
+        if self.flatten:
+            return [0.0] * self.num_experts
         n_h, n_s = self.num_hyperbolic, self.num_spherical
         n_e = self.num_experts - n_h - n_s
         return [self.hyperbolic_init] * n_h + [self.spherical_init] * n_s + [0.0] * n_e
@@ -233,4 +252,15 @@ class MoSELoraConfig(PeftConfig):
         """1 for experts whose κ is learnable (curved and ``learn_curvature``), else 0."""
         n_c = self.num_hyperbolic + self.num_spherical
         on = 1.0 if self.learn_curvature and self.preset != "hydralora" else 0.0
+        if self.flatten:
+            on = 0.0
         return [on] * n_c + [0.0] * (self.num_experts - n_c)
+
+    def input_balls(self) -> tuple[float, ...] | None:
+        """Per expert, ``|κ|`` of the ball its code is projected onto besides its own
+        (:func:`mosgeo.radial.inverse_radius2`; 0: none), or ``None`` where no expert has
+        one: with :attr:`flatten`, ``|hyperbolic_init|`` for the hyperbolic experts."""
+        if not self.flatten or not self.num_hyperbolic:
+            return None
+        n_h = self.num_hyperbolic
+        return (abs(self.hyperbolic_init),) * n_h + (0.0,) * (self.num_experts - n_h)

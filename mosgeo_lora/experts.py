@@ -72,6 +72,15 @@ def _check(z: Tensor, b_cat: Tensor, k: Tensor, input_map: str) -> int:
     return n
 
 
+def _check_ball(ball: Tensor | None, n: int, input_map: str) -> None:
+    if ball is None:
+        return
+    if input_map != "stereographic":
+        raise ValueError("an input ball needs the stereographic input map (lift does not project)")
+    if ball.shape != (n,):
+        raise ValueError(f"expected ball of shape ({n},), got {tuple(ball.shape)}")
+
+
 def experts_reference(
     z: Tensor,
     b_cat: Tensor,
@@ -79,18 +88,25 @@ def experts_reference(
     *,
     input_map: str = "stereographic",
     phi: Callable[[Tensor], Tensor] | None = None,
+    ball: Tensor | None = None,
 ) -> Tensor:
     """Literal per-expert outputs ``o_i`` of shape ``(..., N, d_out)`` (slow; the tests hold
     the fused path to it). ``phi`` is an optional elementwise activation applied to
-    ``B_i s_i`` before the clip (paper eq. 6); the fused path supports ``phi = None`` only."""
+    ``B_i s_i`` before the clip (paper eq. 6); the fused path supports ``phi = None`` only.
+    ``ball`` (``(N,)``, ``≥ 0``; 0: none) projects expert ``i``'s code a second time, onto
+    the ball of curvature ``−ball_i`` (:func:`mosgeo.radial.inverse_radius2`)."""
     n = _check(z, b_cat, k, input_map)
+    _check_ball(ball, n, input_map)
     r = z.shape[-1]
     outs = []
     for i in range(n):
         ki = k[i]
         s = z
         if input_map == "stereographic":
-            s = charts.to_spacelike(pmath.project(z, k=ki), k=ki)
+            p = pmath.project(z, k=ki)
+            if ball is not None and ball[i] > 0:
+                p = pmath.project(p, k=-ball[i])
+            s = charts.to_spacelike(p, k=ki)
         v = s @ b_cat[:, i * r : (i + 1) * r].T
         if phi is not None:
             v = phi(v)
@@ -152,6 +168,7 @@ def mix_forward(
     gram: Tensor | None = None,
     terms: radial.CurvatureTerms | None = None,
     alpha: float = 1.0,
+    ball: Tensor | None = None,
 ) -> tuple[Tensor, MixState | None]:
     r"""``base + Σ_i γ_i B_i z`` (module docstring) for ``(T, r)`` codes, no autograd graph.
 
@@ -161,7 +178,9 @@ def mix_forward(
     divided by its largest ``|z_j|`` (``μ``, detached: the mixture does not depend on it),
     so that ``‖z‖²`` and the Gram forms cannot overflow. ``gram`` (:func:`gram_matrices`
     in the compute dtype) and ``terms`` (:func:`mosgeo.radial.curvature_terms` of ``k``)
-    may come from an earlier call with the same weights (the layer's inference cache).
+    may come from an earlier call with the same weights (the layer's inference cache);
+    ``ball`` is the experts' second input ball (``(N,)``, compute dtype, or ``None``:
+    :func:`mosgeo.radial.inverse_radius2`).
     ``alpha`` multiplies the adapter's output (``base + alpha·Σ_i γ_i B_i z``; a constant
     factor of the gates folded into the up-projection's ``addmm`` at no cost; with
     ``alpha ≠ 1`` the call saves no state). Returns ``(out, state)``."""
@@ -170,7 +189,7 @@ def mix_forward(
     if gram is not None and not save:  # the inference cache's terms
         if terms is None:
             terms = radial.curvature_terms(
-                k.to(compute_dtype(z.dtype)), default_eps(z.dtype), input_map
+                k.to(compute_dtype(z.dtype)), default_eps(z.dtype), input_map, ball
             )
         out = mix_infer(
             z, b_cat.t(), gates, gram, terms, input_map=input_map, base=base, alpha=alpha
@@ -203,7 +222,7 @@ def mix_forward(
         nz = torch.linalg.vector_norm(zt, dim=-1, keepdim=True)
     gamma, scale = radial.gamma_forward(
         nz, q, k, gates, mu, eps=eps, input_map=input_map, inside=cdt != dtype, save=save,
-        terms=terms,
+        terms=terms, ball=ball,
     )  # fmt: skip
     if alpha != 1.0 and (bz is not None or base is None):
         gamma = gamma * alpha
@@ -301,12 +320,13 @@ class _FusedExperts(torch.autograd.Function):
     twice differentiable: the backward is not recorded)."""
 
     @staticmethod
-    def forward(ctx, z, b_cat, k, gates, input_map):
+    def forward(ctx, z, b_cat, k, gates, input_map, ball):
         ctx.value = radial.gate_scale(default_eps(z.dtype))
         cdt = compute_dtype(z.dtype)
         out, state = mix_forward(
-            z, b_cat, k.to(cdt), gates.to(cdt) * ctx.value, input_map=input_map
-        )
+            z, b_cat, k.to(cdt), gates.to(cdt) * ctx.value, input_map=input_map,
+            ball=None if ball is None else ball.to(cdt),
+        )  # fmt: skip
         ctx.save_for_backward(*state[:7], *(s for s in state.scale if s is not None))
         ctx.stereo = state.scale[-1] is not None
         ctx.dtypes = (z.dtype, k.dtype, gates.dtype)
@@ -320,7 +340,7 @@ class _FusedExperts(torch.autograd.Function):
         state = MixState(*saved[:7], scale)
         g_z, g_b, g_k, g_gates = mix_backward(state, grad, ctx.needs_input_grad[1])
         zdt, kdt, gdt = ctx.dtypes
-        return g_z.to(zdt), g_b, g_k.to(kdt), (g_gates * ctx.value).to(gdt), None
+        return g_z.to(zdt), g_b, g_k.to(kdt), (g_gates * ctx.value).to(gdt), None, None
 
 
 def experts_fused(
@@ -330,10 +350,12 @@ def experts_fused(
     gates: Tensor,
     *,
     input_map: str = "stereographic",
+    ball: Tensor | None = None,
 ) -> Tensor:
     r"""``Σ_i g_i o_i`` of shape ``(..., d_out)`` by the radial identity (module docstring).
 
-    ``gates`` has shape ``(..., N)``. Cost beyond the matmul: the Gram matrices
+    ``gates`` has shape ``(..., N)``; ``ball`` is :func:`experts_reference`'s (a constant:
+    no gradient). Cost beyond the matmul: the Gram matrices
     ``B_iᵀB_i`` (``N·r²·d_out``) and ``zᵀG_iz`` (``T·N·r²``); the radial scalars and their
     derivatives are :mod:`mosgeo.radial`'s, in a fixed number of ``(T, N)`` passes.
 
@@ -343,6 +365,9 @@ def experts_fused(
     including ``from_spacelike``'s: its point is kept strictly inside the ball), the two
     matmuls that touch ``d_out`` stay in the storage dtype."""
     n = _check(z, b_cat, k, input_map)
+    _check_ball(ball, n, input_map)
     shape = z.shape
-    out = _FusedExperts.apply(z.reshape(-1, shape[-1]), b_cat, k, gates.reshape(-1, n), input_map)
+    out = _FusedExperts.apply(
+        z.reshape(-1, shape[-1]), b_cat, k, gates.reshape(-1, n), input_map, ball
+    )
     return out.view(*shape[:-1], b_cat.shape[0])

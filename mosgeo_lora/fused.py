@@ -65,6 +65,9 @@ class Spec(NamedTuple):
     #: The router reads the layer input ``x`` (``W_g`` is ``N × d_in``, HydraLoRA's router),
     #: not the code ``z = A x`` (``N × r``).
     router_on_input: bool = False
+    #: Per expert, ``|κ|`` of a second ball its code is projected onto (0: none), or ``None``
+    #: (no expert has one): :meth:`mosgeo_lora.MoSELoraConfig.input_balls`.
+    ball: tuple[float, ...] | None = None
 
 
 def _curvatures(k_learn, k_fixed, rho, cdt) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
@@ -82,6 +85,13 @@ def _curvatures(k_learn, k_fixed, rho, cdt) -> tuple[Tensor, tuple[Tensor, Tenso
     e = (rho if rho.dtype == cdt else rho.to(cdt)).mul(-2.0).exp_()
     k = k * e
     return k, (k, e)
+
+
+def _ball(spec: Spec, like: Tensor) -> Tensor | None:
+    """``spec.ball`` as a tensor of ``like``'s dtype and device (``None`` without one)."""
+    if spec.ball is None:
+        return None
+    return torch.tensor(spec.ball, dtype=like.dtype, device=like.device)
 
 
 def _forward(x, base, a_w, g_w, b_w, k_learn, k_fixed, rho, weights, scale, spec, save):
@@ -110,7 +120,9 @@ def _forward(x, base, a_w, g_w, b_w, k_learn, k_fixed, rho, weights, scale, spec
     base2 = None
     if base is not None:
         base2 = base if base.dim() == 2 else base.reshape(-1, d_out)
-    out, state = mix_forward(z, b_w, k, gates, input_map=spec.input_map, base=base2, save=save)
+    out, state = mix_forward(
+        z, b_w, k, gates, input_map=spec.input_map, base=base2, save=save, ball=_ball(spec, k)
+    )
     if x.dim() != 2:
         out = out.view(*shape[:-1], d_out)
     saved = None
@@ -257,7 +269,7 @@ def constants(
     # serves calls in and out of autocast
     with torch.no_grad(), torch.autocast(a_w.device.type, enabled=False):
         k, _ = _curvatures(k_learn, k_fixed, log_scale, cdt)
-        terms = radial.curvature_terms(k, default_eps(dtype), spec.input_map)
+        terms = radial.curvature_terms(k, default_eps(dtype), spec.input_map, _ball(spec, k))
         gram = gram_matrices(b_w, k.shape[0], cdt)
     value = radial.gate_scale(default_eps(dtype), spec.scaling)
     return Constants((a_w, g_w, b_w), b_w.t(), terms, gram, spec, value)

@@ -153,6 +153,7 @@ class MoSELoraLayer(BaseTunerLayer):
             "aux_loss_coef": config.aux_loss_coef,
             "num_experts": n,
             "router_input": config.router_input,
+            "ball": config.input_balls(),
         }
         self.moselora_A[adapter_name] = nn.Linear(self.in_features, r, bias=False)
         self.moselora_B[adapter_name] = nn.Linear(n * r, self.out_features, bias=False)
@@ -328,6 +329,7 @@ class MoSELoraLayer(BaseTunerLayer):
             counts=counting,
             aux=coef > 0 and recording and (grad_on or self.training),
             router_on_input=cfg["router_input"] == "input",
+            ball=cfg.get("ball"),
         )
         w = None
         if token_mask is not None and (spec.balance or spec.counts or spec.aux):
@@ -394,6 +396,7 @@ class MoSELoraLayer(BaseTunerLayer):
             counts=True,
             aux=False,
             router_on_input=cfg["router_input"] == "input",
+            ball=cfg.get("ball"),
         )
         consts = fused_constants((a_w, g_w, b_w, k, fixed), spec, rho)
         self._inference_constants[adapter_name] = (key, consts)
@@ -489,7 +492,10 @@ class MoSELoraLayer(BaseTunerLayer):
         b_cat = self.moselora_B[adapter_name].weight
         s = self.input_scale(adapter_name)
         if s is None:
-            per_expert = experts_reference(z, b_cat, k, input_map=cfg["input_map"])
+            ball = cfg.get("ball")
+            if ball is not None:
+                ball = torch.tensor(ball, dtype=z.dtype, device=z.device)
+            per_expert = experts_reference(z, b_cat, k, input_map=cfg["input_map"], ball=ball)
         else:  # literally: every expert reads z / s, its output is multiplied by s
             s = s.to(z.dtype)
             per_expert = experts_reference(z / s, b_cat, k, input_map=cfg["input_map"]) * s

@@ -124,7 +124,8 @@ _RUN_OPTIONS: list[tuple[str, str, Callable, str, bool]] = [
         str,
         f"one of {', '.join(METHODS)}, or lora-rN / dora-rN / melora-rN, or lora-rmatch:METHOD;"
         " a MoSELoRA name may carry tags: @uni / @sep (optimizer groups), @scale / @scale=X "
-        "(learnable input scale), @klr=X (κ learning rate)",
+        "(learnable input scale), @klr=X (κ learning rate), @flat (κ = 0, the hyperbolic "
+        "experts' input clip kept)",
         True,
     ),
     ("--rank", "rank", int, "adapter rank r", False),

@@ -93,7 +93,9 @@ def hyperbolic_code_norms(
     model: nn.Module, prompts: Sequence[Sequence[int]]
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """What the hyperbolic experts' input map reads, per MoSELoRA layer with a stereographic
-    input map and at least one hyperbolic expert (κ < 0): ``{layer: (n, k)}``, ``n`` the norms
+    input map and at least one hyperbolic expert (κ < 0; with ``MoSELoraConfig.flatten``,
+    the flat experts whose code is projected onto a ball, at that ball's curvature
+    ``−ball``, their only projection): ``{layer: (n, k)}``, ``n`` the norms
     ``‖z/s‖`` of the codes ``z = A x`` of every token of the tokenized ``prompts`` (each run
     alone, so no padding token counts; ``s`` the layer's input scale, 1 without one), shape
     ``(tokens, 1)``, and ``k`` the hyperbolic κ, shape ``(1, experts)`` (float32, on the CPU).
@@ -112,11 +114,15 @@ def hyperbolic_code_norms(
             if module.settings[adapter].get("input_map", "stereographic") != "stereographic":
                 return
             k = module.curvatures(adapter).detach().float()
+            ball = module.settings[adapter].get("ball")
+            if ball is not None:  # flatten: a flat expert clipped as at curvature -ball
+                k = torch.minimum(k, -torch.tensor(ball, dtype=k.dtype, device=k.device))
             k = k[k < 0]
             if not k.numel():
                 return
-            z = module.moselora_A[adapter](args[0].float()).reshape(-1, module.r[adapter])
-            n = z.norm(dim=-1, keepdim=True)  # (tokens, 1)
+            a = module.moselora_A[adapter]
+            z = a(args[0].to(a.weight.dtype)).reshape(-1, module.r[adapter])
+            n = z.norm(dim=-1, keepdim=True).float()  # (tokens, 1)
             s = module.input_scale(adapter)
             if s is not None:  # the expert reads z / s
                 n = n / s.detach().float()

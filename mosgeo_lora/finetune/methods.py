@@ -32,7 +32,11 @@ variants of one method in one grid (:data:`TAGS`); a tag overrides the run's fla
 * ``@klr=X``: the curvatures' learning rate ``X`` (``--curvature-lr``), e.g.
   ``moselora@klr=1e-2`` against ``moselora`` at ``--curvature-lr 5e-2``: issue 15's
   curvature-learning-rate A/B in one paired grid (not with ``@uni``, where κ trains with
-  the adapter's learning rate).
+  the adapter's learning rate);
+* ``@flat``: the clipping control (:attr:`mosgeo_lora.MoSELoraConfig.flatten`): every κ
+  fixed at 0, the hyperbolic experts' code still projected onto their initial ball, e.g.
+  ``moselora@flat`` against ``moselora`` (curvature) and ``moselora-e`` (the clip); not with
+  ``@scale`` or ``@klr``, and only for a preset with hyperbolic experts.
 
 All methods adapt the feed-forward projections
 (:data:`mosgeo_lora.constants.FFN_TARGET_MODULES`) and use ``alpha = 2 r``. MELoRA and HMoRA
@@ -50,7 +54,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from mosgeo_lora.constants import PRESETS, SQRT_D_IN, task_type_of
+from mosgeo_lora.constants import PRESETS, SQRT_D_IN, preset_mix, task_type_of
 from mosgeo_lora.constants import ffn_targets as _ffn_targets
 
 from . import baselines
@@ -81,8 +85,9 @@ _RANKED = re.compile(r"^(lora|dora|melora)-r(\d+)$")
 _RMATCH = "lora-rmatch:"
 #: The variant tags of a MoSELoRA name (``moselora@uni``, ``moselora@scale=2``,
 #: ``moselora@klr=1e-2``): ``uni`` and ``sep`` set the optimizer grouping, ``scale`` /
-#: ``scale=X`` the learnable input scale, ``klr=X`` the curvatures' learning rate.
-TAGS = ("uni", "sep", "scale", "klr")
+#: ``scale=X`` the learnable input scale, ``klr=X`` the curvatures' learning rate, ``flat``
+#: the clipping control (κ = 0, the hyperbolic experts' input projection kept).
+TAGS = ("uni", "sep", "scale", "klr", "flat")
 
 
 class MethodError(ValueError):
@@ -109,6 +114,8 @@ class Method:
     input_scale: float | str | None = None
     #: ``@klr=X``: the curvatures' learning rate (``None``: the run's ``--curvature-lr``).
     curvature_lr: float | None = None
+    #: ``@flat``: the clipping control (``MoSELoraConfig(flatten=True)``).
+    flatten: bool = False
 
     @property
     def is_moselora(self) -> bool:
@@ -137,8 +144,8 @@ def parse_method(name: str, rank: int = 8) -> Method:
     raise MethodError(
         f"unknown method {name!r}; choose one of {', '.join(METHODS)} "
         "(or lora-rN / dora-rN / melora-rN for rank N, lora-rmatch:M for LoRA with the "
-        "activated parameters of method M, NAME@uni / NAME@scale / NAME@klr=X for a MoSELoRA "
-        "variant)"
+        "activated parameters of method M, NAME@uni / NAME@scale / NAME@klr=X / NAME@flat for a "
+        "MoSELoRA variant)"
     )
 
 
@@ -149,6 +156,7 @@ def _tagged(name: str, rank: int) -> Method:
     if not method.is_moselora:
         raise MethodError(f"{name!r}: variant tags (@{', @'.join(TAGS)}) apply to MoSELoRA only")
     groups = scale = klr = None
+    flat = False
     for tag in tags:
         key, eq, value = tag.partition("=")
         if key in ("uni", "sep") and not eq and groups is None:
@@ -157,15 +165,24 @@ def _tagged(name: str, rank: int) -> Method:
             scale = SQRT_D_IN if not eq else _positive(value, name, key)
         elif key == "klr" and eq and klr is None:
             klr = _positive(value, name, key)
+        elif key == "flat" and not eq and not flat:
+            flat = True
         else:
             raise MethodError(
                 f"{name!r}: unknown or repeated tag {tag!r}; tags: @uni or @sep (optimizer "
                 "groups), @scale or @scale=X (learnable input scale from √d_in or X), "
-                "@klr=X (the curvatures' learning rate)"
+                "@klr=X (the curvatures' learning rate), @flat (κ = 0, input clip kept)"
             )
     if klr is not None and groups == "uni":
         raise MethodError(f"{name!r}: with @uni κ trains with the adapter's learning rate: no @klr")
-    return replace(method, name=name, optimizer_groups=groups, input_scale=scale, curvature_lr=klr)
+    if flat and (scale is not None or klr is not None):
+        raise MethodError(f"{name!r}: @flat fixes every κ at 0 and keeps the clip: no @scale, @klr")
+    if flat and not preset_mix(base if base in PRESETS else "hydralora", 8)[0]:
+        raise MethodError(f"{name!r}: @flat keeps the hyperbolic experts' clip; {base} has none")
+    return replace(
+        method, name=name, optimizer_groups=groups, input_scale=scale, curvature_lr=klr,
+        flatten=flat,
+    )  # fmt: skip
 
 
 def _positive(value: str, name: str, key: str) -> float:
@@ -216,6 +233,8 @@ def peft_config(method: Method, model: nn.Module, total_steps: int, **moselora_o
             preset, routing = "hydralora", {"router_input": "code"}
         if method.input_scale is not None:  # the tag overrides the run's flag
             moselora_overrides = {**moselora_overrides, "input_scale": method.input_scale}
+        if method.flatten:
+            moselora_overrides = {**moselora_overrides, "flatten": True}
         return MoSELoraConfig(
             preset=preset,
             r=method.rank,

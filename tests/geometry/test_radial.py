@@ -276,6 +276,12 @@ def test_the_compiled_kernel_is_one_graph_each_way(input_map):
     fwd = radial._forward_kernel(1e-4, input_map, False, True)
     explained = torch._dynamo.explain(fwd._torchdynamo_orig_callable)(nz, q, k, gates, None)
     assert explained.graph_count == 1 and explained.graph_break_count == 0
+    if input_map != "lift":  # with a second input ball (MoSELoraConfig.flatten) too
+        ball = torch.rand_like(k)
+        explained = torch._dynamo.explain(fwd._torchdynamo_orig_callable)(
+            nz, q, k, gates, None, ball
+        )
+        assert explained.graph_count == 1 and explained.graph_break_count == 0
     _, saved = fwd(nz, q, k, gates, None)
     explained = torch._dynamo.explain(radial.scale_backward)(saved, torch.ones_like(q))
     assert explained.graph_count == 1 and explained.graph_break_count == 0
