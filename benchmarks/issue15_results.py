@@ -82,17 +82,56 @@ REPORT_COMMAND = (
 #: MoSELoRA itself: the learnable input scale from √d_in (``@scale``, against the clipping),
 #: one optimizer group (``@uni``: Table 2's UNI, κ at the adapter's rate; MoSELoRA's default
 #: is SEP, κ at ``--curvature-lr``), hyperbolic experts only (``moselora-h``) and spherical
-#: only (``moselora-s``, Table 3).
-VARIANTS = ("moselora@scale", "moselora@uni", "moselora-h", "moselora-s")
+#: only (``moselora-s``, Table 3), the curvatures' learning rate four times MoSELoRA's
+#: (``@klr=2e-1``: does κ moving more help?) and the clipping control (``@flat``: every κ
+#: fixed at 0, the hyperbolic experts' code still clipped onto their initial ball).
+VARIANTS = (
+    "moselora@scale",
+    "moselora@uni",
+    "moselora-h",
+    "moselora-s",
+    "moselora@klr=2e-1",
+    "moselora@flat",
+)
 #: The variants' sweep: the rates around MoSELoRA's chosen one (4e-3, inside its sweep), with
-#: the tuning seeds; the other seeds at each variant's chosen rate.
+#: the tuning seeds; the other seeds at each variant's chosen rate. MoSELoRA itself pairs
+#: from these rates.
 VARIANT_LRS = (2e-3, 4e-3, 8e-3)
-_VARIANT_SETTINGS = _SETTINGS.replace("5e-4,1e-3,2e-3,4e-3,8e-3", "2e-3,4e-3,8e-3")
+#: The rates a variant was swept on beyond :data:`VARIANT_LRS`: ``moselora-h`` chose the
+#: sweep's edge (8e-3), ``@flat`` is a flat model like ``moselora-e`` (which chose 1e-3).
+VARIANT_EXTRA_LRS = {"moselora-h": (1.6e-2,), "moselora@flat": (1e-3,)}
+#: The clipping control's second contrast: the control against the flat model without the
+#: clip, each at its own chosen rate (the clip's effect with no curvature anywhere).
+CONTROL = ("moselora@flat", "moselora-e")
+
+
+def variant_lrs(method: str) -> tuple[float, ...]:
+    """The rates ``method`` was swept on in the variants' grid (:data:`VARIANT_LRS` and its
+    :data:`VARIANT_EXTRA_LRS`)."""
+    return tuple(sorted((*VARIANT_LRS, *VARIANT_EXTRA_LRS.get(method, ()))))
+
+
+def _settings(lrs: Sequence[float]) -> str:
+    """The grid's settings with the sweep ``lrs``, written as the commands write them (2e-3)."""
+
+    def text(lr: float) -> str:
+        mantissa, exponent = f"{lr:.1e}".split("e")
+        return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+    return _SETTINGS.replace("5e-4,1e-3,2e-3,4e-3,8e-3", ",".join(map(text, lrs)))
+
+
 VARIANT_COMMANDS = (
-    f"mosgeo-lora compare --methods moselora@scale,moselora@uni {_VARIANT_SETTINGS} "
+    f"mosgeo-lora compare --methods moselora@scale,moselora@uni {_settings(VARIANT_LRS)} "
     "--output-dir runs/issue15c",
-    f"mosgeo-lora compare --methods moselora-h,moselora-s {_VARIANT_SETTINGS} "
+    f"mosgeo-lora compare --methods moselora-h,moselora-s {_settings(VARIANT_LRS)} "
     "--output-dir runs/issue15d",
+    f"mosgeo-lora compare --methods moselora-h {_settings(variant_lrs('moselora-h'))} "
+    "--output-dir runs/issue15d",
+    f"mosgeo-lora compare --methods moselora@klr=2e-1 {_settings(VARIANT_LRS)} "
+    "--output-dir runs/issue15e",
+    f"mosgeo-lora compare --methods moselora@flat {_settings(variant_lrs('moselora@flat'))} "
+    "--output-dir runs/issue15f",
 )
 #: The level of the intervals (``paired_bootstrap``'s default).
 LEVEL = 0.95
@@ -144,7 +183,8 @@ def run_dynamics(run: dict[str, Any], folder: Path) -> dict[str, Any] | None:
     its ``metrics.json`` measures (boundary shares as shares, per layer too) and its κ
     trajectory."""
     d = run.get("curvature_dynamics") or {}
-    if not d.get("curved_experts"):
+    clipped = (d.get("boundary_share_end") or {}).get("share") is not None
+    if not d.get("curved_experts") and not clipped:  # the clipping control has only a share
         return None
     keep = ("curved_experts", "sign_changed", "sign_changed_share", "mean_abs_delta")
     out: dict[str, Any] = {
@@ -246,30 +286,78 @@ def collect(runs_dirs: Sequence[Path], bootstrap: int, command: str) -> dict[str
 def collect_variants(
     every: Sequence[dict[str, Any]], runs_dirs: Sequence[Path], bootstrap: int
 ) -> dict[str, Any]:
-    """The variants' grid (:data:`VARIANTS`, with :data:`METHOD` on :data:`VARIANT_LRS`): the
-    learning-rate choice of each, the paired differences ``METHOD − variant`` at the chosen
-    rates, the curvature dynamics of every run at its method's chosen rate (each once its
-    sweep has finished), the runs missing."""
-    cfg, runs = _experiment(VARIANTS, VARIANT_LRS, every)
+    """The variants' grid (:data:`VARIANTS`, with :data:`METHOD`, each method on its
+    :func:`variant_lrs`): the learning-rate choice of each, the paired differences
+    ``METHOD − variant`` at the chosen rates, the clipping control's contrast with
+    ``moselora-e`` (:data:`CONTROL`, ``moselora-e`` from the main grid), the curvature
+    dynamics of every run at its method's chosen rate (each once its sweep has finished),
+    the runs missing."""
+    cfgs = {m: _method_cfg(m, variant_lrs(m)) for m in (METHOD, *VARIANTS)}
+    lrs = sorted({lr for c in cfgs.values() for lr in c.lrs})
+    cfg, runs = _experiment(VARIANTS, lrs, every)
+    runs = [r for r in runs if _lr_seed(r)[0] in cfgs[r["method"]].lrs]
     summary = summarize(runs, cfg.methods)
     # a variant pairs once its sweep has finished: a rate chosen among some of them may change
-    chosen = {m: chosen_lr(cfg, runs, m) for m in cfg.methods}
+    chosen = {m: chosen_lr(c, runs, m) for m, c in cfgs.items()}
     ready = [v for v in VARIANTS if chosen[v] is not None]
-    paired = paired_differences(runs, summary, ready, bootstrap, methods=(METHOD,))
+    # (no baseline at all would mean "every other method" to paired_differences)
+    paired = paired_differences(runs, summary, ready, bootstrap, methods=(METHOD,)) if ready else []
     dynamics = [
         d
         for r in runs
         if _lr_seed(r)[0] == chosen.get(r["method"])
         and (d := run_dynamics(r, run_folder(runs_dirs, r["method"], *_lr_seed(r))))
     ]
-    grid, missing = _grid(cfg, runs, runs_dirs)
+    missing = [m for c in cfgs.values() for m in missing_runs(c, runs, runs_dirs)]
+    total = sum(_runs_of(c) for c in cfgs.values())
+    grid = {
+        "methods": list(cfg.methods),
+        "lrs": lrs,
+        "lrs_by_method": {m: list(c.lrs) for m, c in cfgs.items()},
+        "seeds": list(SEEDS),
+        "tune_seeds": list(TUNE_SEEDS),
+        "runs": total,
+        "finished": total - len(missing),
+    }
     return {
         "grid": grid,
         "missing": missing,
         "contrasts": [contrast(p) for p in paired],
+        "controls": _control(every, runs, chosen, bootstrap),
         "lr_choice": {m: _choice(s) for m, s in summary.items()},
         "dynamics": [{k: v for k, v in d.items() if k != "trajectory"} for d in dynamics],
     }
+
+
+def _control(
+    every: Sequence[dict[str, Any]],
+    runs: Sequence[dict[str, Any]],
+    chosen: dict[str, float | None],
+    bootstrap: int,
+) -> list[dict[str, Any]]:
+    """:data:`CONTROL`'s paired difference, once the control's sweep has finished: the
+    control at its chosen rate against ``moselora-e`` at the rate it chose in the main grid."""
+    method, base = CONTROL
+    main_cfg, main_runs = _experiment(BASELINES, LRS, every)
+    base_lr = chosen_lr(main_cfg, main_runs, base)
+    if chosen.get(method) is None or base_lr is None:
+        return []
+    sel = [r for r in runs if r["method"] == method and _lr_seed(r)[0] == chosen[method]]
+    sel += [r for r in main_runs if r["method"] == base and _lr_seed(r)[0] == base_lr]
+    pairs = paired_differences(sel, summarize(sel, CONTROL), (base,), bootstrap, methods=(method,))
+    return [contrast(p) for p in pairs]
+
+
+def _method_cfg(method: str, lrs: Sequence[float]) -> CompareConfig:
+    """One method's sweep on ``lrs`` (:data:`SEEDS`, tuned on :data:`TUNE_SEEDS`)."""
+    return CompareConfig(methods=(method,), lrs=tuple(lrs), seeds=SEEDS, tune_seeds=TUNE_SEEDS)
+
+
+def _runs_of(cfg: CompareConfig) -> int:
+    """The runs of ``cfg``'s grid: every rate on the tuning seeds, the chosen one on the
+    others."""
+    tune, seeds = cfg.tune_seeds, cfg.seeds
+    return len(cfg.methods) * (len(cfg.lrs) * len(tune) + len(seeds) - len(tune))
 
 
 def _experiment(
@@ -297,14 +385,13 @@ def _grid(
     """``(grid, missing)``: the grid's methods, rates, seeds, its number of runs (every rate
     on the tuning seeds, the chosen rate on the others) and how many finished; the runs it
     lacks (:func:`~mosgeo_lora.finetune.compare.missing_runs`)."""
-    tune, seeds = cfg.tune_seeds, cfg.seeds
-    total = len(cfg.methods) * (len(cfg.lrs) * len(tune) + len(seeds) - len(tune))
+    total = _runs_of(cfg)
     missing = missing_runs(cfg, runs, runs_dirs)
     grid = {
         "methods": list(cfg.methods),
         "lrs": list(cfg.lrs),
-        "seeds": list(seeds),
-        "tune_seeds": list(tune),
+        "seeds": list(cfg.seeds),
+        "tune_seeds": list(cfg.tune_seeds),
         "runs": total,
         "finished": total - len(missing),
     }
@@ -419,16 +506,32 @@ def _variant_lines(variants: dict[str, Any] | None) -> list[str]:
         return []
     level = variants["grid"].get("level", LEVEL)
     lines = ["", "### The design options and Tables 2 and 3", "", *missing_note(variants)]
+    own = variants["grid"].get("lrs_by_method", {})
+    extra = [
+        f"{m} also {', '.join(f'{lr:g}' for lr in lrs if lr not in VARIANT_LRS)}"
+        for m, lrs in own.items()
+        if set(lrs) - set(VARIANT_LRS)
+    ]
+    among = ", ".join(f"{lr:g}" for lr in VARIANT_LRS) + (f" ({'; '.join(extra)})" if extra else "")
     lines += [
         f"Paired differences, {METHOD} − variant, each at the learning rate it chose on the "
-        f"validation set among {', '.join(f'{lr:g}' for lr in variants['grid']['lrs'])}; "
+        f"validation set among {among}; "
         f"{100 * level:g} % intervals as above (a negative answer NLL: {METHOD} better than "
         "the variant).",
         "",
         *_contrast_table(variants["contrasts"], label="variant"),
-        *_choice_table(variants),
-        *_dynamics_table(variants["dynamics"]),
     ]
+    if variants.get("controls"):
+        method, base = CONTROL
+        lines += [
+            "",
+            f"The clipping control against the flat model without the clip: {method} − {base}, "
+            f"each at its chosen rate ({base}'s from the main grid); a negative answer NLL: "
+            "the clip helps a model with no curvature.",
+            "",
+            *_contrast_table(variants["controls"]),
+        ]
+    lines += [*_choice_table(variants), *_dynamics_table(variants["dynamics"])]
     return lines
 
 
@@ -449,9 +552,10 @@ def _choice_table(result: dict[str, Any]) -> list[str]:
         "| method | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " |",
         "|---|" + "---|" * len(lrs),
     ]
+    own = result["grid"].get("lrs_by_method", {})
     for method, c in choice.items():
         cells = []
-        done = all(f"{lr:g}" in c["validation_nll"] for lr in lrs)
+        done = all(f"{lr:g}" in c["validation_nll"] for lr in own.get(method, lrs))
         for lr in lrs:
             key = f"{lr:g}"
             if key not in c["validation_nll"]:
@@ -544,10 +648,14 @@ def _dynamics_table(dynamics: Sequence[dict[str, Any]]) -> list[str]:
         "|---|---|---|---|---|---|---|" + ("---|" if scaled else ""),
     ]
     for d in dynamics:
+        moved = "– | – | – |"  # no curved expert (the clipping control)
+        if d["curved_experts"]:
+            moved = (
+                f"{d['sign_changed']} of {d['curved_experts']} ({_pct(d['sign_changed_share'])})"
+                f" | {d['mean_abs_delta']:.3f} | {d['max_abs_delta']:.3f} |"
+            )
         row = (
-            f"| {d['method']} | {d['seed']} | {d['steps']} | {d['sign_changed']} of "
-            f"{d['curved_experts']} ({_pct(d['sign_changed_share'])}) | "
-            f"{d['mean_abs_delta']:.3f} | {d['max_abs_delta']:.3f} | "
+            f"| {d['method']} | {d['seed']} | {d['steps']} | {moved} "
             f"{_pct(d['boundary_share_start'])} → {_pct(d['boundary_share_end'])} |"
         )
         if scaled:
@@ -572,7 +680,8 @@ def verdict_markdown(result: dict[str, Any]) -> str:
     lines = _contrast_words(result["contrasts"])
     if not lines:
         lines.append("- No contrast has a finished pair of runs yet.")
-    lines += _contrast_words(result.get("variants", {}).get("contrasts", []))
+    variants = result.get("variants", {})
+    lines += _contrast_words([*variants.get("contrasts", []), *variants.get("controls", [])])
     choice = result.get("lr_choice", {})
     if choice:
         seeds = ", ".join(map(str, result["grid"]["tune_seeds"]))
@@ -592,7 +701,7 @@ def _contrast_words(contrasts: Sequence[dict[str, Any]]) -> list[str]:
         every, unseen = c["all"], c.get("unseen", {})
         some = every.get("nll") or every.get("accuracy")
         lines.append(
-            f"- **{METHOD} vs {c['baseline']}** ({some['problems']} problems, "
+            f"- **{c['method']} vs {c['baseline']}** ({some['problems']} problems, "
             f"{_seeds(some['seeds'])}): answer NLL {_ci(every.get('nll'), 1, 3)} nats per token, "
             f"{_word(every.get('nll'), True)}; exact match {_ci(every.get('accuracy'), 100, 1)} "
             f"points, {_word(every.get('accuracy'), False)}; on the unseen sets alone, answer "

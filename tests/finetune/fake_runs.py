@@ -62,6 +62,8 @@ def write_run(
         "per_problem": {"correct": [int(acc >= 0.5)], "nll": [vnll]},
     }
     curved = method.partition("@")[0] in ("moselora", "moselora-h", "moselora-s")
+    flat = "@flat" in method  # the clipping control: κ fixed, a boundary share all the same
+    curved = curved and not flat
     metrics = {
         "method": method,
         "model": "tiny-llama",
@@ -84,6 +86,16 @@ def write_run(
             "boundary_share_end": {"share": 0.15, "pairs": 40, "by_layer": {LAYER: 0.15}},
         }
         if curved
+        else {
+            "curved_experts": 0,
+            "sign_changed": 0,
+            "sign_changed_share": None,
+            "mean_abs_delta": None,
+            "max_abs_delta": None,
+            "boundary_share_start": {"share": 0.05, "pairs": 40, "by_layer": {LAYER: 0.05}},
+            "boundary_share_end": {"share": 0.15, "pairs": 40, "by_layer": {LAYER: 0.15}},
+        }
+        if flat
         else None,
         "eval": ev,
         "accuracy": {k: v["accuracy"] for k, v in ev.items()},

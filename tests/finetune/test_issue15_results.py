@@ -283,12 +283,16 @@ def test_the_variants_pair_with_moselora_each_at_its_own_rate(tmp_path):
     assert {(d["method"], d["lr"]) for d in v["dynamics"]} == {
         ("moselora", 4e-3), ("moselora@scale", 2e-3)
     }  # fmt: skip
-    assert v["grid"]["runs"] == 5 * (3 + 2) and v["grid"]["finished"] == 7
+    # 7 methods, each its sweep on seed 0 and seeds 1, 2 at its chosen rate; moselora-h and
+    # the clipping control on 4 rates
+    assert v["grid"]["runs"] == 5 * (3 + 2) + 2 * (4 + 2) and v["grid"]["finished"] == 7
     missing = {(m["method"], m["lr"], m["seed"]) for m in v["missing"]}
     assert ("moselora-h", 2e-3, 0) in missing and ("moselora@scale", 2e-3, 1) in missing
     page = r15.markdown(result)
     assert "### The design options and Tables 2 and 3" in page and "| variant |" in page
-    assert "| moselora-h | – | 0.1000 (50) | – |" in page  # its sweep unfinished: no choice
+    # its sweep unfinished: no choice; the columns are every variant's rates
+    assert "| method | lr 0.001 | lr 0.002 | lr 0.004 | lr 0.008 | lr 0.016 |" in page
+    assert "| moselora-h | – | – | 0.1000 (50) | – | – |" in page
     # moselora − variant: two fewer answers right of 3, 0.2 nats more on the unseen set
     assert "| moselora@scale | unseen | 1 | 3 | -66.7 [-100.0, -33.3] | +0.200" in page
     dyn = "| 0 | 4 | 1 of 4 (25.0 %) | 0.100 | 0.300 | 5.0 % → 15.0 % |"
@@ -296,3 +300,40 @@ def test_the_variants_pair_with_moselora_each_at_its_own_rate(tmp_path):
     verdict = r15.verdict_markdown(result)
     assert "- **moselora vs moselora@scale** (6 problems, 1 seed" in verdict
     assert all(c in result["commands"]["variants"][0] for c in ("runs/issue15c", "2e-3,4e-3,8e-3"))
+
+
+def test_the_clipping_control_pairs_with_moselora_and_with_moselora_e(tmp_path):
+    """``moselora@flat`` chooses among its four rates (1e-3 too); it pairs with MoSELoRA at
+    MoSELoRA's rate and, once its sweep has finished, with ``moselora-e`` at the rate that
+    chose in the main grid. Its dynamics row has a boundary share and no κ."""
+    a, f = tmp_path / "runs" / "a", tmp_path / "runs" / "f"
+    for lr in r15.LRS:
+        best = lr == 4e-3
+        write_run(
+            a, "moselora", 0, *scores(good=False), lr=lr, validation=(0.5, 0.1 if best else 0.3)
+        )
+        low = lr == 1e-3  # moselora-e chooses 1e-3
+        write_run(
+            a, "moselora-e", 0, *scores(good=low), lr=lr, validation=(0.5, 0.1 if low else 0.3)
+        )
+    flat_lrs = r15.variant_lrs("moselora@flat")
+    assert flat_lrs == (1e-3, 2e-3, 4e-3, 8e-3)
+    for lr in flat_lrs[:-1]:
+        write_run(f, "moselora@flat", 0, *scores(good=True), lr=lr, validation=(0.5, 0.2))
+    v = r15.collect([a, f], bootstrap=50, command="cmd")["variants"]
+    assert v["controls"] == [] and v["contrasts"] == []  # 8e-3 not run: no choice yet
+    assert ("moselora@flat", 8e-3, 0) in {(m["method"], m["lr"], m["seed"]) for m in v["missing"]}
+    write_run(f, "moselora@flat", 0, *scores(good=True), lr=8e-3, validation=(0.5, 0.05))
+    result = r15.collect([a, f], bootstrap=50, command="cmd")
+    v = result["variants"]
+    assert v["lr_choice"]["moselora@flat"]["best_lr"] == 8e-3
+    assert [(c["method"], c["baseline"]) for c in v["contrasts"]] == [("moselora", "moselora@flat")]
+    (control,) = v["controls"]
+    assert (control["method"], control["baseline"]) == ("moselora@flat", "moselora-e")
+    # both ran good=True (the control at 8e-3, moselora-e at 1e-3): no difference
+    assert control["unseen"]["nll"]["diff"] == pytest.approx(0.0)
+    page = r15.markdown(result)
+    assert "| moselora@flat | 0 | 4 | – | – | – | 5.0 % → 15.0 % |" in page
+    assert "moselora-h also 0.016; moselora@flat also 0.001" in page
+    assert "moselora@flat − moselora-e" in page
+    assert "- **moselora@flat vs moselora-e** (6 problems" in r15.verdict_markdown(result)
