@@ -40,6 +40,7 @@ from mosgeo_lora.finetune.compare import (
     finished_runs,
     missing_runs,
     paired_differences,
+    run_state,
     summarize,
 )
 from mosgeo_lora.finetune.config import CompareConfig
@@ -105,22 +106,44 @@ VARIANT_EXTRA_LRS = {"moselora-h": (1.6e-2,), "moselora@flat": (1e-3,)}
 CONTROL = ("moselora@flat", "moselora-e")
 
 
+#: Seed 0 chooses every rate and scores in the contrasts too; the geometry contrasts are
+#: also scored on the seeds that chose nothing: 1 and 2 of the grids, and :data:`EXTRA_SEEDS`
+#: run for :data:`CLEAN_METHODS` at their chosen rates.
+EXTRA_SEEDS = (3, 4)
+#: MoSELoRA, its geometry removed, and the clipping control.
+CLEAN_METHODS = (METHOD, *CONTROL[::-1])
+#: The pairs scored on those seeds, ``(method, baseline)``.
+CLEAN_PAIRS = ((METHOD, CONTROL[1]), (METHOD, CONTROL[0]), CONTROL)
+
+
 def variant_lrs(method: str) -> tuple[float, ...]:
     """The rates ``method`` was swept on in the variants' grid (:data:`VARIANT_LRS` and its
     :data:`VARIANT_EXTRA_LRS`)."""
     return tuple(sorted((*VARIANT_LRS, *VARIANT_EXTRA_LRS.get(method, ()))))
 
 
+def _lr_text(lr: float) -> str:
+    """A rate as the commands write it (``2e-3``, ``1.6e-2``)."""
+    mantissa, exponent = f"{lr:.1e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
 def _settings(lrs: Sequence[float]) -> str:
-    """The grid's settings with the sweep ``lrs``, written as the commands write them (2e-3)."""
-
-    def text(lr: float) -> str:
-        mantissa, exponent = f"{lr:.1e}".split("e")
-        return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
-
-    return _SETTINGS.replace("5e-4,1e-3,2e-3,4e-3,8e-3", ",".join(map(text, lrs)))
+    """The grid's settings with the sweep ``lrs``."""
+    return _SETTINGS.replace("5e-4,1e-3,2e-3,4e-3,8e-3", ",".join(map(_lr_text, lrs)))
 
 
+def _seed_command(method: str, lr: float) -> str:
+    """The command of :data:`EXTRA_SEEDS` for ``method`` at its chosen rate ``lr``."""
+    seeds = ",".join(map(str, EXTRA_SEEDS))
+    settings = _SETTINGS.replace("5e-4,1e-3,2e-3,4e-3,8e-3", _lr_text(lr)).replace(
+        "--seeds 0,1,2 --tune-seeds 0", f"--seeds {seeds}"
+    )
+    return f"mosgeo-lora compare --methods {method} {settings} --output-dir {EXTRA_DIR}"
+
+
+#: Where the extra seeds' runs go.
+EXTRA_DIR = "runs/issue15g"
 VARIANT_COMMANDS = (
     f"mosgeo-lora compare --methods moselora@scale,moselora@uni {_settings(VARIANT_LRS)} "
     "--output-dir runs/issue15c",
@@ -243,6 +266,10 @@ def collect(runs_dirs: Sequence[Path], bootstrap: int, command: str) -> dict[str
     ]
     settings = runs[0]["config"] if runs else {}
     grid, missing = _grid(cfg, runs, runs_dirs)
+    variants = collect_variants(every, runs_dirs, bootstrap)
+    # each at the rate its finished sweep chose (None while it runs)
+    rates = {m: chosen_lr(cfg, runs, m) for m in CLEAN_METHODS if m in cfg.methods}
+    rates[CONTROL[0]] = variants["chosen"].get(CONTROL[0])
     return {
         "question": QUESTION,
         "commands": {
@@ -279,7 +306,8 @@ def collect(runs_dirs: Sequence[Path], bootstrap: int, command: str) -> dict[str
         "dynamics": dynamics,
         "dynamics_mean": _dynamics_mean(dynamics),
         "dynamics_by_lr": [{k: d[k] for k in _SWEEP_KEYS} for d in sweep],
-        "variants": collect_variants(every, runs_dirs, bootstrap),
+        "variants": variants,
+        "clean": collect_clean(every, runs_dirs, rates, bootstrap),
     }
 
 
@@ -324,8 +352,44 @@ def collect_variants(
         "missing": missing,
         "contrasts": [contrast(p) for p in paired],
         "controls": _control(every, runs, chosen, bootstrap),
+        "chosen": {m: chosen[m] for m in VARIANTS},
         "lr_choice": {m: _choice(s) for m, s in summary.items()},
         "dynamics": [{k: v for k, v in d.items() if k != "trajectory"} for d in dynamics],
+    }
+
+
+def collect_clean(
+    every: Sequence[dict[str, Any]],
+    runs_dirs: Sequence[Path],
+    rates: dict[str, float | None],
+    bootstrap: int,
+) -> dict[str, Any]:
+    """:data:`CLEAN_PAIRS` on the seeds that chose no rate (every seed but
+    :data:`TUNE_SEEDS`, :data:`EXTRA_SEEDS` included), each method at its chosen rate
+    (``rates``; a method whose sweep has not finished is left out): the paired differences,
+    the commands of the extra seeds and their runs missing."""
+    seeds = tuple(s for s in (*SEEDS, *EXTRA_SEEDS) if s not in TUNE_SEEDS)
+    ready = {m: lr for m, lr in rates.items() if lr is not None}
+    sel = [r for r in every if ready.get(r["method"]) == _lr_seed(r)[0] and _lr_seed(r)[1] in seeds]
+    check_one_experiment(sel)
+    summary = summarize(sel, tuple(ready))
+    contrasts = []
+    for method, base in CLEAN_PAIRS:
+        if method in summary and base in summary:
+            pairs = paired_differences(sel, summary, (base,), bootstrap, methods=(method,))
+            contrasts += [contrast(p) for p in pairs]
+    missing = [
+        {"method": m, "lr": lr, "seed": s, "state": run_state(runs_dirs, m, lr, s)}
+        for m, lr in ready.items()
+        for s in EXTRA_SEEDS
+        if not any(r["method"] == m and _lr_seed(r) == (lr, s) for r in sel)
+    ]
+    return {
+        "seeds": list(seeds),
+        "rates": rates,
+        "commands": [_seed_command(m, lr) for m, lr in ready.items()],
+        "contrasts": contrasts,
+        "missing": missing,
     }
 
 
@@ -496,7 +560,33 @@ def markdown(result: dict[str, Any]) -> str:
     lines += _dynamics_table(result["dynamics"])
     lines += _sweep_table(result.get("dynamics_by_lr", []))
     lines += _variant_lines(result.get("variants"))
+    lines += _clean_lines(result.get("clean"))
     return "\n".join(lines) + "\n"
+
+
+def _clean_lines(clean: dict[str, Any] | None) -> list[str]:
+    """The section of the contrasts on the seeds that chose no rate."""
+    if not clean:
+        return []
+    seeds = ", ".join(map(str, clean["seeds"]))
+    lines = ["", "### On the seeds that chose no rate", ""]
+    if clean["missing"]:
+        lines += [
+            "**Partial: runs of the extra seeds missing.** Not in any number here:",
+            "",
+            *(
+                f"- {m['method']}, lr {m['lr']:g}, seed {m['seed']}: {m['state']}"
+                for m in clean["missing"]
+            ),  # fmt: skip
+            "",
+        ]
+    lines += [
+        f"The geometry contrasts on seeds {seeds} alone (seed 0 chose every rate): each method "
+        "at its chosen rate, the intervals as above.",
+        "",
+        *_contrast_table(clean["contrasts"], label="contrast", pairs=True),
+    ]
+    return lines
 
 
 def _variant_lines(variants: dict[str, Any] | None) -> list[str]:
@@ -567,7 +657,11 @@ def _choice_table(result: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _contrast_table(contrasts: Sequence[dict[str, Any]], label: str = "baseline") -> list[str]:
+def _contrast_table(
+    contrasts: Sequence[dict[str, Any]], label: str = "baseline", pairs: bool = False
+) -> list[str]:
+    """Exact match and answer NLL differences with their intervals, per contrast and scope;
+    the first column is the baseline, or ``method − baseline`` with ``pairs``."""
     lines = [
         f"| {label} | test sets | seeds | problems | Δ exact match (points) | Δ answer NLL |",
         "|---|---|---|---|---|---|",
@@ -578,8 +672,9 @@ def _contrast_table(contrasts: Sequence[dict[str, Any]], label: str = "baseline"
             if not cell:
                 continue
             some = cell.get("nll") or cell.get("accuracy")
+            name = f"{c['method']} − {c['baseline']}" if pairs else c["baseline"]
             lines.append(
-                f"| {c['baseline']} | {scope} | {some['seeds']} | {some['problems']} | "
+                f"| {name} | {scope} | {some['seeds']} | {some['problems']} | "
                 f"{_ci(cell.get('accuracy'), 100, 1)} | {_ci(cell.get('nll'), 1, 3)} |"
             )
     if not contrasts:
@@ -682,6 +777,10 @@ def verdict_markdown(result: dict[str, Any]) -> str:
         lines.append("- No contrast has a finished pair of runs yet.")
     variants = result.get("variants", {})
     lines += _contrast_words([*variants.get("contrasts", []), *variants.get("controls", [])])
+    clean = result.get("clean") or {}
+    if clean.get("contrasts"):
+        lines.append(f"- On seeds {', '.join(map(str, clean['seeds']))} alone (no rate chosen):")
+        lines += ["  " + line for line in _contrast_words(clean["contrasts"])]
     choice = result.get("lr_choice", {})
     if choice:
         seeds = ", ".join(map(str, result["grid"]["tune_seeds"]))

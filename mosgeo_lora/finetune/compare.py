@@ -47,6 +47,7 @@ __all__ = [
     "report",
     "finished_runs",
     "missing_runs",
+    "run_state",
     "check_one_experiment",
     "check_tune_seeds",
     "chosen_lr",
@@ -207,12 +208,12 @@ def missing_runs(
                     state = "waits for the learning-rate sweep on the tuning seeds"
                     out.append({"method": method, "lr": None, "seed": seed, "state": state})
                 elif (method, float(lr), int(seed)) not in done:
-                    state = _state(runs_dirs, method, lr, seed)
+                    state = run_state(runs_dirs, method, lr, seed)
                     out.append({"method": method, "lr": lr, "seed": seed, "state": state})
     return out
 
 
-def _state(runs_dirs: Sequence[str | Path], method: str, lr: float, seed: int) -> str:
+def run_state(runs_dirs: Sequence[str | Path], method: str, lr: float, seed: int) -> str:
     """How far an unfinished run got, over the grid folders that could hold it."""
     for root in map(Path, runs_dirs):
         run_dir = _run_dir(root, method, lr, seed)

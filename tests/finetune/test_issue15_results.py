@@ -119,7 +119,13 @@ def test_markdown_and_verdict_say_what_the_intervals_say(grid):
     assert "| -0.200 [-0.200, -0.200] |" in md  # the unseen NLL: -0.2 on every problem
     assert "| moselora | 0 | 4 | 1 of 4 (25.0 %) | 0.100 | 0.300 | 5.0 % → 15.0 % |" in md
     verdict = r15.verdict_markdown(result)
-    assert verdict.count("\n") == 4  # one line per contrast, the rates, the curvatures
+    # one line per contrast, the rates, the curvatures; and moselora vs moselora-e on seed 1
+    # alone (the seeds that chose no rate), a heading and its line
+    assert verdict.count("\n") == 6
+    assert (
+        "- On seeds 1, 2, 3, 4 alone (no rate chosen):\n  - **moselora vs moselora-e** (6 "
+        in verdict
+    )
     assert "- **Learning rates**, each method's lowest validation answer NLL (seed 0): " in verdict
     assert "moselora 0.001; moselora-e 0.001; hydralora 0.001." in verdict
     assert "- **moselora vs moselora-e** (6 problems, 2 seeds): answer NLL -0.100 [" in verdict
@@ -236,7 +242,8 @@ def test_the_results_page_is_the_one_its_json_gives():
         assert f"```{{figure}} _static/figures/{name}\n" in page
     flat = " ".join(page.replace("\\\n", " ").split())
     commands = result["commands"]
-    for command in [*commands["grid"], *commands.get("variants", []), commands["report"]]:
+    extra = result.get("clean", {}).get("commands", [])
+    for command in [*commands["grid"], *commands.get("variants", []), commands["report"], *extra]:
         assert command in flat, command
     assert result["commands"]["results"] in flat
     verdict = _section(page, "Verdict")
@@ -337,3 +344,42 @@ def test_the_clipping_control_pairs_with_moselora_and_with_moselora_e(tmp_path):
     assert "moselora-h also 0.016; moselora@flat also 0.001" in page
     assert "moselora@flat − moselora-e" in page
     assert "- **moselora@flat vs moselora-e** (6 problems" in r15.verdict_markdown(result)
+
+
+def test_the_clean_seeds_score_the_geometry_contrasts_without_seed_0(tmp_path):
+    """Seeds 1-4 alone, each method at the rate its sweep chose: seed 0 (which chose the
+    rates) is left out, the extra seeds' commands name each method's rate, and their runs
+    not yet finished are listed; a method whose sweep is unfinished (the control here) is
+    left out of every pair."""
+    a, g = tmp_path / "runs" / "a", tmp_path / "runs" / "g"
+    for lr in r15.LRS:
+        best = lr == 4e-3
+        write_run(
+            a, "moselora", 0, *scores(good=True), lr=lr, validation=(0.5, 0.1 if best else 0.3)
+        )
+        low = lr == 1e-3
+        write_run(
+            a, "moselora-e", 0, *scores(good=True), lr=lr, validation=(0.5, 0.1 if low else 0.3)
+        )
+    for seed, root in ((1, a), (3, g)):  # seed 0 ties; seeds 1 and 3: moselora better
+        write_run(root, "moselora", seed, *scores(good=True), lr=4e-3)
+        write_run(root, "moselora-e", seed, *scores(good=False), lr=1e-3)
+    result = r15.collect([a, g], bootstrap=50, command="cmd")
+    clean = result["clean"]
+    assert clean["seeds"] == [1, 2, 3, 4]
+    assert clean["rates"] == {"moselora": 4e-3, "moselora-e": 1e-3, "moselora@flat": None}
+    (c,) = clean["contrasts"]
+    assert (c["method"], c["baseline"]) == ("moselora", "moselora-e")
+    assert c["all"]["nll"]["seeds"] == 2  # seeds 1 and 3, not 0
+    assert c["unseen"]["nll"]["diff"] == pytest.approx(-0.2)
+    assert {(m["method"], m["seed"]) for m in clean["missing"]} == {
+        ("moselora", 4), ("moselora-e", 4)
+    }  # fmt: skip
+    cmd = clean["commands"][0]
+    assert "--methods moselora --lrs 4e-3 --seeds 3,4 --steps 400" in cmd
+    assert cmd.endswith("--output-dir runs/issue15g") and "--tune-seeds" not in cmd
+    page = r15.markdown(result)
+    assert "### On the seeds that chose no rate" in page
+    assert "| moselora − moselora-e | unseen | 2 | 3 |" in page
+    assert "- moselora-e, lr 0.001, seed 4: not started" in page
+    assert "  - **moselora vs moselora-e** (6 problems, 2 seeds)" in r15.verdict_markdown(result)
