@@ -29,6 +29,7 @@ node (not saved for backward), so activation checkpointing's recomputation canno
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import torch
@@ -88,10 +89,18 @@ def _curvatures(k_learn, k_fixed, rho, cdt) -> tuple[Tensor, tuple[Tensor, Tenso
 
 
 def _ball(spec: Spec, like: Tensor) -> Tensor | None:
-    """``spec.ball`` as a tensor of ``like``'s dtype and device (``None`` without one)."""
+    """``spec.ball`` as a tensor of ``like``'s dtype and device (``None`` without one), built
+    once per dtype and device: no host-to-device copy per call on a GPU."""
     if spec.ball is None:
         return None
-    return torch.tensor(spec.ball, dtype=like.dtype, device=like.device)
+    return _ball_tensor(spec.ball, like.dtype, like.device)
+
+
+@functools.lru_cache(maxsize=64)
+def _ball_tensor(ball: tuple[float, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+    # a normal tensor even when first asked for under inference_mode (it serves training too)
+    with torch.inference_mode(False):
+        return torch.tensor(ball, dtype=dtype, device=device)
 
 
 def _forward(x, base, a_w, g_w, b_w, k_learn, k_fixed, rho, weights, scale, spec, save):

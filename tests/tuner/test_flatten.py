@@ -186,3 +186,20 @@ def test_the_inference_cache_and_the_compiled_kernel_give_the_training_path(kern
         torch.testing.assert_close(again, want, rtol=1e-10, atol=1e-10)
     finally:
         radial.set_kernel(previous)
+
+
+def test_the_ball_tensor_is_built_once_and_serves_training_after_inference_mode():
+    """The per-call ball is cached per dtype and device (no host-to-device copy per call on a
+    GPU); one first built under ``inference_mode`` still serves a training step after it."""
+    from mosgeo_lora import fused
+
+    fused._ball_tensor.cache_clear()
+    ids = tokens()
+    model = _flat_model(torch.float32)
+    model.eval()
+    with torch.inference_mode():
+        model(input_ids=ids)
+    _, grads = _forward_backward(model, ids)
+    assert all(torch.isfinite(g).all() for g in grads.values())
+    info = fused._ball_tensor.cache_info()
+    assert info.currsize == 1 and info.hits > 0
