@@ -341,7 +341,9 @@ def to_markdown(result: dict, meta: dict) -> str:
         f"{meta['torch']}, transformers {meta['transformers']}, peft {meta['peft']}; "
         f"{meta['machine']}.\n\n"
         '*γ kernel*: the same MoSELoRA with `mosgeo.radial.set_kernel("compiled")` (γ\'s '
-        "elementwise passes as two fused kernels; eager otherwise). Its kernel-level count is "
+        "elementwise passes as two fused kernels; eager otherwise), which the default "
+        '`"auto"` selects for tensors on a GPU where Triton is installed; the MoSELoRA column '
+        'sets `"eager"`, the default on a CPU. Its kernel-level count is '
         "not measured: compiled code cannot run under the counting dispatch mode. The "
         "whole-model compiled step traces γ whatever the kernel, so it has no γ-kernel "
         "column.\n\n" + markdown_table(head, table) + "\n"

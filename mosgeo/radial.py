@@ -66,7 +66,9 @@ project, so it needs ``κ‖B_i z‖²`` finite in the compute dtype.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import os
+import warnings
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -89,6 +91,7 @@ __all__ = [
     "KERNELS",
     "set_kernel",
     "get_kernel",
+    "kernel_for",
     "gamma_forward",
     "gamma_backward",
     "adapter_scale",
@@ -268,10 +271,12 @@ def scale_backward(saved: tuple, grad: Tensor) -> tuple[Tensor | None, Tensor, T
 
 
 #: How :func:`gamma_forward` / :func:`gamma_backward` run: ``"eager"`` (one PyTorch op per
-#: pass, the reference) or ``"compiled"`` (each one fused kernel by :func:`torch.compile`:
-#: Triton on a GPU, C++ on a CPU).
-KERNELS = ("eager", "compiled")
-_KERNEL = [os.environ.get("MOSGEO_RADIAL_KERNEL", "eager")]
+#: pass, the reference), ``"compiled"`` (each one fused kernel by :func:`torch.compile`:
+#: Triton on a GPU, C++ on a CPU) or ``"auto"`` (the default: compiled for tensors on a GPU
+#: where Triton is installed, eager elsewhere; a variant whose compilation fails runs eager,
+#: with a warning).
+KERNELS = ("auto", "eager", "compiled")
+_KERNEL = [os.environ.get("MOSGEO_RADIAL_KERNEL", "auto")]
 if _KERNEL[0] not in KERNELS:
     raise ValueError(f"MOSGEO_RADIAL_KERNEL must be one of {KERNELS}, got {_KERNEL[0]!r}")
 
@@ -280,14 +285,21 @@ def set_kernel(name: str) -> str:
     """Select how :func:`gamma_forward` / :func:`gamma_backward` run; return the previous kernel.
 
     ``name`` is one of :data:`KERNELS`; the environment variable ``MOSGEO_RADIAL_KERNEL``
-    sets the initial one.
+    sets the initial one (default ``"auto"``).
 
     ``"compiled"`` turns the ~60 elementwise passes of one layer's γ (forward, local
     derivatives, backward) into two fused kernels: fewer kernel launches where a step is
     launch-bound (a GPU, short sequences, decoding). The first call of each variant (dtype,
     input map, half precision, decoding's single token) compiles (seconds); the batch size
     does not recompile. Under an outer :func:`torch.compile` the eager code is traced
-    instead, and fused with its neighbours."""
+    instead, and fused with its neighbours.
+
+    ``"auto"`` compiles where a launch costs more than the pass it runs — tensors on a
+    device other than the CPU, with Triton installed (:func:`kernel_for`) — and runs the
+    eager passes on a CPU, where they are cheap and a compiled call costs about as much in
+    guards (``docs/benchmarks.md``). If compiling a variant fails there (no C compiler for
+    Triton's launcher, an unsupported GPU), that variant runs eager from then on, after one
+    :class:`RuntimeWarning`; ``"compiled"`` raises instead."""
     if name not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}, got {name!r}")
     previous, _KERNEL[0] = _KERNEL[0], name
@@ -297,6 +309,19 @@ def set_kernel(name: str) -> str:
 def get_kernel() -> str:
     """The kernel :func:`set_kernel` selected."""
     return _KERNEL[0]
+
+
+def _triton_available() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def kernel_for(device: torch.device) -> str:
+    """``"eager"`` or ``"compiled"``: what the selected kernel runs for tensors on
+    ``device`` (``"auto"``: compiled off the CPU where Triton is installed)."""
+    kernel = _KERNEL[0]
+    if kernel == "auto":
+        kernel = "compiled" if device.type != "cpu" and _triton_available() else "eager"
+    return kernel
 
 
 @functools.cache
@@ -324,13 +349,47 @@ def _backward_kernel() -> Callable:
     return torch.compile(scale_backward, dynamic=True)
 
 
-def _compiling() -> bool:
-    """Whether the compiled kernels run: selected, and neither an outer
-    :func:`torch.compile` is tracing (it fuses the eager code with its neighbours) nor a
-    ``TorchDispatchMode`` is active (compiled code cannot run under one)."""
-    return _KERNEL[0] == "compiled" and not (
+#: Variants (a kernel key and the device type) ``"auto"`` has compiled and run once
+#: (``True``), or failed to compile (``False``: they run eager).
+_COMPILED: dict[tuple, bool] = {}
+
+
+def _compiling(device: torch.device) -> bool:
+    """Whether the compiled kernels run for tensors on ``device``: selected
+    (:func:`kernel_for`), and neither an outer :func:`torch.compile` is tracing (it fuses
+    the eager code with its neighbours) nor a ``TorchDispatchMode`` is active (compiled code
+    cannot run under one)."""
+    return kernel_for(device) == "compiled" and not (
         torch.compiler.is_compiling() or dispatch_mode_active()
     )
+
+
+def _run(key: tuple, device: torch.device, compiled: Callable, eager: Callable):
+    """``compiled()`` or ``eager()`` for the variant ``key``: under ``"auto"``, a first
+    call that fails to compile warns and makes the variant eager (a later failure is a
+    real error and raises)."""
+    if _KERNEL[0] != "auto":
+        return compiled()
+    key = (*key, device.type)
+    state = _COMPILED.get(key)
+    if state is False:
+        return eager()
+    if state is True:
+        return compiled()
+    try:
+        result = compiled()
+    except Exception as error:  # noqa: BLE001 - any compiler failure: the eager code is exact
+        _COMPILED[key] = False
+        warnings.warn(
+            f"mosgeo.radial: compiling γ's kernel failed on {device.type} ({type(error).__name__}: "
+            f"{str(error).strip().splitlines()[0] if str(error).strip() else ''}); this variant "
+            "runs the eager passes (set_kernel('eager') silences this)",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+        return eager()
+    _COMPILED[key] = True
+    return result
 
 
 def gamma_forward(
@@ -356,8 +415,17 @@ def gamma_forward(
     kernel); the other arguments are :func:`scale_forward`'s."""
     if terms is not None:
         ball = terms.ball
-    if _compiling():
-        return _forward_kernel(eps, input_map, inside, save)(nz, q, k, gates, mu, ball)
+    if _compiling(q.device):
+        kernel = _forward_kernel(eps, input_map, inside, save)
+        return _run(
+            ("forward", q.dtype, eps, input_map, inside, save, ball is not None), q.device,
+            lambda: kernel(nz, q, k, gates, mu, ball),
+            lambda: _eager_forward(nz, q, k, gates, mu, eps, input_map, inside, save, terms, ball),
+        )  # fmt: skip
+    return _eager_forward(nz, q, k, gates, mu, eps, input_map, inside, save, terms, ball)
+
+
+def _eager_forward(nz, q, k, gates, mu, eps, input_map, inside, save, terms, ball):
     if terms is None:
         terms = curvature_terms(k, eps, input_map, ball)
     return scale_forward(nz, q, terms, gates, mu, eps=eps, inside=inside, save=save)
@@ -365,7 +433,13 @@ def gamma_forward(
 
 def gamma_backward(saved: tuple, grad: Tensor) -> tuple[Tensor | None, Tensor, Tensor, Tensor]:
     """:func:`scale_backward`, by the :func:`set_kernel` kernel."""
-    return (_backward_kernel() if _compiling() else scale_backward)(saved, grad)
+    if _compiling(grad.device):
+        kernel = _backward_kernel()
+        key = ("backward", grad.dtype, saved[-1] is None)
+        return _run(
+            key, grad.device, lambda: kernel(saved, grad), lambda: scale_backward(saved, grad)
+        )
+    return scale_backward(saved, grad)
 
 
 class _AdapterScale(torch.autograd.Function):

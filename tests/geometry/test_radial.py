@@ -290,7 +290,110 @@ def test_the_compiled_kernel_is_one_graph_each_way(input_map):
 def test_an_unknown_kernel_is_refused():
     with pytest.raises(ValueError, match="kernel must be one of"):
         radial.set_kernel("triton")
+    assert radial.KERNELS == ("auto", "eager", "compiled")
     assert radial.get_kernel() in radial.KERNELS
+
+
+# --------------------------------------------------------------------------------------
+# "auto" (the default): compiled off the CPU where Triton is installed, eager on a CPU, and
+# eager with a warning for a variant whose compilation fails
+# --------------------------------------------------------------------------------------
+
+
+def test_auto_is_the_default_and_compiles_only_off_the_cpu(monkeypatch):
+    import importlib
+    import os
+
+    if "MOSGEO_RADIAL_KERNEL" not in os.environ:  # the module's own default
+        source = importlib.util.find_spec("mosgeo.radial").origin
+        assert 'os.environ.get("MOSGEO_RADIAL_KERNEL", "auto")' in open(source).read()
+    previous = radial.set_kernel("auto")
+    try:
+        for triton in (True, False):
+            monkeypatch.setattr(radial, "_triton_available", lambda t=triton: t)
+            assert radial.kernel_for(torch.device("cpu")) == "eager"
+            assert radial.kernel_for(torch.device("cuda", 0)) == ("compiled" if triton else "eager")
+        radial.set_kernel("compiled")
+        assert radial.kernel_for(torch.device("cpu")) == "compiled"
+        radial.set_kernel("eager")
+        assert radial.kernel_for(torch.device("cuda", 0)) == "eager"
+    finally:
+        radial.set_kernel(previous)
+
+
+@pytest.fixture
+def failing_compiler(monkeypatch):
+    """ "auto" made to compile on the CPU, with a compiler that fails: ``calls`` counts the
+    attempts."""
+    calls = []
+
+    def broken(*args, **kwargs):
+        calls.append(1)
+        raise RuntimeError("no working C compiler\nmore lines")
+
+    monkeypatch.setattr(radial, "_forward_kernel", lambda *a: broken)
+    monkeypatch.setattr(radial, "_backward_kernel", lambda: broken)
+    monkeypatch.setattr(radial, "_COMPILED", {})
+    previous = radial.set_kernel("auto")
+    monkeypatch.setattr(
+        radial,
+        "kernel_for",
+        lambda device: "eager" if radial.get_kernel() == "eager" else "compiled",
+    )
+    yield calls
+    radial.set_kernel(previous)
+
+
+def test_auto_runs_eager_where_compiling_fails_and_warns_once(failing_compiler):
+    import warnings
+
+    z2, q, k, gates = problem(13, torch.float64)
+    args = [v.clone() for v in (z2, q, k, gates)]
+    with pytest.warns(RuntimeWarning, match="compiling γ's kernel failed on cpu.*no working C"):
+        got = _gamma_and_grads(args, "stereographic")
+    assert len(failing_compiler) == 2  # the forward and the backward kernel, once each
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no second warning, no second attempt
+        again = _gamma_and_grads(args, "stereographic")
+    assert len(failing_compiler) == 2
+    radial.set_kernel("eager")
+    ref = _gamma_and_grads(args, "stereographic")
+    for a, b, c in zip((got[0], *got[1]), (ref[0], *ref[1]), (again[0], *again[1]), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+        torch.testing.assert_close(c, b, rtol=0, atol=0)
+
+
+def test_a_compiler_failure_raises_when_compiled_is_asked_for(failing_compiler):
+    radial.set_kernel("compiled")
+    z2, q, k, gates = problem(13, torch.float64)
+    with pytest.raises(RuntimeError, match="no working C compiler"):
+        radial.adapter_scale(z2, q, k, gates)
+
+
+def test_auto_raises_a_later_failure_of_a_kernel_that_compiled(monkeypatch):
+    """Only a variant's first call may fall back: a kernel that ran once and then fails
+    (out of memory, a bad input) raises, as the eager code would."""
+    calls = []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 1:
+            raise RuntimeError("out of memory")
+        return radial._eager_forward(*args[:5], 1e-3, "stereographic", False, False, None,
+                                     args[5] if len(args) > 5 else None)  # fmt: skip
+
+    monkeypatch.setattr(radial, "_forward_kernel", lambda *a: flaky)
+    monkeypatch.setattr(radial, "_COMPILED", {})
+    monkeypatch.setattr(radial, "kernel_for", lambda device: "compiled")
+    previous = radial.set_kernel("auto")
+    try:
+        z2, q, k, gates = problem(13, torch.float64)
+        kw = dict(eps=1e-3, input_map="stereographic", save=False)
+        radial.gamma_forward(z2.sqrt(), q, k, gates, None, **kw)
+        with pytest.raises(RuntimeError, match="out of memory"):
+            radial.gamma_forward(z2.sqrt(), q, k, gates, None, **kw)
+    finally:
+        radial.set_kernel(previous)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU (Triton)")
@@ -311,3 +414,26 @@ def test_the_compiled_kernel_on_a_gpu_equals_the_eager_one(input_map, dtype, com
         for a, b in zip((got[0], *got[1]), (ref[0], *ref[1]), strict=True):
             b = b.to(a.device)
             torch.testing.assert_close(a, b, rtol=rtol, atol=rtol * float(b.abs().max()))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU (Triton)")
+def test_auto_compiles_on_a_gpu_without_falling_back(monkeypatch):
+    """The default kernel on a GPU is the compiled one, and it compiles there (a fallback
+    would warn): values equal the eager kernel's."""
+    import warnings
+
+    monkeypatch.setattr(radial, "_COMPILED", {})
+    previous = radial.set_kernel("auto")
+    try:
+        assert radial.kernel_for(torch.device("cuda")) == "compiled"
+        z2, q, k, gates = (v.float().cuda() for v in problem(17, torch.float64, t=33))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)
+            got = _gamma_and_grads([z2, q, k, gates], "stereographic")
+        assert set(radial._COMPILED.values()) == {True} and len(radial._COMPILED) == 2
+        radial.set_kernel("eager")
+        ref = _gamma_and_grads([z2, q, k, gates], "stereographic")
+    finally:
+        radial.set_kernel(previous)
+    for a, b in zip((got[0], *got[1]), (ref[0], *ref[1]), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * float(b.abs().max()))
