@@ -295,7 +295,7 @@ def set_kernel(name: str) -> str:
     instead, and fused with its neighbours.
 
     ``"auto"`` compiles where a launch costs more than the pass it runs — tensors on a
-    device other than the CPU, with Triton installed (:func:`kernel_for`) — and runs the
+    GPU, with Triton installed (:func:`kernel_for`) — and runs the
     eager passes on a CPU, where they are cheap and a compiled call costs about as much in
     guards (``docs/benchmarks.md``). If compiling a variant fails there (no C compiler for
     Triton's launcher, an unsupported GPU), that variant runs eager from then on, after one
@@ -315,12 +315,18 @@ def _triton_available() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
+#: The device types ``"auto"`` compiles γ for: those inductor generates Triton code for
+#: (a ROCm GPU is ``"cuda"`` too). Not the CPU, nor ``"meta"`` or ``"mps"``.
+_TRITON_DEVICES = ("cuda", "xpu")
+
+
 def kernel_for(device: torch.device) -> str:
     """``"eager"`` or ``"compiled"``: what the selected kernel runs for tensors on
-    ``device`` (``"auto"``: compiled off the CPU where Triton is installed)."""
+    ``device`` (``"auto"``: compiled on a GPU where Triton is installed)."""
     kernel = _KERNEL[0]
     if kernel == "auto":
-        kernel = "compiled" if device.type != "cpu" and _triton_available() else "eager"
+        gpu = device.type in _TRITON_DEVICES
+        kernel = "compiled" if gpu and _triton_available() else "eager"
     return kernel
 
 

@@ -295,7 +295,7 @@ def test_an_unknown_kernel_is_refused():
 
 
 # --------------------------------------------------------------------------------------
-# "auto" (the default): compiled off the CPU where Triton is installed, eager on a CPU, and
+# "auto" (the default): compiled on a GPU where Triton is installed, eager on a CPU, and
 # eager with a warning for a variant whose compilation fails
 # --------------------------------------------------------------------------------------
 
@@ -312,6 +312,7 @@ def test_auto_is_the_default_and_compiles_only_off_the_cpu(monkeypatch):
         for triton in (True, False):
             monkeypatch.setattr(radial, "_triton_available", lambda t=triton: t)
             assert radial.kernel_for(torch.device("cpu")) == "eager"
+            assert radial.kernel_for(torch.device("meta")) == "eager"  # e.g. an empty model
             assert radial.kernel_for(torch.device("cuda", 0)) == ("compiled" if triton else "eager")
         radial.set_kernel("compiled")
         assert radial.kernel_for(torch.device("cpu")) == "compiled"

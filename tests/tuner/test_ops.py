@@ -10,7 +10,7 @@ map, learnable κ, balance loss on, fused), with B non-zero.
 Counts (torch 2.13, CPU): PEFT LoRA r = 8: 34 top-level / 42 kernel-level; MoSELoRA before
 the fused layer (``mosgeo_lora.fused``): 436 / 492; with the eager γ kernel 132 / 234; with
 the compiled γ kernel (``mosgeo.radial.set_kernel("compiled")``: γ's ~60 elementwise passes
-as two fused kernels) 77 top-level, within the issue's goal of 85 (``docs/design.md`` §2.2).
+as two fused kernels) 74 top-level, within the issue's goal of 85 (``docs/design.md`` §2.2).
 The kernel-level count runs under a ``TorchDispatchMode``, where compiled code cannot run:
 it counts the eager kernel, so it is measured once, for the eager kernel.
 
