@@ -19,13 +19,45 @@ private API                                         used for
 
 ``tests/geometry/test_private_torch.py`` fails as soon as one of them disappears or changes shape;
 without the prim :func:`realize` is the identity (correct, only slower when compiled).
+
+The torch versions: eager mosgeo needs torch 2.4 (``pyproject.toml``), its compiled paths
+:data:`COMPILE_MIN_TORCH` (:func:`require_compile` says so in a clear error; the compiled
+γ kernel's ``"auto"`` selection stays eager below it).
 """
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["dispatch_mode_active", "no_pattern_passes", "realize"]
+__all__ = [
+    "COMPILE_MIN_TORCH",
+    "compile_supported",
+    "require_compile",
+    "dispatch_mode_active",
+    "no_pattern_passes",
+    "realize",
+]
+
+#: The oldest torch whose :func:`torch.compile` runs mosgeo's compiled paths
+#: (:mod:`mosgeo.compiled`, :mod:`mosgeo.radial`'s compiled kernel). Eager mosgeo runs on
+#: torch 2.4 (its geometry tests pass there); 2.4's dynamo rejects the autograd Functions'
+#: calls ("too many positional arguments"), 2.6 and 2.13 pass every compile test.
+COMPILE_MIN_TORCH = "2.6"
+
+
+def compile_supported() -> bool:
+    """Whether this torch compiles mosgeo's ops (:data:`COMPILE_MIN_TORCH`)."""
+    return torch.__version__ >= COMPILE_MIN_TORCH
+
+
+def require_compile(what: str) -> None:
+    """Raise a clear error where ``what`` would compile on a torch too old for it."""
+    if not compile_supported():
+        raise RuntimeError(
+            f"{what} needs torch>={COMPILE_MIN_TORCH} (torch.compile of mosgeo's autograd "
+            f"Functions); this is torch {torch.__version__}. The eager ops work on it."
+        )
+
 
 try:  # registers the prim; inductor itself imports it when it compiles
     import torch._inductor.inductor_prims  # noqa: F401
@@ -40,19 +72,22 @@ def dispatch_mode_active() -> bool:
     refuses to run under one."""
     from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
-    return is_in_torch_dispatch_mode(include_infra_modes=False)
+    try:
+        return is_in_torch_dispatch_mode(include_infra_modes=False)
+    except TypeError:  # torch < 2.5: no such argument (this is not called while compiling,
+        return is_in_torch_dispatch_mode()  # where the infra modes would count)
 
 
 class _Realize(torch.autograd.Function):
     """The identity, as a buffer inductor must write (the prim has no autograd formula)."""
 
     @staticmethod
-    def forward(ctx, t: torch.Tensor) -> torch.Tensor:
-        return _FORCE(t, t.stride())
+    def forward(ctx, t: torch.Tensor, stride: tuple) -> torch.Tensor:
+        return _FORCE(t, stride)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        return grad
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad, None
 
 
 def realize(t: torch.Tensor) -> torch.Tensor:
@@ -67,7 +102,14 @@ def realize(t: torch.Tensor) -> torch.Tensor:
     """
     if _FORCE is None or not torch.compiler.is_compiling():
         return t
-    return _Realize.apply(t)
+    # the contiguous strides, from the shape: torch 2.6's dynamo refuses ``t.stride()``
+    # inside an autograd Function's backward, where realize is called ("Illegal getattr
+    # invocation stride in strict mode"); a fresh pointwise result is contiguous anyway
+    stride, step = [], 1
+    for size in reversed(t.shape):
+        stride.append(step)
+        step = step * size
+    return _Realize.apply(t, tuple(reversed(stride)))
 
 
 def no_pattern_passes() -> dict[str, bool]:

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from . import math as _math
-from ._compat import no_pattern_passes
+from ._compat import no_pattern_passes, require_compile
 from .numerics import as_curvature, float32_island
 
 #: The ops offered compiled (every other name of :mod:`mosgeo.math` is a helper).
@@ -50,6 +50,7 @@ _OPTIONS = {"mobius_matvec": no_pattern_passes}
 
 @functools.cache
 def _compiled(name: str) -> Callable[..., torch.Tensor]:
+    require_compile(f"mosgeo.compiled.{name}")
     eager = getattr(_math, name)
     # compile the op's own code: the float32-island wrapper is one code object shared by
     # every op (torch.compile would count each op as a recompilation of it); the island

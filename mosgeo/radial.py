@@ -75,7 +75,7 @@ from typing import NamedTuple
 import torch
 from torch.autograd.function import once_differentiable
 
-from ._compat import dispatch_mode_active
+from ._compat import compile_supported, dispatch_mode_active, require_compile
 from .numerics import HALF_DTYPES, compute_dtype, guards
 
 Tensor = torch.Tensor
@@ -322,11 +322,12 @@ _TRITON_DEVICES = ("cuda", "xpu")
 
 def kernel_for(device: torch.device) -> str:
     """``"eager"`` or ``"compiled"``: what the selected kernel runs for tensors on
-    ``device`` (``"auto"``: compiled on a GPU where Triton is installed)."""
+    ``device`` (``"auto"``: compiled on a GPU where Triton is installed, with a torch that
+    compiles mosgeo's code, :data:`mosgeo._compat.COMPILE_MIN_TORCH`)."""
     kernel = _KERNEL[0]
     if kernel == "auto":
         gpu = device.type in _TRITON_DEVICES
-        kernel = "compiled" if gpu and _triton_available() else "eager"
+        kernel = "compiled" if gpu and compile_supported() and _triton_available() else "eager"
     return kernel
 
 
@@ -338,6 +339,7 @@ def _forward_kernel(eps: float, input_map: str, inside: bool, save: bool) -> Cal
     closure value into a symbolic input, inductor still bakes its value into the kernel, and
     its on-disk cache then serves that kernel to another value (torch 2.13: the float16 margin
     in a bfloat16 call, γ off by 3 %; ``tests/geometry/test_radial.py``)."""
+    require_compile('mosgeo.radial.set_kernel("compiled")')
     text = repr(float(eps))
 
     def forward(nz, q, k, gates, mu, ball=None):
@@ -352,6 +354,7 @@ def _forward_kernel(eps: float, input_map: str, inside: bool, save: bool) -> Cal
 
 @functools.cache
 def _backward_kernel() -> Callable:
+    require_compile('mosgeo.radial.set_kernel("compiled")')
     return torch.compile(scale_backward, dynamic=True)
 
 
@@ -423,8 +426,9 @@ def gamma_forward(
         ball = terms.ball
     if _compiling(q.device):
         kernel = _forward_kernel(eps, input_map, inside, save)
+        one = q.shape[0] == 1  # dynamo specialises a size of 1: its own compilation
         return _run(
-            ("forward", q.dtype, eps, input_map, inside, save, ball is not None), q.device,
+            ("forward", q.dtype, one, eps, input_map, inside, save, ball is not None), q.device,
             lambda: kernel(nz, q, k, gates, mu, ball),
             lambda: _eager_forward(nz, q, k, gates, mu, eps, input_map, inside, save, terms, ball),
         )  # fmt: skip
@@ -441,7 +445,7 @@ def gamma_backward(saved: tuple, grad: Tensor) -> tuple[Tensor | None, Tensor, T
     """:func:`scale_backward`, by the :func:`set_kernel` kernel."""
     if _compiling(grad.device):
         kernel = _backward_kernel()
-        key = ("backward", grad.dtype, saved[-1] is None)
+        key = ("backward", grad.dtype, grad.shape[0] == 1, saved[-1] is None)
         return _run(
             key, grad.device, lambda: kernel(saved, grad), lambda: scale_backward(saved, grad)
         )

@@ -16,11 +16,14 @@ import torch
 
 import mosgeo.charts as charts
 import mosgeo.math as pmath
-from mosgeo import PoincareBall, Stereographic
+from mosgeo import PoincareBall, Stereographic, _compat
 
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:`torch.jit.script_method` is deprecated:DeprecationWarning"
-)
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning"),
+    pytest.mark.skipif(
+        not _compat.compile_supported(), reason=f"needs torch>={_compat.COMPILE_MIN_TORCH}"
+    ),
+]
 
 # κ = 0, ±1e-9 (the series branch), hyperbolic and spherical rows in one batch
 K_MIXED = [[-1.0], [0.0], [1e-9], [-1e-9], [2.0]]

@@ -10,6 +10,11 @@ from torch._dynamo.utils import counters
 
 import mosgeo.compiled as cmath
 import mosgeo.math as pmath
+from mosgeo import _compat
+
+pytestmark = pytest.mark.skipif(
+    not _compat.compile_supported(), reason=f"needs torch>={_compat.COMPILE_MIN_TORCH}"
+)
 
 
 def _graphs() -> int:

@@ -219,6 +219,10 @@ def test_project_factor_reads_the_same_radius():
 
 @pytest.fixture
 def compiled_kernel():
+    from mosgeo import _compat
+
+    if not _compat.compile_supported():
+        pytest.skip(f"needs torch>={_compat.COMPILE_MIN_TORCH}")
     previous = radial.set_kernel("compiled")
     yield
     radial.set_kernel(previous)
@@ -267,7 +271,7 @@ def test_the_compiled_kernel_reads_each_margin(compiled_kernel):
 
 
 @pytest.mark.parametrize("input_map", MAPS)
-def test_the_compiled_kernel_is_one_graph_each_way(input_map):
+def test_the_compiled_kernel_is_one_graph_each_way(input_map, compiled_kernel):
     """No graph break: each direction is one fused kernel, not a chain of eager pieces."""
     import torch._dynamo
 
@@ -307,6 +311,7 @@ def test_auto_is_the_default_and_compiles_only_off_the_cpu(monkeypatch):
     if "MOSGEO_RADIAL_KERNEL" not in os.environ:  # the module's own default
         source = importlib.util.find_spec("mosgeo.radial").origin
         assert 'os.environ.get("MOSGEO_RADIAL_KERNEL", "auto")' in open(source).read()
+    monkeypatch.setattr(radial, "compile_supported", lambda: True)  # whatever this torch
     previous = radial.set_kernel("auto")
     try:
         for triton in (True, False):
@@ -335,6 +340,7 @@ def failing_compiler(monkeypatch):
     monkeypatch.setattr(radial, "_forward_kernel", lambda *a: broken)
     monkeypatch.setattr(radial, "_backward_kernel", lambda: broken)
     monkeypatch.setattr(radial, "_COMPILED", {})
+    monkeypatch.setattr(radial, "dispatch_mode_active", lambda: False)
     previous = radial.set_kernel("auto")
     monkeypatch.setattr(
         radial,
@@ -385,6 +391,7 @@ def test_auto_raises_a_later_failure_of_a_kernel_that_compiled(monkeypatch):
 
     monkeypatch.setattr(radial, "_forward_kernel", lambda *a: flaky)
     monkeypatch.setattr(radial, "_COMPILED", {})
+    monkeypatch.setattr(radial, "dispatch_mode_active", lambda: False)
     monkeypatch.setattr(radial, "kernel_for", lambda device: "compiled")
     previous = radial.set_kernel("auto")
     try:
