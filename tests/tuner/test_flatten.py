@@ -203,3 +203,54 @@ def test_the_ball_tensor_is_built_once_and_serves_training_after_inference_mode(
     assert all(torch.isfinite(g).all() for g in grads.values())
     info = fused._ball_tensor.cache_info()
     assert info.currsize == 1 and info.hits > 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_the_flattened_model_in_half_precision(dtype):
+    """float16 / bfloat16 weights (no autocast): both paths finite, the fused path's logits
+    and every adapter gradient as close to the float32 model's as the literal path's are
+    (the difference is the half-precision model's own rounding)."""
+    ids = tokens()
+    full = _flat_model(torch.float32)
+    out32, g32 = _forward_backward(full, ids)
+    runs = {}
+    for fused in (True, False):
+        model = _flat_model(torch.float32, fused=fused)
+        model.load_state_dict(full.state_dict())
+        runs[fused] = _forward_backward(model.to(dtype), ids)
+    err = {}
+    for fused, (out, grads) in runs.items():
+        assert out.logits.dtype == dtype and torch.isfinite(out.logits).all()
+        assert grads.keys() == g32.keys()
+        err[fused] = (out.logits.float() - out32.logits).abs().max().item()
+        for n, g in grads.items():
+            assert torch.isfinite(g).all(), n
+    assert err[True] <= 1.5 * err[False] + 1e-3, err
+    for n, g in g32.items():
+        top = g.abs().max().item()
+        e_fused = (runs[True][1][n].float() - g).abs().max().item()
+        e_literal = (runs[False][1][n].float() - g).abs().max().item()
+        assert e_fused <= 2 * e_literal + 0.02 * top, (n, e_fused, e_literal, top)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_the_fused_experts_with_a_ball_in_half_precision(dtype):
+    """The half-precision fused experts (radial scalars in float32 with the storage dtype's
+    margins) against the literal maps on the same inputs (which run in their float32 island
+    with those margins too): within the storage dtype's rounding, and the ball's clip is
+    far above it."""
+    z = _codes(torch.float64)
+    n, r, d_out = len(BALL), z.shape[-1], 6
+    g = torch.Generator().manual_seed(3)
+    b_cat = 0.5 * torch.randn(d_out, n * r, generator=g, dtype=torch.float64)
+    k = torch.tensor((-1.0, -9.0, 0.5, 0.0, -0.3, 1.0, 0.0, -2.0), dtype=torch.float64)
+    gates = torch.rand(z.shape[0], n, generator=g, dtype=torch.float64)
+    z, b_cat, k, gates = (v.to(dtype) for v in (z, b_cat, k, gates))
+    ball = torch.tensor(BALL, dtype=dtype)
+    fused = experts_fused(z, b_cat, k, gates, ball=ball)
+    assert fused.dtype == dtype
+    ref = (experts_reference(z, b_cat, k, ball=ball).float() * gates.float().unsqueeze(-1)).sum(-2)
+    tol = 3 * torch.finfo(dtype).eps * ref.abs().max().item()
+    torch.testing.assert_close(fused.float(), ref, rtol=0, atol=tol)
+    plain = (experts_reference(z, b_cat, k).float() * gates.float().unsqueeze(-1)).sum(-2)
+    assert (plain - ref).abs().max() > 5 * tol  # the clip is well above the rounding
