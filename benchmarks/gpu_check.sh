@@ -7,7 +7,8 @@
 #
 #   device run: bash benchmarks/gpu_check.sh          (timeout_s 560)
 #
-# 1. the GPU tests: the compiled γ kernel (Triton) against the eager one;
+# 1. the GPU tests: the compiled γ kernel (Triton, the default "auto" there) against the
+#    eager one, alone and in a wrapped model;
 # 2. the step table in bf16 on SmolLM2-135M's shape (30 layers): tokens/s at 8×64 and 8×512,
 #    decoding, op counts, host syncs with torch.cuda.set_sync_debug_mode("warn");
 # 3. tokens/s at 8×512 in bf16 on Qwen2-1.5B's shape (28 layers);
@@ -18,7 +19,7 @@ out="${OUT:-benchmarks/results}"
 mkdir -p "$out"
 python3 -c "import torch, transformers, peft; print('torch', torch.__version__, \
 'transformers', transformers.__version__, 'peft', peft.__version__, torch.cuda.get_device_name())"
-timeout 120 python3 -m pytest -q -p no:cacheprovider tests/geometry/test_radial.py -k gpu \
+timeout 150 python3 -m pytest -q -p no:cacheprovider tests/geometry/test_radial.py tests/tuner/test_ops.py -k gpu \
     2>&1 | tee "$out/gpu_tests.log" | tail -3
 timeout 200 python3 benchmarks/bench_step.py --device cuda --dtype bfloat16 --reps 5 \
     --out "$out" 2>&1 | grep -v Warning | tail -8

@@ -110,23 +110,44 @@ def test_with_the_compiled_kernel_one_adapted_layer_runs_at_most_85_ops(tokens, 
 def test_the_compiled_kernel_gives_the_eager_model(compiled_kernel):
     """A wrapped model, forward and every adapter gradient, and a no-grad single-token call
     (decoding): the same with both kernels."""
+    _same_model_with_both_kernels("cpu", "compiled")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_on_a_gpu_the_default_kernel_gives_the_eager_model():
+    """On a GPU the default kernel (``"auto"``) is the compiled one (Triton): a wrapped
+    model's forward, gradients and decoding call equal the eager kernel's, with no
+    fallback warning."""
+    import warnings
+
+    previous = radial.set_kernel("auto")
+    try:
+        assert radial.kernel_for(torch.device("cuda")) == "compiled"
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)
+            _same_model_with_both_kernels("cuda", "auto")
+    finally:
+        radial.set_kernel(previous)
+
+
+def _same_model_with_both_kernels(device: str, kernel: str) -> None:
     torch.manual_seed(0)
-    model = mosgeo_lora.wrap(tiny_llama())
+    model = mosgeo_lora.wrap(tiny_llama()).to(device)
     for name, p in model.named_parameters():
         if p.requires_grad and ".moselora_B." in name:
             torch.nn.init.normal_(p, std=0.02)
-    ids = torch.randint(0, 64, (2, 7))
+    ids = torch.randint(0, 64, (2, 7), device=device)
     results = {}
-    for kernel in ("compiled", "eager"):
-        radial.set_kernel(kernel)
+    for name in (kernel, "eager"):
+        radial.set_kernel(name)
         model.zero_grad()
         out = model(input_ids=ids, labels=ids)
         out.loss.backward()
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
         with torch.no_grad():
             step = model(input_ids=ids[:, :1]).logits
-        results[kernel] = (out.logits.detach(), grads, step)
-    (logits, grads, step), (ref_logits, ref_grads, ref_step) = results["compiled"], results["eager"]
+        results[name] = (out.logits.detach(), grads, step)
+    (logits, grads, step), (ref_logits, ref_grads, ref_step) = results[kernel], results["eager"]
     torch.testing.assert_close(logits, ref_logits, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(step, ref_step, rtol=1e-5, atol=1e-6)
     assert grads.keys() == ref_grads.keys() and any(".moselora_k." in n for n in grads)
