@@ -376,7 +376,7 @@ def _compiling(device: torch.device) -> bool:
 def _run(key: tuple, device: torch.device, compiled: Callable, eager: Callable):
     """``compiled()`` or ``eager()`` for the variant ``key``: under ``"auto"``, a first
     call that fails to compile warns and makes the variant eager (a later failure is a
-    real error and raises)."""
+    real error and raises, as is a failure the eager code shares: bad inputs)."""
     if _KERNEL[0] != "auto":
         return compiled()
     key = (*key, device.type)
@@ -388,15 +388,17 @@ def _run(key: tuple, device: torch.device, compiled: Callable, eager: Callable):
     try:
         result = compiled()
     except Exception as error:  # noqa: BLE001 - any compiler failure: the eager code is exact
+        result = eager()  # raises if the inputs are at fault, not the compiler
         _COMPILED[key] = False
+        first = str(error).strip().splitlines()
         warnings.warn(
-            f"mosgeo.radial: compiling γ's kernel failed on {device.type} ({type(error).__name__}: "
-            f"{str(error).strip().splitlines()[0] if str(error).strip() else ''}); this variant "
-            "runs the eager passes (set_kernel('eager') silences this)",
+            f"mosgeo.radial: compiling γ's kernel failed on {device.type} "
+            f"({type(error).__name__}: {first[0] if first else ''}); this variant runs the "
+            "eager passes (set_kernel('eager') silences this)",
             RuntimeWarning,
             stacklevel=4,
         )
-        return eager()
+        return result
     _COMPILED[key] = True
     return result
 

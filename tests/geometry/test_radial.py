@@ -370,6 +370,20 @@ def test_auto_runs_eager_where_compiling_fails_and_warns_once(failing_compiler):
         torch.testing.assert_close(c, b, rtol=0, atol=0)
 
 
+def test_auto_does_not_blame_the_compiler_for_bad_inputs(failing_compiler):
+    """A call the eager code refuses too (here: shapes that do not broadcast) raises the
+    eager error, with no warning, and leaves the variant untried."""
+    import warnings
+
+    z2, q, k, gates = problem(13, torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        with pytest.raises(RuntimeError, match="size of tensor"):
+            radial.gamma_forward(z2.sqrt(), q, k[:-1], gates, None, eps=1e-3,
+                                 input_map="stereographic", save=False)  # fmt: skip
+    assert radial._COMPILED == {}
+
+
 def test_a_compiler_failure_raises_when_compiled_is_asked_for(failing_compiler):
     radial.set_kernel("compiled")
     z2, q, k, gates = problem(13, torch.float64)
