@@ -12,7 +12,8 @@ so ``Σ_i g_i o_i = Σ_i γ_i B_i z`` for one scalar ``γ_i`` per token and expe
 elementwise passes over ``(tokens, experts)`` tensors (the fused MoSELoRA layer calls
 :func:`gamma_forward` / :func:`gamma_backward` inside its own autograd Function). Those
 passes run eagerly, one op each, or — :func:`set_kernel` ``("compiled")`` — as two fused
-kernels compiled from the same code.
+kernels compiled from the same code; the default, ``"auto"``, compiles them for tensors on
+a GPU (where each pass would be a kernel launch) and runs them eagerly on a CPU.
 
 **The formula.** The inputs are taken for ``z̃ = z/μ``, ``μ > 0`` a free per-token factor
 (the result does not depend on it; the layer uses the largest ``|z_j|``, so that no square of
