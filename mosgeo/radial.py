@@ -69,6 +69,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
+import threading
 import warnings
 from collections.abc import Callable
 from typing import NamedTuple
@@ -322,9 +323,10 @@ _TRITON_DEVICES = ("cuda", "xpu")
 
 
 def kernel_for(device: torch.device) -> str:
-    """``"eager"`` or ``"compiled"``: what the selected kernel runs for tensors on
-    ``device`` (``"auto"``: compiled on a GPU where Triton is installed, with a torch that
-    compiles mosgeo's code, :data:`mosgeo._compat.COMPILE_MIN_TORCH`)."""
+    """What the selected kernel runs for tensors on ``device``: ``"eager"`` or ``"compiled"``.
+
+    ``"auto"`` gives ``"compiled"`` on a GPU where Triton is installed, with a torch that
+    compiles mosgeo's code (:data:`mosgeo._compat.COMPILE_MIN_TORCH`)."""
     kernel = _KERNEL[0]
     if kernel == "auto":
         gpu = device.type in _TRITON_DEVICES
@@ -374,20 +376,30 @@ def _compiling(device: torch.device) -> bool:
     )
 
 
+#: Held around every call of a compiled kernel: torch.compile is not thread-safe (pytorch
+#: issues 118260, 136833), and threads do call one layer at once (``nn.DataParallel``, which
+#: the HF Trainer uses on several GPUs without a launcher; autograd's per-device backward
+#: threads). The kernels are short, and a single-threaded step never waits on it.
+_LOCK = threading.RLock()
+
+
 def _run(key: tuple, device: torch.device, compiled: Callable, eager: Callable):
     """``compiled()`` or ``eager()`` for the variant ``key``: under ``"auto"``, a first
     call that fails to compile warns and makes the variant eager (a later failure is a
     real error and raises, as is a failure the eager code shares: bad inputs)."""
     if _KERNEL[0] != "auto":
-        return compiled()
+        with _LOCK:
+            return compiled()
     key = (*key, device.type)
     state = _COMPILED.get(key)
     if state is False:
         return eager()
     if state is True:
-        return compiled()
+        with _LOCK:
+            return compiled()
     try:
-        result = compiled()
+        with _LOCK:
+            result = compiled()
     except Exception as error:  # noqa: BLE001 - any compiler failure: the eager code is exact
         result = eager()  # raises if the inputs are at fault, not the compiler
         _COMPILED[key] = False
