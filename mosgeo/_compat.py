@@ -27,7 +27,10 @@ The torch versions: eager mosgeo needs torch 2.4 (``pyproject.toml``), its compi
 
 from __future__ import annotations
 
+import functools
+
 import torch
+from torch.torch_version import TorchVersion
 
 __all__ = [
     "COMPILE_MIN_TORCH",
@@ -47,7 +50,13 @@ COMPILE_MIN_TORCH = "2.6"
 
 def compile_supported() -> bool:
     """Whether this torch compiles mosgeo's ops (:data:`COMPILE_MIN_TORCH`)."""
-    return torch.__version__ >= COMPILE_MIN_TORCH
+    return _at_least(str(torch.__version__), COMPILE_MIN_TORCH)
+
+
+@functools.lru_cache(maxsize=8)
+def _at_least(version: str, minimum: str) -> bool:
+    # parsed once: the γ kernel asks on every call
+    return TorchVersion(version) >= minimum
 
 
 def require_compile(what: str) -> None:

@@ -313,6 +313,7 @@ def get_kernel() -> str:
     return _KERNEL[0]
 
 
+@functools.cache
 def _triton_available() -> bool:
     return importlib.util.find_spec("triton") is not None
 
