@@ -308,10 +308,14 @@ def mix_backward(
     g_z = g_zt / mu
     g_b = None
     if need_b:
-        g_b = grad.t() @ h
         g_gram = torch.einsum("tn,tr,ts->nrs", g_q, zt, zt)
         g_bv = torch.einsum("dnr,nrs->dns", bv, g_gram).reshape(b_cat.shape)
-        g_b = g_b.add_(g_bv if g_bv.dtype == g_b.dtype else g_bv.to(g_b.dtype), alpha=2.0)
+        if g_bv.dtype != h.dtype:
+            g_bv = g_bv.to(h.dtype)
+        # one addmm with beta, not ``(grad.t() @ h).add_(g_bv, alpha=2)``: inductor (torch
+        # 2.13) fuses a matmul and an add into addmm and drops the add's alpha, a wrong
+        # gradient under torch.compile (tests/tuner/test_compile_inductor.py)
+        g_b = torch.addmm(g_bv, grad.t(), h, beta=2.0)
     return g_z, g_b, g_k, g_gates
 
 
