@@ -855,13 +855,16 @@ def _antipodal(x: Tensor, y: Tensor, x2: Tensor, y2: Tensor, k: Tensor, dim: int
     Masks (``e`` is valid on the first, ``D`` on the second): κ > 0 and
     ``κ max(‖x‖², ‖y‖²) > 1/4`` — every near-antipodal pair, and away from κ = 0, where the
     plain form is exact and this one would take its κ-derivatives as differences of terms
-    of size ``1/(κ‖x‖)`` — and, for ``e``, ``κ‖x‖²`` a normal number (``D = 1`` there,
-    to rounding, as points stay below ``max_norm``)."""
+    of size ``1/(κ‖x‖)`` — and, for ``e``, ``κ‖x‖²`` a normal number and
+    ``κ²‖x‖² > 16·tiny`` (so that ``‖e‖²`` cannot overflow; ``D = 1`` elsewhere, to rounding,
+    as points stay below ``max_norm``)."""
     g = guards(x2.dtype)
     kx2 = k * x2
     anti = (k > 0) & (torch.maximum(kx2, k * y2) > 0.25)
-    # x ≈ 0 (κ‖x‖² not normal): D = 1 to rounding, since points stay below max_norm
-    live = kx2 > g.min_norm**2
+    # x ≈ 0 (κ‖x‖² not normal) or ‖x̄‖ = 1/(κ‖x‖) > 1/(4 min_norm) (‖e‖² could overflow:
+    # distance 0 at a subnormal κ, or for a tiny x and a far y): D = 1 to rounding there, as
+    # 2κ|⟨x, y⟩| ≤ 8 min_norm·max_norm ≪ ε for points below max_norm
+    live = (kx2 > g.min_norm**2) & (k * kx2 > 16.0 * g.min_norm**2)
     e = torch.addcmul(y, x, 1.0 / torch.where(anti & live, kx2, torch.ones_like(kx2)))
     e2 = sqnorm(e, dim)
     den = torch.where(live, kx2 * (k * e2), torch.ones_like(e2))

@@ -26,6 +26,15 @@ settings.register_profile(
     derandomize=True,  # CI must be reproducible: the same examples on every run
     print_blob=True,
 )
+# a long search for a rare failing example, by hand: HYPOTHESIS_PROFILE=soak pytest tests/geometry
+settings.register_profile(
+    "soak",
+    max_examples=1000,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    derandomize=False,
+    print_blob=True,
+)
 _profile = "ci" if os.environ.get("CI") else os.environ.get("HYPOTHESIS_PROFILE", "default")
 settings.load_profile(_profile)
 

@@ -679,6 +679,45 @@ def test_weighted_midpoint_of_two_points(data, dtype, kmode):
     c.check(pmath.weighted_midpoint(xs, w, k=k, reducedim=[0]), mid, factor=4)
 
 
+#: (dtype, κ, ‖x‖, ‖y‖): a tiny point and a far one (below ``max_norm``) with a tiny
+#: normal κ, where the antipode ``x̄ = −x/(κ‖x‖²)`` of ``x`` is too far to square
+CLOSE_TO_FAR = [
+    (torch.float64, 1e-154, 1e-76, 5e76),
+    (torch.float32, 1e-19, 1e-9, 2e9),
+]
+
+
+@pytest.mark.parametrize(("dtype", "kv", "nx", "ny"), CLOSE_TO_FAR, ids=["f64", "f32"])
+def test_distance_from_a_tiny_point_to_a_far_one(dtype, kv, nx, ny):
+    """d(x, y) = d(y, x) ≈ d(0, y) and log_x(y) finite for ``x`` near 0, ``y`` far out and
+    tiny κ > 0: the antipodal form of the Möbius denominator squared ``‖y − x̄‖``, which
+    overflowed there (distance 0 one way round, log_x(y) NaN)."""
+    k = torch.tensor(kv, dtype=dtype)
+    x = torch.tensor([nx, 0.0], dtype=dtype)
+    y = torch.tensor([-0.98 * ny, 0.2 * ny], dtype=dtype)
+    assert float(y.norm()) < guards(dtype).max_norm
+    ref = pmath.dist0(y, k=k)
+    for d in (pmath.dist(x, y, k=k), pmath.dist(y, x, k=k)):
+        torch.testing.assert_close(d, ref, rtol=1e-5, atol=0.0)
+    log = pmath.logmap(x, y, k=k)
+    assert bool(log.isfinite().all())
+    torch.testing.assert_close(log.norm(), ref / pmath.lambda_x(x, k=k), rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_weighted_midpoint_at_a_subnormal_curvature(dtype):
+    """A subnormal κ > 0 is flat to rounding: the midpoint of two points is their mean (the
+    antipode of the mean, a candidate for κ > 0, was measured 0 away from the points: the
+    midpoint came back ~1e153 in float64; hypothesis found it)."""
+    tiny = torch.finfo(dtype).tiny
+    x = torch.tensor([0.7, -0.2], dtype=dtype)
+    y = torch.tensor([0.73, -0.26], dtype=dtype)
+    for kv in (tiny / 2, tiny, 2 * tiny):
+        k = torch.tensor([kv], dtype=dtype)
+        mid = pmath.weighted_midpoint(torch.stack([x, y]), k=k, reducedim=[0])
+        torch.testing.assert_close(mid, (x + y) / 2, rtol=TOL[dtype], atol=TOL[dtype])
+
+
 @ALL
 @given(data=st.data())
 def test_dist2plane(data, dtype, kmode):
