@@ -50,7 +50,8 @@ from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCau
 import mosgeo_lora
 from mosgeo import radial
 
-#: ``moselora+kernel``: MoSELoRA with γ's compiled kernel (``mosgeo.radial.set_kernel``)
+#: ``moselora+kernel``: MoSELoRA with the compiled kernel (``mosgeo.radial.set_kernel``: each
+#: adapted layer's forward, backward and inference call compiled whole; the GPU's default)
 VARIANTS = ("lora", "moselora", "moselora+kernel")
 TARGETS = ["gate_proj", "up_proj", "down_proj"]
 
@@ -141,12 +142,12 @@ def decode(model, prompt: torch.Tensor, new_tokens: int) -> None:
 
 
 def kernel_of(variant: str) -> str:
-    """The γ kernel a variant runs with."""
+    """The kernel (``mosgeo.radial.set_kernel``) a variant runs with."""
     return "compiled" if variant.endswith("+kernel") else "eager"
 
 
 def with_kernel(variant: str, fn):
-    """``fn`` run with the variant's γ kernel selected (the selection is global)."""
+    """``fn`` run with the variant's kernel selected (the selection is global)."""
 
     def call(*args, **kwargs):
         previous = radial.set_kernel(kernel_of(variant))
@@ -244,7 +245,7 @@ def run(args) -> dict:
                     _timed, functools.partial(train_step, torch.compile(m), o, ids), args.device
                 )
                 for v, (m, o) in models.items()
-                if v != "moselora+kernel"  # under an outer compile γ is traced, not the kernel
+                if v != "moselora+kernel"  # under an outer compile the layer is traced
             }
             times = interleaved(runs, args.reps, max(args.warmup, 2))
             for v in runs:
@@ -275,7 +276,7 @@ def run(args) -> dict:
     if args.compile:  # the transformers model's forward through torch.compile, as generate uses it
         runs = {}
         for v, (m, _) in models.items():
-            if v == "moselora+kernel":  # under an outer compile γ is traced, not the kernel
+            if v == "moselora+kernel":  # under an outer compile the layer is traced
                 continue
             inner = m.get_base_model()
             inner.forward = torch.compile(inner.forward, dynamic=True)
@@ -331,7 +332,7 @@ def to_markdown(result: dict, meta: dict) -> str:
             line("CUDA sync warnings per forward+backward", "cuda_sync_warnings", "{}", False)
         )
     table.append(line("trainable parameters", "trainable", "{:,}", False))
-    head = ["measure", "LoRA r=8", "MoSELoRA", "/ LoRA", "MoSELoRA, γ kernel", "/ LoRA"]
+    head = ["measure", "LoRA r=8", "MoSELoRA", "/ LoRA", "MoSELoRA, compiled", "/ LoRA"]
     return (
         "# MoSELoRA vs LoRA: short steps, decoding, ops and syncs\n\n"
         f"`{meta['command']}` — device {meta['device']}, {meta['dtype']}, "
@@ -340,13 +341,14 @@ def to_markdown(result: dict, meta: dict) -> str:
         f"{meta['reps']} interleaved repetitions after {meta['warmup']} warm-up; torch "
         f"{meta['torch']}, transformers {meta['transformers']}, peft {meta['peft']}; "
         f"{meta['machine']}.\n\n"
-        '*γ kernel*: the same MoSELoRA with `mosgeo.radial.set_kernel("compiled")` (γ\'s '
-        "elementwise passes as two fused kernels; eager otherwise), which the default "
-        '`"auto"` selects for tensors on a GPU where Triton is installed; the MoSELoRA column '
-        'sets `"eager"`, the default on a CPU. Its kernel-level count is '
-        "not measured: compiled code cannot run under the counting dispatch mode. The "
-        "whole-model compiled step traces γ whatever the kernel, so it has no γ-kernel "
-        "column.\n\n" + markdown_table(head, table) + "\n"
+        '*compiled*: the same MoSELoRA with `mosgeo.radial.set_kernel("compiled")` (each '
+        "adapted layer's forward, backward and inference call compiled whole: its matmuls and "
+        'a few fused kernels), which the default `"auto"` selects for tensors on a GPU where '
+        'Triton is installed; the MoSELoRA column sets `"eager"`, the default on a CPU. Its '
+        "top-level count leaves out the fused kernels inductor generates (5 + 6 on the CPU) "
+        "and its kernel-level count is not measured: compiled code cannot run under the "
+        "counting dispatch mode. The whole-model compiled rows trace the layers whatever the "
+        "kernel, so they have no compiled-kernel cell.\n\n" + markdown_table(head, table) + "\n"
     )
 
 

@@ -7,8 +7,8 @@
 #
 #   device run: bash benchmarks/gpu_check.sh          (timeout_s 560)
 #
-# 1. the GPU tests: the compiled γ kernel (Triton, the default "auto" there) against the
-#    eager one, alone and in a wrapped model;
+# 1. the GPU tests: the compiled kernels (Triton, the default "auto" there: γ, and each adapted
+#    layer compiled whole) against the eager code, alone and in a wrapped model;
 # 2. the step table in bf16 on SmolLM2-135M's shape (30 layers): tokens/s at 8×64 and 8×512,
 #    decoding, op counts, host syncs with torch.cuda.set_sync_debug_mode("warn");
 # 3. tokens/s at 8×512 in bf16 on Qwen2-1.5B's shape (28 layers);

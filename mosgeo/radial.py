@@ -94,6 +94,8 @@ __all__ = [
     "set_kernel",
     "get_kernel",
     "kernel_for",
+    "compiling",
+    "run_kernel",
     "gamma_forward",
     "gamma_backward",
     "adapter_scale",
@@ -284,23 +286,26 @@ if _KERNEL[0] not in KERNELS:
 
 
 def set_kernel(name: str) -> str:
-    """Select how :func:`gamma_forward` / :func:`gamma_backward` run; return the previous kernel.
+    """Select how mosgeo's compiled kernels run; return the previous kernel.
 
     ``name`` is one of :data:`KERNELS`; the environment variable ``MOSGEO_RADIAL_KERNEL``
-    sets the initial one (default ``"auto"``).
+    sets the initial one (default ``"auto"``). It governs :func:`gamma_forward` /
+    :func:`gamma_backward` and ``mosgeo_lora``'s fused adapter (its forward, backward and
+    inference call, each compiled whole: ``mosgeo_lora.fused``).
 
-    ``"compiled"`` turns the ~60 elementwise passes of one layer's γ (forward, local
-    derivatives, backward) into two fused kernels: fewer kernel launches where a step is
-    launch-bound (a GPU, short sequences, decoding). The first call of each variant (dtype,
-    input map, half precision, decoding's single token) compiles (seconds); the batch size
-    does not recompile. Under an outer :func:`torch.compile` the eager code is traced
-    instead, and fused with its neighbours.
+    ``"compiled"`` turns γ's ~60 elementwise passes (forward, local derivatives, backward)
+    into two fused kernels, and a whole adapted layer's ~130 ops into its matmuls and a few
+    fused kernels: fewer kernel launches where a step is launch-bound (a GPU, short
+    sequences, decoding). The first call of each variant (dtype, input map, half precision,
+    decoding's single token, training or inference) compiles (seconds); the batch size does
+    not recompile. Under an outer :func:`torch.compile` the eager code is traced instead, and
+    fused with its neighbours.
 
-    ``"auto"`` compiles where a launch costs more than the pass it runs — tensors on a
-    GPU, with Triton installed (:func:`kernel_for`) — and runs the
-    eager passes on a CPU, where they are cheap and a compiled call costs about as much in
-    guards (``docs/benchmarks.md``). If compiling a variant fails there (no C compiler for
-    Triton's launcher, an unsupported GPU), that variant runs eager from then on, after one
+    ``"auto"`` compiles where a launch costs more than the op it runs — tensors on a
+    GPU, with Triton installed (:func:`kernel_for`) — and runs the eager code on a CPU,
+    where the ops are cheap and a compiled call costs about as much in guards
+    (``docs/benchmarks.md``). If compiling a variant fails there (no C compiler for Triton's
+    launcher, an unsupported GPU), that variant runs eager from then on, after one
     :class:`RuntimeWarning`; ``"compiled"`` raises instead."""
     if name not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}, got {name!r}")
@@ -367,11 +372,11 @@ def _backward_kernel() -> Callable:
 _COMPILED: dict[tuple, bool] = {}
 
 
-def _compiling(device: torch.device) -> bool:
-    """Whether the compiled kernels run for tensors on ``device``: selected
+def compiling(device: torch.device) -> bool:
+    """Whether compiled kernels run for tensors on ``device``: selected
     (:func:`kernel_for`), and neither an outer :func:`torch.compile` is tracing (it fuses
     the eager code with its neighbours) nor a ``TorchDispatchMode`` is active (compiled code
-    cannot run under one)."""
+    cannot run under one). ``mosgeo_lora``'s fused adapter asks it too."""
     return kernel_for(device) == "compiled" and not (
         torch.compiler.is_compiling() or dispatch_mode_active()
     )
@@ -384,10 +389,12 @@ def _compiling(device: torch.device) -> bool:
 _LOCK = threading.RLock()
 
 
-def _run(key: tuple, device: torch.device, compiled: Callable, eager: Callable):
-    """``compiled()`` or ``eager()`` for the variant ``key``: under ``"auto"``, a first
-    call that fails to compile warns and makes the variant eager (a later failure is a
-    real error and raises, as is a failure the eager code shares: bad inputs)."""
+def run_kernel(key: tuple, device: torch.device, compiled: Callable, eager: Callable):
+    """``compiled()`` or ``eager()`` for the variant ``key`` (hashable; the device type is
+    added), where :func:`compiling` said yes: under ``"auto"``, a first call that fails to
+    compile warns and makes the variant eager (a later failure is a real error and raises,
+    as is a failure the eager code shares: bad inputs); ``"compiled"`` always calls
+    ``compiled()``. Every compiled call holds one lock (torch.compile is not thread-safe)."""
     if _KERNEL[0] != "auto":
         with _LOCK:
             return compiled()
@@ -406,7 +413,7 @@ def _run(key: tuple, device: torch.device, compiled: Callable, eager: Callable):
         _COMPILED[key] = False
         first = str(error).strip().splitlines()
         warnings.warn(
-            f"mosgeo.radial: compiling γ's kernel failed on {device.type} "
+            f"mosgeo: compiling the kernel {key[0]!r} failed on {device.type} "
             f"({type(error).__name__}: {first[0] if first else ''}); this variant runs the "
             "eager passes (set_kernel('eager') silences this)",
             RuntimeWarning,
@@ -440,11 +447,11 @@ def gamma_forward(
     kernel); the other arguments are :func:`scale_forward`'s."""
     if terms is not None:
         ball = terms.ball
-    if _compiling(q.device):
+    if compiling(q.device):
         kernel = _forward_kernel(eps, input_map, inside, save)
         one = q.shape[0] == 1  # dynamo specialises a size of 1: its own compilation
-        return _run(
-            ("forward", q.dtype, one, eps, input_map, inside, save, ball is not None), q.device,
+        return run_kernel(
+            ("γ forward", q.dtype, one, eps, input_map, inside, save, ball is not None), q.device,
             lambda: kernel(nz, q, k, gates, mu, ball),
             lambda: _eager_forward(nz, q, k, gates, mu, eps, input_map, inside, save, terms, ball),
         )  # fmt: skip
@@ -459,10 +466,10 @@ def _eager_forward(nz, q, k, gates, mu, eps, input_map, inside, save, terms, bal
 
 def gamma_backward(saved: tuple, grad: Tensor) -> tuple[Tensor | None, Tensor, Tensor, Tensor]:
     """:func:`scale_backward`, by the :func:`set_kernel` kernel."""
-    if _compiling(grad.device):
+    if compiling(grad.device):
         kernel = _backward_kernel()
-        key = ("backward", grad.dtype, grad.shape[0] == 1, saved[-1] is None)
-        return _run(
+        key = ("γ backward", grad.dtype, grad.shape[0] == 1, saved[-1] is None)
+        return run_kernel(
             key, grad.device, lambda: kernel(saved, grad), lambda: scale_backward(saved, grad)
         )
     return scale_backward(saved, grad)

@@ -17,9 +17,12 @@ scale ``α/r`` and the clip margin are folded into the gates; ``base`` (the froz
 output) is added by the up-projection's ``addmm``.
 
 What autograd would keep per elementwise op — a node, its saved inputs, its backward kernels —
-is one node here: one adapted layer's forward+backward runs 132 top-level aten ops instead of
-436, 74 with γ's compiled kernel (:func:`mosgeo.radial.set_kernel`; ``tests/tuner/test_ops.py``,
-``docs/design.md`` §2.2), the difference being kernel launches on a GPU. A call that needs no
+is one node here: one adapted layer's forward+backward runs 131 top-level aten ops instead of
+436 (``tests/tuner/test_ops.py``, ``docs/design.md`` §2.2). Where
+:func:`mosgeo.radial.compiling` says so (a GPU, under the default kernel ``"auto"``:
+:func:`mosgeo.radial.set_kernel`) the forward, the backward and :func:`infer` each run as one
+compiled function — the matmuls and a few fused kernels, ~48 launches with LoRA's 42 — with
+the eager code as the fallback of a failed compilation. A call that needs no
 gradient (evaluation, decoding) runs the forward alone, without the node or the local
 derivatives; a layer's evaluation and decoding calls take :func:`infer`, which reuses the
 weight-only terms (:func:`constants`) across calls. The balance coefficients are kept on the
@@ -140,13 +143,142 @@ def _forward(x, base, a_w, g_w, b_w, k_learn, k_fixed, rho, weights, scale, spec
     return out, counts, value, aux, saved, scaled
 
 
+def _spec_text(spec: Spec) -> tuple:
+    """``spec`` with its floats as text: a compiled kernel's closure holds that, and rebuilds
+    the floats inside the traced code (:func:`_spec_of`), where they are constants (dynamo
+    makes a float argument or closure value symbolic, and inductor's cache then serves a
+    kernel baked with one value to another: :func:`mosgeo.radial.set_kernel`'s note)."""
+    ball = None if spec.ball is None else tuple(repr(float(b)) for b in spec.ball)
+    return (*spec[:2], repr(float(spec.scaling)), *spec[3:7], ball)
+
+
+def _spec_of(text: tuple) -> Spec:
+    ball = None if text[7] is None else tuple(float(b) for b in text[7])
+    return Spec(*text[:2], float(text[2]), *text[3:7], ball)
+
+
+@functools.cache
+def _forward_kernel(spec_text: tuple, scale_text: str | None, save: bool):
+    """:func:`_forward` of one static variant, compiled; the balance factor ``alpha`` is
+    folded into ``c`` (so that it leaves the kernel a tensor, and the backward's variant does
+    not depend on the token count). ``scale_text``: a float ``scale`` as text (``None``: the
+    tensor argument)."""
+
+    def forward(x, base, a_w, g_w, b_w, k_learn, k_fixed, rho, weights, scale):
+        spec = _spec_of(spec_text)
+        if scale_text is not None:
+            scale = float(scale_text)
+        out, counts, value, aux, saved, scaled = _forward(
+            x, base, a_w, g_w, b_w, k_learn, k_fixed, rho, weights, scale, spec, save
+        )
+        if saved is not None:
+            tensors, (c, alpha) = saved
+            saved = (tensors, (c if c is None else c * alpha, 1.0))
+        return out, counts, aux, saved, scaled
+
+    return torch.compile(forward, dynamic=True)
+
+
+def _detached(*tensors):
+    """``tensors`` detached (``None`` kept): what the compiled kernels read. They run where no
+    gradient is recorded anyway, and a parameter's shape, or whether a tensor requires a
+    gradient, would be a guard of the compiled code: one recompilation per layer shape and
+    per input that does or does not require a gradient (the first adapted layer's).
+    ``.data``, not ``detach()``: the same tensor without autograd and without a dispatched
+    op (28 ``aten::detach`` per layer and step otherwise)."""
+    return tuple(None if t is None else t.data for t in tensors)
+
+
+def _run_forward(x, base, a_w, g_w, b_w, k_learn, k_fixed, rho, weights, scale, spec, save):
+    """:func:`_forward`, compiled where :func:`mosgeo.radial.compiling` says so (a GPU under
+    the default kernel, ``"auto"``): the whole forward as a few fused kernels and the
+    matmuls, instead of ~100 kernel launches."""
+    args = (x, base, a_w, g_w, b_w, k_learn, k_fixed, rho, weights, scale, spec, save)
+    if not radial.compiling(x.device):
+        return _forward(*args)
+    tensor_scale = isinstance(scale, torch.Tensor)
+    text = _spec_text(spec)
+    scale_text = None if tensor_scale else repr(float(scale))
+    kernel = _forward_kernel(text, scale_text, save)
+    key = ("adapter forward", x.dtype, x.numel() == x.shape[-1], text, scale_text, save,
+           rho is not None, k_learn is not None, base is not None, weights is not None)  # fmt: skip
+
+    def compiled():
+        out, counts, aux, saved, scaled = kernel(
+            *_detached(x, base, a_w, g_w, b_w, k_learn, k_fixed, rho, weights),
+            scale if tensor_scale else None,
+        )
+        value = radial.gate_scale(default_eps(out.dtype), spec.scaling)
+        return out, counts, value, aux, saved, scaled
+
+    return radial.run_kernel(key, x.device, compiled, lambda: _forward(*args))
+
+
+def _backward(grad, tensors, c, alpha, scaled, meta, need, rho_dtype):
+    """The gradients of :func:`adapter`'s inputs (``None`` where ``need`` says no): the
+    backward of :class:`_Adapter` from what its forward saved."""
+    spec, value, shape, dtype, dense, n_learn, k_dtype = meta
+    x2, z, a_w, g_w, probs, gates, mask, *rest = tensors
+    state = MixState(*rest[:7], tuple(rest[7:]))
+    g2 = grad if grad.dim() == 2 else grad.reshape(-1, grad.shape[-1])
+    g_z, g_b, g_k, g_gates = mix_backward(state, g2, need[4])
+    g_logits = route_backward(g_gates, probs, gates, mask, spec.top_k, value, c, alpha)
+    if g_logits.dtype != dtype:
+        g_logits = g_logits.to(dtype)
+    if g_z.dtype != dtype:
+        g_z = g_z.to(dtype)
+    g_x = g_a = g_gw = g_kl = None
+    if not spec.router_on_input:
+        g_z = torch.addmm(g_z, g_logits, g_w)
+    if need[0]:
+        g_x = g_z @ a_w
+        if spec.router_on_input:  # the router's share of ∂L/∂x
+            g_x = torch.addmm(g_x, g_logits, g_w)
+        if len(shape) != 2:
+            g_x = g_x.view(shape)
+    if need[2]:
+        g_a = g_z.t() @ x2
+    if need[3]:
+        g_gw = g_logits.t() @ (x2 if spec.router_on_input else z)
+    g_rho = None
+    if scaled is not None:  # κ_eff = κ e^{-2ρ}: ∂/∂κ = e, ∂/∂ρ = -2 κ_eff
+        k_eff, e = scaled
+        if need[7]:
+            g_rho = torch.dot(g_k, k_eff).mul(-2.0).reshape(1)
+            if g_rho.dtype != rho_dtype:
+                g_rho = g_rho.to(rho_dtype)
+        if need[5]:
+            g_k = g_k * e
+    if need[5]:
+        g_kl = g_k[:n_learn]
+        if g_kl.dtype != k_dtype:
+            g_kl = g_kl.to(k_dtype)
+    g_base = grad if need[1] else None
+    return g_x, g_base, g_a, g_gw, g_b, g_kl, g_rho
+
+
+@functools.cache
+def _backward_kernel(spec_text: tuple, static: tuple, need: tuple, rho_dtype):
+    """:func:`_backward` of one static variant (``static`` is the ``meta`` of
+    :class:`_Adapter` without ``spec``, ``value`` and the input's shape), compiled."""
+
+    def backward(grad, tensors, c, scaled):
+        spec = _spec_of(spec_text)
+        value = radial.gate_scale(default_eps(static[0]), spec.scaling)
+        shape = (*grad.shape[:-1], tensors[2].shape[1])  # the input's: (…, d_in) of A
+        meta = (spec, value, shape, *static)
+        return _backward(grad, tensors, c, 1.0, scaled, meta, need, rho_dtype)
+
+    return torch.compile(backward, dynamic=True)
+
+
 class _Adapter(torch.autograd.Function):
     """:func:`adapter` with its closed-form backward."""
 
     @staticmethod
     def forward(ctx, x, base, a_w, g_w, b_w, k_learn, k_fixed, rho, weights, scale, spec):
         ctx.set_materialize_grads(False)  # no zero tensors for the outputs without a gradient
-        out, counts, value, aux, (tensors, balance), scaled = _forward(
+        out, counts, value, aux, (tensors, balance), scaled = _run_forward(
             x, base, a_w, g_w, b_w, k_learn, k_fixed, rho, weights, scale, spec, True
         )
         ctx.balance = balance  # on the node, not saved: checkpointing must not recompute it
@@ -161,45 +293,25 @@ class _Adapter(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad, *_):
-        spec, value, shape, dtype, dense, n_learn, k_dtype = ctx.meta
-        x2, z, a_w, g_w, probs, gates, mask, *rest = ctx.saved_tensors
-        state = MixState(*rest[:7], tuple(rest[7:]))
-        need = ctx.needs_input_grad
-        g2 = grad if grad.dim() == 2 else grad.reshape(-1, grad.shape[-1])
-        g_z, g_b, g_k, g_gates = mix_backward(state, g2, need[4])
+        tensors = ctx.saved_tensors
         c, alpha = ctx.balance
-        g_logits = route_backward(g_gates, probs, gates, mask, spec.top_k, value, c, alpha)
-        if g_logits.dtype != dtype:
-            g_logits = g_logits.to(dtype)
-        if g_z.dtype != dtype:
-            g_z = g_z.to(dtype)
-        g_x = g_a = g_gw = g_kl = None
-        if not spec.router_on_input:
-            g_z = torch.addmm(g_z, g_logits, g_w)
-        if need[0]:
-            g_x = g_z @ a_w
-            if spec.router_on_input:  # the router's share of ∂L/∂x
-                g_x = torch.addmm(g_x, g_logits, g_w)
-            if len(shape) != 2:
-                g_x = g_x.view(shape)
-        if need[2]:
-            g_a = g_z.t() @ x2
-        if need[3]:
-            g_gw = g_logits.t() @ (x2 if spec.router_on_input else z)
-        g_rho = None
-        if ctx.scaled is not None:  # κ_eff = κ e^{-2ρ}: ∂/∂κ = e, ∂/∂ρ = -2 κ_eff
-            k_eff, e = ctx.scaled
-            if need[7]:
-                g_rho = torch.dot(g_k, k_eff).mul(-2.0).reshape(1)
-                if g_rho.dtype != ctx.rho_dtype:
-                    g_rho = g_rho.to(ctx.rho_dtype)
-            if need[5]:
-                g_k = g_k * e
-        if need[5]:
-            g_kl = g_k[:n_learn]
-            if g_kl.dtype != k_dtype:
-                g_kl = g_kl.to(k_dtype)
-        g_base = grad if need[1] else None
+        need = tuple(ctx.needs_input_grad[:8])
+        meta = ctx.meta
+        # a forward that ran eager (a fallback) may leave alpha ≠ 1: its backward runs eager
+        if radial.compiling(grad.device) and isinstance(alpha, float) and alpha == 1.0:
+            spec, _, shape, *static = meta
+            text = _spec_text(spec)
+            kernel = _backward_kernel(text, tuple(static), need, ctx.rho_dtype)
+            key = ("adapter backward", grad.dtype, grad.numel() == grad.shape[-1], text,
+                   tuple(static), need, ctx.rho_dtype, c is None, ctx.scaled is None)  # fmt: skip
+            grads = radial.run_kernel(
+                key, grad.device,
+                lambda: kernel(grad, _detached(*tensors), c, ctx.scaled),
+                lambda: _backward(grad, tensors, c, alpha, ctx.scaled, meta, need, ctx.rho_dtype),
+            )  # fmt: skip
+        else:
+            grads = _backward(grad, tensors, c, alpha, ctx.scaled, meta, need, ctx.rho_dtype)
+        g_x, g_base, g_a, g_gw, g_b, g_kl, g_rho = grads
         return g_x, g_base, g_a, g_gw, g_b, g_kl, None, g_rho, None, None, None
 
 
@@ -239,7 +351,7 @@ def adapter(
     ):
         return _Adapter.apply(*args)
     # no gradient asked for (evaluation, decoding): no autograd node, no local derivatives
-    return _forward(*args, False)[:4]
+    return _run_forward(*args, False)[:4]
 
 
 class Constants(NamedTuple):
@@ -294,6 +406,36 @@ def infer(x: Tensor, base: Tensor | None, consts: Constants) -> tuple[Tensor, Te
     Returns ``(out, chosen)``: ``chosen`` the indices of each token's experts (``(T,
     top_k)``; ``None`` when dense), from which a layer counts its routing
     (:func:`mosgeo_lora.router.route_gates`)."""
+    if not radial.compiling(x.device):
+        return _infer(x, base, consts)
+    text = _spec_text(consts.spec)
+    kernel = _infer_kernel(text, repr(float(consts.value)))
+    t = consts.terms
+    tensors = (*consts.weights, consts.up, consts.gram, t.k, t.ir, t.ir2, t.kr2, t.follows, t.ball)
+    key = ("adapter inference", x.dtype, x.numel() == x.shape[-1], text, consts.value,
+           base is not None, t.ir is not None, t.ball is not None)  # fmt: skip
+    return radial.run_kernel(
+        key,
+        x.device,
+        lambda: kernel(*_detached(x, base, *tensors)),
+        lambda: _infer(x, base, consts),
+    )
+
+
+@functools.cache
+def _infer_kernel(spec_text: tuple, value_text: str):
+    """:func:`_infer` of one static variant, compiled (the constants' tensors as arguments,
+    their floats as text: :func:`_spec_text`)."""
+
+    def run(x, base, a_w, g_w, b_w, up, gram, k, ir, ir2, kr2, follows, ball):
+        terms = radial.CurvatureTerms(k, ir, ir2, kr2, follows, ball)
+        consts = Constants((a_w, g_w, b_w), up, terms, gram, _spec_of(spec_text), float(value_text))
+        return _infer(x, base, consts)
+
+    return torch.compile(run, dynamic=True)
+
+
+def _infer(x: Tensor, base: Tensor | None, consts: Constants) -> tuple[Tensor, Tensor | None]:
     a_w, g_w, b_w = consts.weights
     spec = consts.spec
     shape = x.shape

@@ -8,14 +8,18 @@ widths). The adapter is the paper's default (r = 8, 8 experts, top-4, stereograp
 map, learnable κ, balance loss on, fused), with B non-zero.
 
 Counts (torch 2.13, CPU): PEFT LoRA r = 8: 34 top-level / 42 kernel-level; MoSELoRA before
-the fused layer (``mosgeo_lora.fused``): 436 / 492; with the eager γ kernel 132 / 234; with
-the compiled γ kernel (``mosgeo.radial.set_kernel("compiled")``: γ's ~60 elementwise passes
-as two fused kernels) 74 top-level, within the issue's goal of 85 (``docs/design.md`` §2.2).
-The kernel-level count runs under a ``TorchDispatchMode``, where compiled code cannot run:
-it counts the eager kernel, so it is measured once, for the eager kernel.
+the fused layer (``mosgeo_lora.fused``): 436 / 492; eager (the CPU's default) 131 / 233. With
+the compiled kernel (``mosgeo.radial.set_kernel("compiled")``, what the default ``"auto"``
+runs on a GPU) the adapter's forward, backward and inference call each run as one compiled
+function: 37 top-level aten ops on 8 tokens (30 on one; the matmuls, ``topk``, the autograd
+engine's own) plus the fused kernels inductor generated, 5 in the forward and 6 in the
+backward on the CPU (``torch._inductor.config.cpp.enable_kernel_profile`` shows them to the
+profiler): ~48 launches against LoRA's 42, and within the issue's goal of 85 top-level ops
+(``docs/design.md`` §2.2). When only γ was compiled: 74. The kernel-level count runs under a
+``TorchDispatchMode``, where compiled code cannot run: it is measured for the eager kernel.
 
 The learnable input scale (``MoSELoraConfig(input_scale=...)``, off by default) adds 8 ops
-(140 / 242): ``κ e^{-2ρ}`` and its two gradients, on ``(N,)``-sized tensors inside the fused
+(139 / 241): ``κ e^{-2ρ}`` and its two gradients, on ``(N,)``-sized tensors inside the fused
 node; the default's count does not change.
 """
 
@@ -39,12 +43,15 @@ import mosgeo_lora  # noqa: E402
 from mosgeo import radial  # noqa: E402
 
 #: MoSELoRA's bounds: the counts above, with a few ops of slack for other torch versions
-MAX_TOPLEVEL = 136
-MAX_KERNEL = 245
+MAX_TOPLEVEL = 135
+MAX_KERNEL = 244
 #: what the learnable input scale may add (8 measured)
 MAX_INPUT_SCALE_EXTRA = 10
-#: the issue's goal, with the compiled γ kernel
-MAX_TOPLEVEL_COMPILED = 85
+#: with the compiled adapter (37 measured on 8 tokens; the issue's goal was 85)
+MAX_TOPLEVEL_COMPILED = 40
+#: a decoding call with the compiled adapter (8 measured: the base layer's linear, the two
+#: small linears, topk, the Gram matmul, the up-projection, the call's own; PEFT LoRA 6)
+MAX_DECODING_COMPILED = 10
 TARGETS = ["gate_proj", "up_proj", "down_proj"]
 
 
@@ -99,12 +106,17 @@ def compiled_kernel():
 
 
 @pytest.mark.parametrize("tokens", [8, 1], ids=["tokens", "decoding"])
-def test_with_the_compiled_kernel_one_adapted_layer_runs_at_most_85_ops(tokens, compiled_kernel):
+def test_with_the_compiled_kernel_one_adapted_layer_runs_at_most_40_ops(tokens, compiled_kernel):
     layer, d_in = _gate_proj("moselora")
     x = torch.randn(1, tokens, d_in, requires_grad=True)
     top, _ = aten_ops(lambda: layer(x).sum().backward())
-    print(f"\ntop-level aten ops, compiled γ kernel, {tokens} token(s): {sum(top.values())}")
+    print(f"\ntop-level aten ops, compiled adapter, {tokens} token(s): {sum(top.values())}")
     assert sum(top.values()) <= MAX_TOPLEVEL_COMPILED, sorted(top.items(), key=lambda kv: -kv[1])
+    layer.eval()
+    with torch.no_grad():
+        top, _ = aten_ops(lambda: layer(x.detach()[:, :1]))
+    print(f"top-level aten ops, compiled adapter, decoding one token: {sum(top.values())}")
+    assert sum(top.values()) <= MAX_DECODING_COMPILED, sorted(top.items(), key=lambda kv: -kv[1])
 
 
 def test_the_compiled_kernel_gives_the_eager_model(compiled_kernel):
