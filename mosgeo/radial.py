@@ -373,10 +373,12 @@ _COMPILED: dict[tuple, bool] = {}
 
 
 def compiling(device: torch.device) -> bool:
-    """Whether compiled kernels run for tensors on ``device``: selected
-    (:func:`kernel_for`), and neither an outer :func:`torch.compile` is tracing (it fuses
-    the eager code with its neighbours) nor a ``TorchDispatchMode`` is active (compiled code
-    cannot run under one). ``mosgeo_lora``'s fused adapter asks it too."""
+    """Whether compiled kernels run for tensors on ``device``.
+
+    They do where selected (:func:`kernel_for`), unless an outer :func:`torch.compile` is
+    tracing (it fuses the eager code with its neighbours) or a ``TorchDispatchMode`` is
+    active (compiled code cannot run under one). ``mosgeo_lora``'s fused adapter asks it
+    too."""
     return kernel_for(device) == "compiled" and not (
         torch.compiler.is_compiling() or dispatch_mode_active()
     )
@@ -390,11 +392,13 @@ _LOCK = threading.RLock()
 
 
 def run_kernel(key: tuple, device: torch.device, compiled: Callable, eager: Callable):
-    """``compiled()`` or ``eager()`` for the variant ``key`` (hashable; the device type is
-    added), where :func:`compiling` said yes: under ``"auto"``, a first call that fails to
-    compile warns and makes the variant eager (a later failure is a real error and raises,
-    as is a failure the eager code shares: bad inputs); ``"compiled"`` always calls
-    ``compiled()``. Every compiled call holds one lock (torch.compile is not thread-safe)."""
+    """``compiled()``, or ``eager()`` where compiling the variant ``key`` failed.
+
+    For a call where :func:`compiling` said yes; ``key`` is hashable (the device type is
+    added). Under ``"auto"``, a first call that fails to compile warns and makes the
+    variant eager (a later failure is a real error and raises, as is a failure the eager
+    code shares: bad inputs); ``"compiled"`` always calls ``compiled()``. Every compiled
+    call holds one lock (torch.compile is not thread-safe)."""
     if _KERNEL[0] != "auto":
         with _LOCK:
             return compiled()
