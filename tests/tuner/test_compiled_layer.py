@@ -26,20 +26,18 @@ pytestmark = pytest.mark.skipif(not compile_supported(), reason="torch too old t
 #: the settings whose code paths differ inside the compiled functions: (overrides, dtype,
 #: activation checkpointing)
 CONFIGS = {
-    # top-k of N, padding: the balance term's token weights (its alpha folded into c)
-    "top2-padded": (dict(), torch.float32, False),
+    # top-k of N, padding (the balance term's token weights: its alpha folded into c), the
+    # forward recomputed inside backward (transformers' reentrant checkpointing)
+    "top2-padded+checkpointing": (dict(), torch.float32, True),
     # the router on x, the learnable input scale (ρ's gradient), the lift input map
     "router-on-input+scale+lift": (
         dict(router_input="input", input_scale=0.5, input_map="lift"),
         torch.float32,
         False,
     ),
-    # the clipping control (an input ball per expert) and top-1 routing
-    "flatten+top1": (dict(flatten=True, top_k=1), torch.float32, False),
-    # what a GPU trains in: bfloat16 weights (γ in float32, the outputs kept inside the ball)
-    "bfloat16": (dict(), torch.bfloat16, False),
-    # the forward recomputed inside backward (transformers' reentrant checkpointing)
-    "checkpointing": (dict(), torch.float32, True),
+    # the clipping control (an input ball per expert), top-1 routing, and what a GPU trains
+    # in: bfloat16 weights (γ in float32, the outputs kept inside the ball)
+    "flatten+top1+bfloat16": (dict(flatten=True, top_k=1), torch.bfloat16, False),
 }
 
 #: (rtol, atol of the outputs, atol of a gradient relative to its largest entry); bfloat16:
