@@ -20,12 +20,10 @@ from __future__ import annotations
 
 import argparse
 
-import peft
 import torch
 import torch._inductor.config as inductor_config
-import transformers
-from _report import RESULTS, command_line, machine, markdown_table, write_results
-from bench_step import SHAPES, build, decode
+from _report import RESULTS, markdown_table, write_results
+from bench_step import SHAPES, build, decode, run_meta
 from torch.profiler import ProfilerActivity, profile
 
 from mosgeo import radial
@@ -135,14 +133,7 @@ def main() -> None:
     torch.set_num_threads(1)
     inductor_config.cpp.enable_kernel_profile = True  # compiled kernels visible to the profiler
     rows = run(args)
-    meta = {
-        "command": command_line("bench_launches.py", ap, args),
-        **{k: v for k, v in vars(args).items() if k != "out"},
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "peft": peft.__version__,
-        "machine": machine("cpu"),
-    }
+    meta = run_meta("bench_launches.py", ap, args, "cpu")
     write_results(args.out, "launches", {"meta": meta, "rows": rows}, to_markdown(rows, meta))
 
 

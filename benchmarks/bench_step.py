@@ -352,6 +352,19 @@ def to_markdown(result: dict, meta: dict) -> str:
     )
 
 
+def run_meta(script: str, ap, args, device: str) -> dict:
+    """A run's description: the command that repeats it, its options, the libraries'
+    versions and the machine."""
+    return {
+        "command": command_line(script, ap, args),
+        **{k: v for k, v in vars(args).items() if k != "out"},
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "machine": machine(device),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu")
@@ -367,14 +380,7 @@ def main() -> None:
         args.layers = SHAPES[args.shape][2]
     torch.set_num_threads(args.threads)
     result = run(args)
-    meta = {
-        "command": command_line("bench_step.py", ap, args),
-        **{k: v for k, v in vars(args).items() if k != "out"},
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "peft": peft.__version__,
-        "machine": machine(args.device),
-    }
+    meta = run_meta("bench_step.py", ap, args, args.device)
     stem = "step_" + ("cuda" if args.device.startswith("cuda") else "cpu")
     if args.shape != "smollm2":
         stem += "_" + args.shape.replace("-", "_").replace(".", "_")

@@ -11,30 +11,14 @@ from hypothesis import strategies as st
 
 torch.set_num_threads(1)
 
-settings.register_profile(
-    "default",
-    max_examples=60,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-    derandomize=False,
+_COMMON = dict(
+    deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
 )
-settings.register_profile(
-    "ci",
-    max_examples=60,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-    derandomize=True,  # CI must be reproducible: the same examples on every run
-    print_blob=True,
-)
+settings.register_profile("default", max_examples=60, derandomize=False, **_COMMON)
+# CI must be reproducible: the same examples on every run
+settings.register_profile("ci", max_examples=60, derandomize=True, print_blob=True, **_COMMON)
 # a long search for a rare failing example, by hand: HYPOTHESIS_PROFILE=soak pytest tests/geometry
-settings.register_profile(
-    "soak",
-    max_examples=1000,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-    derandomize=False,
-    print_blob=True,
-)
+settings.register_profile("soak", max_examples=1000, derandomize=False, print_blob=True, **_COMMON)
 _profile = "ci" if os.environ.get("CI") else os.environ.get("HYPOTHESIS_PROFILE", "default")
 settings.load_profile(_profile)
 
