@@ -62,6 +62,9 @@ __all__ = [
     "float32_island",
     "as_curvature",
     "default_eps",
+    "ball_eps",
+    "min_norm",
+    "max_norm",
     "sqnorm",
     "sqnorm_norm",
     "safe_norm",
@@ -125,6 +128,25 @@ def _big_scale(dtype: torch.dtype) -> float:
     return 2.0 ** -((5 * math.frexp(torch.finfo(dtype).max)[1]) // 8)
 
 
+def ball_eps(dtype: torch.dtype) -> float:
+    """``guards(dtype).ball_eps``, computed from :func:`torch.finfo` alone.
+
+    The table's row holds the same value; code that :func:`torch.compile` traces reads
+    these functions instead, which it folds to constants (a float read from the table
+    becomes a graph input, rebuilt as a tensor on every call, like :func:`_big_scale`'s)."""
+    return max(math.sqrt(torch.finfo(compute_dtype(dtype)).eps), 4.0 * torch.finfo(dtype).eps)
+
+
+def min_norm(dtype: torch.dtype) -> float:
+    """``guards(dtype).min_norm`` from :func:`torch.finfo` alone (see :func:`ball_eps`)."""
+    return math.sqrt(torch.finfo(compute_dtype(dtype)).tiny)
+
+
+def max_norm(dtype: torch.dtype) -> float:
+    """``guards(dtype).max_norm`` from :func:`torch.finfo` alone (see :func:`ball_eps`)."""
+    return torch.finfo(compute_dtype(dtype)).max ** 0.25 / 2.0
+
+
 def _make(dtype: torch.dtype) -> Guards:
     comp = compute_dtype(dtype)
     fc, fs = torch.finfo(comp), torch.finfo(dtype)
@@ -132,13 +154,13 @@ def _make(dtype: torch.dtype) -> Guards:
     return Guards(
         dtype=dtype,
         compute=comp,
-        ball_eps=max(math.sqrt(fc.eps), 4.0 * fs.eps),
+        ball_eps=ball_eps(dtype),
         series_tau=tau,
         series_terms=terms,
         atanh_max=1.0 - fc.eps,
-        min_norm=math.sqrt(fc.tiny),
+        min_norm=min_norm(dtype),
         min_denom=fc.eps,
-        max_norm=fc.max**0.25 / 2.0,
+        max_norm=max_norm(dtype),
         max_exp_arg=math.log(fc.max) - 1.0,
         big_scale=_big_scale(comp),
         geoopt_ball_eps=max(_GEOOPT_BALL_EPS[comp], 4.0 * fs.eps),
@@ -159,8 +181,11 @@ def guards(dtype: torch.dtype) -> Guards:
 
 
 def default_eps(dtype: torch.dtype) -> float:
-    """Default boundary margin of ``project``/``clip_spacelike`` for ``dtype``."""
-    return guards(dtype).ball_eps
+    """Default boundary margin of ``project``/``clip_spacelike`` for ``dtype``
+    (``guards(dtype).ball_eps``; a constant under :func:`torch.compile`)."""
+    if torch.compiler.is_compiling():
+        return ball_eps(dtype)  # a constant of the trace (guards raises for a bad dtype)
+    return guards(dtype).ball_eps  # the eager path: a dict lookup, 10× cheaper
 
 
 class _SqNorm(torch.autograd.Function):

@@ -78,7 +78,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from ._compat import compile_supported, dispatch_mode_active, require_compile
-from .numerics import HALF_DTYPES, compute_dtype, guards
+from .numerics import HALF_DTYPES, compute_dtype, guards, max_norm, min_norm
 
 Tensor = torch.Tensor
 
@@ -126,12 +126,13 @@ def _inverse_radius2(k: Tensor, eps: float, ball: Tensor | None = None) -> tuple
     ``|κ|`` (at ``min_norm²``, κ < 0) or of ``√κ`` (at 1, κ ≥ 0) is not active (at the clamp's
     edge too: the derivative autograd takes through ``clamp_min``), nor a ``ball`` smaller
     than ``R_κ`` (:func:`inverse_radius2`)."""
-    g = guards(k.dtype)
+    # from finfo, not the guards table: constants under torch.compile (numerics.ball_eps)
+    big, small = max_norm(k.dtype), min_norm(k.dtype)
     e2 = (1.0 - eps) ** 2
     neg = k < 0
-    free = torch.where(neg, k * (-1.0 / e2), k * (1.0 / g.max_norm**2))
+    free = torch.where(neg, k * (-1.0 / e2), k * (1.0 / big**2))
     # the clamps, in k's dtype (a where of two Python floats would be the default dtype's)
-    floor = torch.full_like(k, 1.0 / g.max_norm**2).masked_fill_(neg, g.min_norm**2 / e2)
+    floor = torch.full_like(k, 1.0 / big**2).masked_fill_(neg, small**2 / e2)
     if ball is not None:
         floor = torch.maximum(floor, ball * (1.0 / e2))
     # clamp, not maximum: at the edge (κ = 1, a preset's initial value) the whole derivative

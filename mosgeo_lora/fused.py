@@ -21,7 +21,7 @@ is one node here: one adapted layer's forward+backward runs 131 top-level aten o
 436 (``tests/tuner/test_ops.py``, ``docs/design.md`` §2.2). Where
 :func:`mosgeo.radial.compiling` says so (a GPU, under the default kernel ``"auto"``:
 :func:`mosgeo.radial.set_kernel`) the forward, the backward and :func:`infer` each run as one
-compiled function — the matmuls and a few fused kernels, ~48 launches with LoRA's 42 — with
+compiled function — the matmuls and a few fused kernels, ~42 launches, LoRA's count — with
 the eager code as the fallback of a failed compilation. A call that needs no
 gradient (evaluation, decoding) runs the forward alone, without the node or the local
 derivatives; a layer's evaluation and decoding calls take :func:`infer`, which reuses the
@@ -133,8 +133,9 @@ def _forward(x, base, a_w, g_w, b_w, k_learn, k_fixed, rho, weights, scale, spec
     if base is not None:
         base2 = base if base.dim() == 2 else base.reshape(-1, d_out)
     out, state = mix_forward(
-        z, b_w, k, gates, input_map=spec.input_map, base=base2, save=save, ball=_ball(spec, k)
-    )
+        z, b_w, k, gates, input_map=spec.input_map, base=base2, save=save, ball=_ball(spec, k),
+        alpha=1.0,  # not the default: a compiled trace lifts a default float to a graph input
+    )  # fmt: skip
     if x.dim() != 2:
         out = out.view(*shape[:-1], d_out)
     saved = None

@@ -11,10 +11,10 @@ Counts (torch 2.13, CPU): PEFT LoRA r = 8: 34 top-level / 42 kernel-level; MoSEL
 the fused layer (``mosgeo_lora.fused``): 436 / 492; eager (the CPU's default) 131 / 233. With
 the compiled kernel (``mosgeo.radial.set_kernel("compiled")``, what the default ``"auto"``
 runs on a GPU) the adapter's forward, backward and inference call each run as one compiled
-function: 37 top-level aten ops on 8 tokens (30 on one; the matmuls, ``topk``, the autograd
+function: 31 top-level aten ops on 8 tokens (27 on one; the matmuls, ``topk``, the autograd
 engine's own) plus the fused kernels inductor generated, 5 in the forward and 6 in the
 backward on the CPU (``torch._inductor.config.cpp.enable_kernel_profile`` shows them to the
-profiler): ~48 launches against LoRA's 42, and within the issue's goal of 85 top-level ops
+profiler): ~42 launches, LoRA's 42, and within the issue's goal of 85 top-level ops
 (``docs/design.md`` §2.2). When only γ was compiled: 74. The kernel-level count runs under a
 ``TorchDispatchMode``, where compiled code cannot run: it is measured for the eager kernel.
 
@@ -47,8 +47,9 @@ MAX_TOPLEVEL = 135
 MAX_KERNEL = 244
 #: what the learnable input scale may add (8 measured)
 MAX_INPUT_SCALE_EXTRA = 10
-#: with the compiled adapter (37 measured on 8 tokens; the issue's goal was 85)
-MAX_TOPLEVEL_COMPILED = 40
+#: with the compiled adapter (31 measured on 8 tokens, 37 while two of the numerics table's
+#: floats were rebuilt as tensors on every call; the issue's goal was 85)
+MAX_TOPLEVEL_COMPILED = 34
 #: a decoding call with the compiled adapter (8 measured: the base layer's linear, the two
 #: small linears, topk, the Gram matmul, the up-projection, the call's own; PEFT LoRA 6)
 MAX_DECODING_COMPILED = 10
@@ -106,7 +107,7 @@ def compiled_kernel():
 
 
 @pytest.mark.parametrize("tokens", [8, 1], ids=["tokens", "decoding"])
-def test_with_the_compiled_kernel_one_adapted_layer_runs_at_most_40_ops(tokens, compiled_kernel):
+def test_with_the_compiled_kernel_one_adapted_layer_runs_at_most_34_ops(tokens, compiled_kernel):
     layer, d_in = _gate_proj("moselora")
     x = torch.randn(1, tokens, d_in, requires_grad=True)
     top, _ = aten_ops(lambda: layer(x).sum().backward())
