@@ -181,8 +181,9 @@ def guards(dtype: torch.dtype) -> Guards:
 
 
 def default_eps(dtype: torch.dtype) -> float:
-    """Default boundary margin of ``project``/``clip_spacelike`` for ``dtype``
-    (``guards(dtype).ball_eps``; a constant under :func:`torch.compile`)."""
+    """Default boundary margin of ``project``/``clip_spacelike`` for ``dtype``.
+
+    ``guards(dtype).ball_eps``; a constant under :func:`torch.compile` (:func:`ball_eps`)."""
     if torch.compiler.is_compiling():
         return ball_eps(dtype)  # a constant of the trace (guards raises for a bad dtype)
     return guards(dtype).ball_eps  # the eager path: a dict lookup, 10× cheaper
